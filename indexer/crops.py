@@ -1,0 +1,56 @@
+"""Cut one CLIP-ready crop per mask.
+
+The crop is the mask's box plus context padding, made square (so CLIP's centre crop cuts
+nothing) and resized. Outside the mask, pixels are filled (``masked``, default), kept
+(``box``) or blurred (``blur``). Out-of-image padding is filled with the same colour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+# CLIP's mean pixel: the "nothing here" colour for the network.
+FILL = (122, 116, 104)
+
+
+def square_box(box_xywh, padding: float, width: int, height: int) -> tuple[int, int, int]:
+    """Square (x0, y0, side) around a box with ``padding`` × its longer side added on each side.
+    May extend outside the image; the crop pads there."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    side = max(w, h) * (1.0 + 2.0 * padding)
+    side = max(side, 8.0)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), int(round(side))
+
+
+def cut_crop(rgb: np.ndarray, mask: np.ndarray | None, box_xywh, *, mode: str = "masked",
+             padding: float = 0.1, size: int = 224) -> Image.Image:
+    height, width = rgb.shape[:2]
+    x0, y0, side = square_box(box_xywh, padding, width, height)
+    # window of the source that lies inside the image
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + side, width), min(y0 + side, height)
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = FILL
+    if sx1 > sx0 and sy1 > sy0:
+        patch = rgb[sy0:sy1, sx0:sx1]
+        if mask is not None and mode != "box":
+            m = mask[sy0:sy1, sx0:sx1]
+            if mode == "masked":
+                bg = np.empty_like(patch)
+                bg[:] = FILL
+            elif mode == "blur":
+                radius = max(2.0, side / 20.0)
+                bg = np.asarray(Image.fromarray(patch).filter(ImageFilter.GaussianBlur(radius)))
+            else:
+                raise ValueError(f"unknown crop mode {mode!r}")
+            patch = np.where(m[:, :, None], patch, bg)
+        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = patch
+    return Image.fromarray(canvas).resize((size, size), Image.BICUBIC)
+
+
+def whole_image(rgb: np.ndarray, size: int = 224) -> Image.Image:
+    """The whole image, letterboxed to a square so nothing is cut."""
+    h, w = rgb.shape[:2]
+    return cut_crop(rgb, None, (0, 0, w, h), mode="box", padding=0.0, size=size)

@@ -1,0 +1,39 @@
+"""Exceptions users see. Each carries a message meant to be printed as is."""
+
+
+class SegsearchError(Exception):
+    """Base class for errors with a user-facing message."""
+
+    exit_code = 1
+
+
+class ConfigError(SegsearchError):
+    """Bad settings or arguments (exit code 2)."""
+
+    exit_code = 2
+
+
+class WeightsUnavailable(SegsearchError):
+    """A checkpoint is missing and cannot be downloaded (offline, 404...)."""
+
+    exit_code = 2
+
+
+class ChecksumMismatch(SegsearchError):
+    """A downloaded or placed checkpoint does not match its SHA-256."""
+
+    exit_code = 2
+
+
+class StorageError(SegsearchError):
+    """SQL or vector store unreachable or inconsistent (exit code 3)."""
+
+    exit_code = 3
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the message says why (recorded as the failure reason)."""
+
+
+class ImageTooLarge(ImageError):
+    """Pixel count above the configured cap (decompression-bomb guard)."""

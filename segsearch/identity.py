@@ -1,0 +1,33 @@
+"""Deterministic identities: images by content, segments by (image, pipeline, mask index),
+vector collections by embedding model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+
+_SEGMENT_NS = uuid.UUID("6f1c3c52-5d0e-4a51-9a1e-2b8e6c1f0a77")
+
+
+def image_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pipeline_fingerprint(sam_fp: str, clip_fp: str, amg: dict, crop: dict) -> str:
+    """Everything that changes what segments/vectors an image gets (not batch sizes)."""
+    amg = {k: v for k, v in amg.items() if k != "points_per_batch"}
+    blob = json.dumps({"sam": sam_fp, "clip": clip_fp, "amg": amg, "crop": crop}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def segment_id(image: str, fingerprint: str, mask_index: int) -> str:
+    return str(uuid.uuid5(_SEGMENT_NS, f"{image}:{fingerprint}:{mask_index}"))
+
+
+def collection_name(clip_fingerprint: str) -> str:
+    """One collection per embedding model: two CLIP models never share a vector space."""
+    slug = re.sub(r"[^a-z0-9]+", "-", clip_fingerprint.split("@")[0].lower()).strip("-")[:40]
+    digest = hashlib.sha256(clip_fingerprint.encode()).hexdigest()[:12]
+    return f"segments-{slug}-{digest}"

@@ -1,0 +1,106 @@
+"""CLIP through open_clip: one factory from a spec to (model, preprocess, tokenizer), and the
+``ClipEmbedder`` shared by the indexer and the query service."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from segsearch.models.registry import ClipSpec
+
+_CFG_LOCK = threading.Lock()
+
+
+def _register_cfg(spec: ClipSpec) -> str:
+    """Make a custom open_clip config known to open_clip under the spec's model name."""
+    import open_clip
+
+    with _CFG_LOCK:
+        if spec.model_name not in open_clip.list_models() or open_clip.get_model_config(spec.model_name) != spec.model_cfg:
+            with tempfile.TemporaryDirectory() as d:
+                p = Path(d) / f"{spec.model_name}.json"
+                p.write_text(json.dumps(spec.model_cfg))
+                open_clip.add_model_config(p)
+    return spec.model_name
+
+
+def create_clip(spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offline: bool = False):
+    """open_clip's factory, fed a verified local checkpoint: returns (model, preprocess, tokenizer)."""
+    import open_clip
+    import torch
+
+    from segsearch.models.weights import ensure_weights
+
+    name = _register_cfg(spec) if spec.model_cfg else spec.model_name
+    pretrained = None
+    if spec.weights is not None:
+        pretrained = str(ensure_weights(spec.weights, checkpoints, offline=offline))
+    else:
+        torch.manual_seed(spec.seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name,
+        pretrained=pretrained,
+        device=device,
+        force_quick_gelu=spec.quick_gelu,
+        # TorchScript archives (OpenAI releases) cannot be read with weights_only; the file's
+        # SHA-256 was verified just above, so it is the official release.
+        weights_only=not spec.jit_archive,
+    )
+    tokenizer = open_clip.get_tokenizer(name)
+    return model.eval(), preprocess, tokenizer
+
+
+class ClipEmbedder:
+    """Batched, L2-normalised CLIP image and text vectors (float32 numpy)."""
+
+    def __init__(self, spec: ClipSpec, model, preprocess, tokenizer, device: str = "cpu", batch_size: int = 32):
+        self.spec = spec
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
+                       else model.visual.output_dim)
+
+    @classmethod
+    def from_spec(cls, spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offline: bool = False,
+                  batch_size: int = 32) -> ClipEmbedder:
+        model, preprocess, tokenizer = create_clip(spec, checkpoints, device=device, offline=offline)
+        return cls(spec, model, preprocess, tokenizer, device, batch_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def embed_images(self, images) -> np.ndarray:
+        """``images``: PIL images (any size; preprocess resizes)."""
+        import torch
+
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.preprocess(im) for im in images[i : i + self.batch_size]]).to(self.device)
+            with torch.inference_mode():
+                feats = self.model.encode_image(batch)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
+            with torch.inference_mode():
+                feats = self.model.encode_text(tokens)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -1,0 +1,99 @@
+"""All configuration in one pydantic-settings class.
+
+Precedence: CLI flags (passed as init kwargs) > environment (``SEGSEARCH_*``) > defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+def _default_checkpoints() -> Path:
+    # In a source checkout weights go next to the bundled ones; an installed wheel uses the cache.
+    if BUNDLED_CHECKPOINTS.is_dir():
+        return BUNDLED_CHECKPOINTS
+    return Path.home() / ".cache" / "segsearch" / "checkpoints"
+
+
+CropMode = Literal["masked", "box", "blur"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEGSEARCH_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    data: Path = Field(Path("segsearch-data"), description="Data directory (SQLite file, embedded vectors).")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data>/segsearch.db")
+    vector_backend: Literal["embedded", "server"] = "embedded"
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL for the server backend (':memory:' or a path = client local mode)."
+    )
+    qdrant_api_key: str | None = None
+    checkpoints: Path = Field(default_factory=_default_checkpoints)
+
+    # --- models ------------------------------------------------------------------------
+    sam: str = Field("sam-vit-b", description="Registered SAM name or checkpoint path.")
+    clip: str = Field("clip-vit-b-32", description="Registered CLIP name or checkpoint path.")
+    clip_arch: str = Field("ViT-B-32", description="open_clip architecture for --clip PATH.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    offline: bool = Field(False, description="Never download weights.")
+
+    # --- automatic mask generation (segment_anything.SamAutomaticMaskGenerator) --------------
+    points_per_side: int = Field(32, ge=1)
+    points_per_batch: int = Field(64, ge=1)
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    crop_n_layers: int = Field(0, ge=0)
+    min_mask_region_area: int = Field(0, ge=0)
+
+    # --- crops ---------------------------------------------------------------------------
+    crop_mode: CropMode = "masked"
+    crop_padding: float = Field(0.1, ge=0.0, le=2.0, description="Context around the box, fraction of its side.")
+    min_segment_area: int = Field(64, ge=0, description="Masks smaller than this many pixels are skipped.")
+
+    # --- indexing --------------------------------------------------------------------------
+    clip_batch_size: int = Field(32, ge=1)
+    max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
+
+    @field_validator("data", "checkpoints", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data / 'segsearch.db').resolve()}"
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.data / "vectors"
+
+    def amg_params(self) -> dict:
+        """Parameters handed to the mask generator (part of the model fingerprint)."""
+        return {
+            "points_per_side": self.points_per_side,
+            "points_per_batch": self.points_per_batch,
+            "pred_iou_thresh": self.pred_iou_thresh,
+            "stability_score_thresh": self.stability_score_thresh,
+            "box_nms_thresh": self.box_nms_thresh,
+            "crop_n_layers": self.crop_n_layers,
+            "min_mask_region_area": self.min_mask_region_area,
+        }
+
+    def crop_params(self) -> dict:
+        return {"mode": self.crop_mode, "padding": self.crop_padding, "min_area": self.min_segment_area}
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

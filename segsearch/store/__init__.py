@@ -1,0 +1,1 @@
+"""Stores: SQL records (``sql``) and vectors (``vectors``)."""

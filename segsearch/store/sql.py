@@ -1,0 +1,296 @@
+"""Records of images, their paths, segments and indexing runs (SQLAlchemy 2, Alembic schema).
+
+An image is identified by the SHA-256 of its bytes. Its ``status`` says where it stands for
+the pipeline fingerprint it was last processed with:
+
+* ``pending``  – work started (or was interrupted); vectors may be partly written.
+* ``indexed``  – its segments are in SQL *and* their vectors were durably written.
+* ``failed``   – could not be decoded/processed; ``error`` says why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from segsearch.errors import StorageError
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the bytes
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    fingerprint: Mapped[str | None] = mapped_column(String(128))
+    collection: Mapped[str | None] = mapped_column(String(128))
+    n_segments: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    indexed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImagePathRow(Base):
+    __tablename__ = "image_paths"
+
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class SegmentRow(Base):
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUID = vector point id
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    collection: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "object" | "image"
+    mask_index: Mapped[int] = mapped_column(Integer)  # -1 for the whole-image segment
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    area: Mapped[int] = mapped_column(BigInteger)
+    area_frac: Mapped[float] = mapped_column(Float)
+    predicted_iou: Mapped[float | None] = mapped_column(Float)
+    stability_score: Mapped[float | None] = mapped_column(Float)
+    rle: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def bbox(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    settings: Mapped[dict] = mapped_column(JSON)
+    indexed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    segments: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[list | None] = mapped_column(JSON)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (the API) never block the indexer
+    cur.execute("PRAGMA synchronous=FULL")  # an 'indexed' status survives power loss
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (the only way the schema is created)."""
+    from importlib.resources import files
+
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("segsearch.migrations")))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+class Catalog:
+    """Repository over the SQL records. Every method is one short transaction."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Catalog:
+        try:
+            engine = make_engine(url)
+            if upgrade:
+                migrate(engine)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open the database {url}: {exc}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- paths and images -----------------------------------------------------------------
+    def lookup_path(self, path: str) -> tuple[ImagePathRow, ImageRow] | None:
+        with self.Session() as s:
+            row = s.get(ImagePathRow, path)
+            if row is None:
+                return None
+            return row, s.get(ImageRow, row.image_id)
+
+    def register_file(self, path: str, image_id: str, size_bytes: int, mtime_ns: int) -> list[str]:
+        """Record that ``path`` holds the bytes ``image_id``. Creates the image (pending) if new.
+        Returns ids of images that no longer have any path (their file changed): the caller
+        removes their vectors and then calls ``delete_image``."""
+        with self.Session.begin() as s:
+            if s.get(ImageRow, image_id) is None:
+                s.add(ImageRow(id=image_id, size_bytes=size_bytes, status="pending"))
+                s.flush()
+            row = s.get(ImagePathRow, path)
+            previous = None
+            if row is None:
+                s.add(ImagePathRow(path=path, image_id=image_id, size_bytes=size_bytes, mtime_ns=mtime_ns))
+            else:
+                previous = row.image_id if row.image_id != image_id else None
+                row.image_id, row.size_bytes, row.mtime_ns = image_id, size_bytes, mtime_ns
+            s.flush()
+            if previous is not None:
+                left = s.scalar(select(func.count()).select_from(ImagePathRow).where(ImagePathRow.image_id == previous))
+                if not left:
+                    return [previous]
+        return []
+
+    def get_image(self, image_id: str) -> ImageRow | None:
+        with self.Session() as s:
+            return s.get(ImageRow, image_id)
+
+    def image_paths(self, image_id: str) -> list[str]:
+        with self.Session() as s:
+            return list(s.scalars(select(ImagePathRow.path).where(ImagePathRow.image_id == image_id)
+                                  .order_by(ImagePathRow.path)))
+
+    def images_paths(self, image_ids: Iterable[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        with self.Session() as s:
+            rows = s.execute(select(ImagePathRow.image_id, ImagePathRow.path)
+                             .where(ImagePathRow.image_id.in_(list(set(image_ids))))
+                             .order_by(ImagePathRow.path))
+            for image_id, path in rows:
+                out.setdefault(image_id, []).append(path)
+        return out
+
+    def mark_pending(self, image_id: str, fingerprint: str, collection: str) -> None:
+        with self.Session.begin() as s:
+            s.execute(update(ImageRow).where(ImageRow.id == image_id)
+                      .values(status="pending", error=None, fingerprint=fingerprint, collection=collection,
+                              updated_at=utcnow()))
+
+    def mark_failed(self, image_id: str, error: str, fingerprint: str | None = None) -> None:
+        with self.Session.begin() as s:
+            s.execute(update(ImageRow).where(ImageRow.id == image_id)
+                      .values(status="failed", error=error, fingerprint=fingerprint, updated_at=utcnow()))
+
+    def segment_refs(self, image_id: str) -> list[tuple[str, str]]:
+        """(segment id, collection) of every stored segment of an image."""
+        with self.Session() as s:
+            return [tuple(r) for r in s.execute(
+                select(SegmentRow.id, SegmentRow.collection).where(SegmentRow.image_id == image_id))]
+
+    def commit_segments(self, image_id: str, *, fingerprint: str, collection: str, width: int, height: int,
+                        fmt: str, segments: Sequence[dict]) -> None:
+        """Replace the image's segments and mark it indexed, atomically. Call only after its
+        vectors were durably written."""
+        with self.Session.begin() as s:
+            s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
+            s.add_all([SegmentRow(image_id=image_id, fingerprint=fingerprint, collection=collection, **seg)
+                       for seg in segments])
+            s.execute(update(ImageRow).where(ImageRow.id == image_id).values(
+                status="indexed", error=None, fingerprint=fingerprint, collection=collection, width=width,
+                height=height, format=fmt, n_segments=len(segments), indexed_at=utcnow(), updated_at=utcnow()))
+
+    def delete_image(self, image_id: str) -> None:
+        with self.Session.begin() as s:
+            s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
+            s.execute(delete(ImagePathRow).where(ImagePathRow.image_id == image_id))
+            s.execute(delete(ImageRow).where(ImageRow.id == image_id))
+
+    # --- segments -----------------------------------------------------------------------------
+    def get_segments(self, ids: Iterable[str]) -> dict[str, SegmentRow]:
+        ids = list(ids)
+        with self.Session() as s:
+            return {r.id: r for r in s.scalars(select(SegmentRow).where(SegmentRow.id.in_(ids)))}
+
+    def segment_ids(self, collection: str | None = None) -> set[str]:
+        with self.Session() as s:
+            q = select(SegmentRow.id)
+            if collection:
+                q = q.where(SegmentRow.collection == collection)
+            return set(s.scalars(q))
+
+    def counts(self) -> dict[str, int]:
+        with self.Session() as s:
+            by_status = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
+            return {
+                "images": sum(by_status.values()),
+                "indexed": by_status.get("indexed", 0),
+                "pending": by_status.get("pending", 0),
+                "failed": by_status.get("failed", 0),
+                "segments": s.scalar(select(func.count()).select_from(SegmentRow)) or 0,
+                "paths": s.scalar(select(func.count()).select_from(ImagePathRow)) or 0,
+            }
+
+    # --- runs ---------------------------------------------------------------------------------
+    def start_run(self, settings: dict) -> int:
+        with self.Session.begin() as s:
+            run = RunRow(settings=settings, status="running")
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, *, status: str, indexed: int, skipped: int, failed: int, segments: int,
+                   failures: list[dict]) -> None:
+        with self.Session.begin() as s:
+            s.execute(update(RunRow).where(RunRow.id == run_id).values(
+                status=status, finished_at=utcnow(), indexed=indexed, skipped=skipped, failed=failed,
+                segments=segments, failures=failures))
+
+    def get_run(self, run_id: int) -> RunRow | None:
+        with self.Session() as s:
+            return s.get(RunRow, run_id)
+
