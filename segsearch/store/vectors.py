@@ -268,6 +268,7 @@ class ServerVectorIndex(VectorIndex):
     def __init__(self, url: str, api_key: str | None = None):
         from qdrant_client import QdrantClient
 
+        self.local = not url.startswith(("http://", "https://"))
         try:
             if url == ":memory:":
                 self.client = QdrantClient(location=":memory:")
@@ -284,6 +285,8 @@ class ServerVectorIndex(VectorIndex):
         if self.client.collection_exists(name):
             return
         self.client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE))
+        if self.local:
+            return  # local mode has no payload indexes (and warns about them)
         for key, kind in PAYLOAD_INDEXES.items():
             schema = m.PayloadSchemaType.KEYWORD if kind == "keyword" else m.PayloadSchemaType.FLOAT
             self.client.create_payload_index(name, key, field_schema=schema, wait=True)

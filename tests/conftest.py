@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402  (registers the tiny test models)
+
+from segsearch.masks import MaskSet  # noqa: E402
+from segsearch.settings import Settings  # noqa: E402
+
+
+# --- images -----------------------------------------------------------------------------------------
+def scene(width=160, height=120, box=(30, 20, 60, 50), color=(220, 30, 30), bg=(40, 40, 40)) -> np.ndarray:
+    """A flat background with one coloured rectangle at box=(x, y, w, h)."""
+    a = np.empty((height, width, 3), np.uint8)
+    a[:] = bg
+    x, y, w, h = box
+    a[y : y + h, x : x + w] = color
+    return a
+
+
+def png_bytes(a: np.ndarray, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# --- a deterministic mask engine for geometry tests ---------------------------------------------------
+class RedMaskGenerator:
+    """Test double behind the MaskGenerator interface: one mask per strongly red region
+    (its bounding box), so tests can check where masks land in stored coordinates."""
+
+    name = "red"
+
+    def generate(self, rgb: np.ndarray) -> MaskSet:
+        r, g, b = (rgb[..., i].astype(int) for i in range(3))
+        m = (r > 150) & (g < 100) & (b < 100)
+        if not m.any():
+            return MaskSet.empty(*rgb.shape[:2])
+        return MaskSet.from_masks(m[None], [1.0], [1.0])
+
+
+# --- models and settings ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_sam():
+    from segsearch.models.sam import load_sam
+
+    return load_sam(tiny.TINY_SAM, Path("unused"))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder():
+    from segsearch.models.clip import ClipEmbedder
+
+    return ClipEmbedder.from_spec(tiny.TINY_CLIP, Path("unused"))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_b():
+    from segsearch.models.clip import ClipEmbedder
+
+    return ClipEmbedder.from_spec(tiny.TINY_CLIP_B, Path("unused"))
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data=tmp_path / "data", checkpoints=tmp_path / "ckpt", sam="sam-test-tiny",
+                    clip="clip-test-tiny", **tiny.TINY_AMG)
+
+
+@pytest.fixture
+def make_models(tiny_sam, tiny_embedder):
+    """Models for a settings object, sharing the session's loaded networks."""
+    from segsearch.indexer.amg import make_mask_generator
+    from segsearch.indexer.pipeline import Models
+
+    def _make(settings: Settings, *, embedder=None, mask_generator=None) -> Models:
+        gen = mask_generator or make_mask_generator("reference", tiny_sam, **settings.amg_params())
+        return Models(settings, sam_spec=tiny.TINY_SAM, mask_generator=gen, embedder=embedder or tiny_embedder)
+
+    return _make
+
+
+@pytest.fixture
+def index(make_models):
+    """index(settings, paths, force=False, models=None) -> RunSummary, through the CLI's runner."""
+    from segsearch.cli import run_index
+
+    def _index(settings, paths, *, force=False, models=None):
+        return run_index(settings, [str(p) for p in paths], force=force, models=models or make_models(settings))
+
+    return _index
+
+
+@pytest.fixture
+def stores(settings):
+    """Open (catalog, vectors) on the settings' data dir; closed at teardown."""
+    from segsearch.cli import open_stores
+
+    opened = []
+
+    def _open(s=None):
+        pair = open_stores(s or settings)
+        opened.append(pair)
+        return pair
+
+    yield _open
+    for catalog, vectors in opened:
+        vectors.close()
+        catalog.close()

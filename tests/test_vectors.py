@@ -1,0 +1,143 @@
+"""One conformance suite, run on every VectorIndex backend: the embedded Qdrant Edge store and
+the qdrant-client server backend (in the client's local mode, which has the server's API)."""
+
+import uuid
+
+import numpy as np
+import pytest
+
+from segsearch.store.vectors import EdgeVectorIndex, SearchFilter, ServerVectorIndex, VectorPoint, path_dirs
+
+DIM = 8
+
+
+@pytest.fixture(params=["edge", "server-memory", "server-path"])
+def backend(request, tmp_path):
+    if request.param == "edge":
+        idx = EdgeVectorIndex(tmp_path / "vectors")
+    elif request.param == "server-memory":
+        idx = ServerVectorIndex(":memory:")
+    else:
+        idx = ServerVectorIndex(str(tmp_path / "qdrant-local"))
+    yield idx
+    idx.close()
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def make_points(n=20, seed=0, image_ids=("img-a", "img-b"), paths=None):
+    rng = np.random.default_rng(seed)
+    pts = []
+    for i in range(n):
+        image = image_ids[i % len(image_ids)]
+        p = paths or [f"/photos/{'trip' if image == 'img-a' else 'home'}/{image}.jpg"]
+        pts.append(VectorPoint(str(uuid.UUID(int=i + 1)), unit(rng.normal(size=DIM)), {
+            "image_id": image, "kind": "image" if i < 2 else "object", "area_frac": i / n,
+            "bbox": [i, i, 10, 10], "paths": p, "dirs": path_dirs(p)}))
+    return pts
+
+
+def test_upsert_search_is_exact_cosine(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    assert backend.count("c") == len(pts)
+    q = pts[7].vector
+    hits = backend.search("c", q, 5)
+    assert hits[0].id == pts[7].id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    expected = sorted(pts, key=lambda p: -float(np.dot(p.vector, q)))[:5]
+    assert [h.id for h in hits] == [p.id for p in expected]
+    assert hits[0].payload["image_id"] == pts[7].payload["image_id"]
+    assert hits[0].payload["bbox"] == [7, 7, 10, 10]
+
+
+def test_upsert_is_idempotent_by_id(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    backend.upsert("c", pts)
+    assert backend.count("c") == len(pts)
+    assert sorted(backend.iter_ids("c")) == sorted(p.id for p in pts)
+
+
+def test_filters(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    q = pts[0].vector
+    only_b = backend.search("c", q, 50, SearchFilter(image_ids=["img-b"]))
+    assert only_b and {h.payload["image_id"] for h in only_b} == {"img-b"}
+    assert len(only_b) == 10
+    objects = backend.search("c", q, 50, SearchFilter(kind="object"))
+    assert len(objects) == 18 and all(h.payload["kind"] == "object" for h in objects)
+    trip = backend.search("c", q, 50, SearchFilter(path_prefix="/photos/trip/"))
+    assert len(trip) == 10 and all(h.payload["image_id"] == "img-a" for h in trip)
+    assert backend.search("c", q, 50, SearchFilter(path_prefix="/photos/tri")) == []  # folders, not strings
+    assert len(backend.search("c", q, 50, SearchFilter(path_prefix="/photos"))) == 20
+    mid = backend.search("c", q, 50, SearchFilter(min_area=0.25, max_area=0.5))
+    assert sorted(h.payload["area_frac"] for h in mid) == pytest.approx([i / 20 for i in range(5, 11)])
+    assert backend.count("c", SearchFilter(image_ids=["img-a"], kind="object")) == 9
+
+
+def test_offset_and_threshold(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    q = pts[3].vector
+    first = backend.search("c", q, 10)
+    page2 = backend.search("c", q, 5, offset=5)
+    assert [h.id for h in page2] == [h.id for h in first[5:10]]
+    high = backend.search("c", q, 20, score_threshold=0.3)
+    assert high and all(h.score >= 0.3 for h in high)
+    assert len(high) == sum(1 for p in pts if float(np.dot(p.vector, q)) >= 0.3)
+
+
+def test_delete_by_id_and_by_image(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    backend.delete("c", [pts[0].id, pts[1].id])
+    assert backend.count("c") == 18
+    backend.delete_by_image("c", "img-a")
+    assert backend.count("c") == 9
+    assert set(backend.iter_ids("c")) == {p.id for p in pts[2:] if p.payload["image_id"] == "img-b"}
+    backend.delete("missing-collection", [pts[0].id])  # no error on an absent collection
+
+
+def test_set_image_paths_updates_prefix_filter(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    backend.set_image_paths("c", "img-b", ["/photos/home/img-b.jpg", "/archive/2020/copy.jpg"])
+    got = backend.search("c", pts[0].vector, 50, SearchFilter(path_prefix="/archive"))
+    assert len(got) == 10 and got[0].payload["paths"][1] == "/archive/2020/copy.jpg"
+
+
+def test_retrieve_and_collections(backend):
+    backend.ensure_collection("a", DIM)
+    backend.ensure_collection("b", 4)
+    backend.ensure_collection("a", DIM)  # idempotent
+    assert backend.collections() == ["a", "b"]
+    pts = make_points(5)
+    backend.upsert("a", pts)
+    got = backend.retrieve("a", [pts[2].id, str(uuid.uuid4())])
+    assert list(got) == [pts[2].id]
+    assert np.allclose(got[pts[2].id].vector, pts[2].vector, atol=1e-5)
+    assert backend.search("never-created", pts[0].vector, 3) == []
+    assert backend.count("never-created") == 0
+
+
+def test_edge_store_persists_across_reopen(tmp_path):
+    idx = EdgeVectorIndex(tmp_path / "v")
+    idx.ensure_collection("c", DIM)
+    pts = make_points()
+    idx.upsert("c", pts)
+    idx.close()
+    again = EdgeVectorIndex(tmp_path / "v")
+    assert again.collections() == ["c"]
+    assert again.count("c") == 20
+    assert again.search("c", pts[4].vector, 1)[0].id == pts[4].id
+    again.close()
