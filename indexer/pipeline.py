@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from segsearch.errors import ImageError, StorageError
+from segsearch.errors import ImageError, SegsearchError
 from segsearch.identity import collection_name, image_id, pipeline_fingerprint, segment_id
 from segsearch.images import DecodedImage, decode_image
 from segsearch.masks import MaskSet, encode_rle
@@ -200,8 +200,8 @@ class Indexer:
         except ImageError as exc:
             self.catalog.mark_failed(iid, str(exc), fp)
             return Outcome("failed", error=str(exc))
-        except (StorageError, KeyboardInterrupt, MemoryError):
-            raise
+        except (SegsearchError, MemoryError):
+            raise  # configuration/storage problems stop the run
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
             msg = f"processing error: {type(exc).__name__}: {exc}"
             self.catalog.mark_failed(iid, msg, fp)
@@ -222,12 +222,13 @@ class Indexer:
         """Index one image's bytes; returns the number of segments stored (objects + 1 whole image)."""
         fp, collection = self.models.fingerprint, self.models.collection
         decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        mask_generator, embedder = self.models.mask_generator, self.models.embedder  # load before any write
         self.catalog.mark_pending(iid, fp, collection)
 
-        masks = self.models.mask_generator.generate(decoded.rgb)
+        masks = mask_generator.generate(decoded.rgb)
         masks = masks.filter(masks.areas >= max(self.settings.min_segment_area, 1))
         segments, crops = self.build_segments(iid, decoded, masks)
-        vecs = self.models.embedder.embed_images(crops)
+        vecs = embedder.embed_images(crops)
 
         paths = self.catalog.image_paths(iid)
         dirs = path_dirs(paths)

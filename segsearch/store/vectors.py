@@ -145,6 +145,10 @@ class EdgeVectorIndex(VectorIndex):
             except StorageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the binding raises plain Exceptions
+                if "WouldBlock" in str(exc):
+                    raise StorageError(
+                        f"the embedded vector store {path} is in use by another process (one data directory "
+                        "serves one segsearch process at a time; use the server backend to share it)") from exc
                 raise StorageError(f"cannot open vector shard {path}: {exc}") from exc
             self._shards[name] = shard
             return shard
