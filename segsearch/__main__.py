@@ -1,0 +1,3 @@
+from segsearch.cli import app
+
+app(prog_name="segsearch")

@@ -1,0 +1,48 @@
+"""The schema comes from Alembic migrations and matches the SQLAlchemy models."""
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from segsearch.store.sql import Base, Catalog, make_engine, migrate
+
+
+def test_migrations_create_the_models_schema(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    assert set(inspect(engine).get_table_names()) >= {"images", "image_paths", "segments", "runs",
+                                                        "alembic_version"}
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_downgrade_and_upgrade_again(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    from importlib.resources import files
+
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("segsearch.migrations")))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert "images" not in inspect(engine).get_table_names()
+    migrate(engine)
+    assert "images" in inspect(engine).get_table_names()
+
+
+def test_register_file_reports_orphans(tmp_path):
+    c = Catalog.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert c.register_file("/p/a.jpg", "h1", 10, 1) == []
+    assert c.register_file("/p/b.jpg", "h1", 10, 1) == []  # same bytes, second path
+    assert c.register_file("/p/a.jpg", "h2", 11, 2) == []  # h1 still has /p/b.jpg
+    assert c.register_file("/p/b.jpg", "h3", 12, 3) == ["h1"]  # h1 lost its last path
+    assert c.image_paths("h2") == ["/p/a.jpg"]
+    assert c.counts()["images"] == 3
+    c.delete_image("h1")
+    assert c.counts() == {"images": 2, "indexed": 0, "pending": 2, "failed": 0, "segments": 0, "paths": 2}
+    c.close()
