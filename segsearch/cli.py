@@ -200,6 +200,64 @@ def run_search(settings, query, image, *, top_k=10, kind=None, path_prefix=None)
         catalog.close()
 
 
+# --- demo -------------------------------------------------------------------------------------------
+DEMO_QUERIES = ["red circle", "blue star", "a yellow ring", "green triangle", "purple square", "orange shape"]
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option("--data", help="Demo data directory.")] = Path("segsearch-demo"),
+    scenes: Annotated[int, typer.Option("--scenes", min=1, max=2000, help="Generated scenes to index.")] = 16,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=50)] = 3,
+    device: Device = None,
+    json_out: Json = False,
+):
+    """Offline demo: generate shapes-world scenes, index them with the bundled small models
+    (sam-shapes-tiny + clip-shapes-tiny), run example queries and print the hits."""
+    from segsearch.shapes import DEMO_SEEDS, SHAPES_AMG
+
+    try:
+        settings = make_settings(data=data, device=device, sam="sam-shapes-tiny", clip="clip-shapes-tiny",
+                                 **SHAPES_AMG)
+        folder = data / "scenes"
+        folder.mkdir(parents=True, exist_ok=True)
+        truth = _write_demo_scenes(folder, DEMO_SEEDS[:scenes])
+        summary = run_index(settings, [str(folder)], show_progress=not json_out and sys.stderr.isatty())
+        results = []
+        for q in DEMO_QUERIES:
+            hits = run_search(settings, q, None, top_k=top_k, kind="object")
+            results.append({"query": q, "hits": [h.to_dict() for h in hits]})
+    except SegsearchError as exc:
+        _fail(exc)
+    if json_out:
+        typer.echo(json.dumps({"index": summary.to_dict(), "queries": results, "scenes": str(folder)}))
+        return
+    print_summary(summary.to_dict())
+    for r in results:
+        typer.secho(f'\n"{r["query"]}"', bold=True)
+        for h in r["hits"]:
+            x, y, w, hh = h["bbox"]
+            shown = truth.get(Path(h["image_path"]).name, "?")
+            typer.echo(f"  {h['score']:.3f}  {Path(h['image_path']).name}  box=({x},{y},{w},{hh})  scene has: {shown}")
+    typer.echo(f"\nscenes in {folder}; try: segsearch search \"white star\" --data {data} "
+               "--clip clip-shapes-tiny")
+
+
+def _write_demo_scenes(folder: Path, seeds) -> dict[str, str]:
+    from PIL import Image
+
+    from segsearch.shapes import make_scene
+
+    truth = {}
+    for seed in seeds:
+        name = f"scene-{seed}.png"
+        sc = make_scene(seed)
+        if not (folder / name).exists():
+            Image.fromarray(sc.image).save(folder / name)
+        truth[name] = ", ".join(sc.captions)
+    return truth
+
+
 # --- models -----------------------------------------------------------------------------------------
 @models_app.command("list")
 def models_list(json_out: Json = False):

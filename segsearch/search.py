@@ -11,6 +11,16 @@ from segsearch.store.sql import Catalog
 from segsearch.store.vectors import SearchFilter, VectorIndex
 
 PROMPT_TEMPLATE = "a photo of a {}."
+_PHRASE_STARTS = ("a ", "an ", "the ", "photo", "picture", "image", "this ", "my ", "some ")
+
+
+def prompt_for(text: str, template: str | None = PROMPT_TEMPLATE) -> str:
+    """CLIP works best on caption-like text: a bare noun phrase ("red car") gets the template,
+    anything already phrased ("a photo of my dog", "the red car") is used as written."""
+    t = " ".join(text.split())
+    if not template or t.lower().startswith(_PHRASE_STARTS):
+        return t
+    return template.format(t)
 
 
 @dataclass
@@ -39,8 +49,7 @@ class Searcher:
         self.collection = collection
 
     def text_vector(self, text: str, *, template: str | None = PROMPT_TEMPLATE) -> np.ndarray:
-        prompts = [text] if not template else [template.format(text)]
-        return self.embedder.embed_texts(prompts)[0]
+        return self.embedder.embed_texts([prompt_for(text, template)])[0]
 
     def image_vector(self, pil_image) -> np.ndarray:
         return self.embedder.embed_images([pil_image])[0]

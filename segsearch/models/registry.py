@@ -134,6 +134,19 @@ for _name, _arch, _sha in [
         quick_gelu=True, jit_archive=True, description=f"OpenAI CLIP {_arch} (open_clip '{_arch}', 'openai')"))
 
 
+# --- bundled small models trained by this repo on the shapes world (training/) ------------------------
+SAM_SHAPES_TINY_CONFIG = sam_config(
+    "vit_b", image_size=320, vit_patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=3,
+    encoder_global_attn_indexes=[1, 3], encoder_window_size=5, prompt_embed_dim=64, decoder_depth=2,
+    decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64)
+
+CLIP_SHAPES_TINY_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
 # --- lookup ---------------------------------------------------------------------------------
 def get_sam_spec(name_or_path: str) -> SamSpec:
     """A registered name, or a path to a SAM checkpoint (architecture inferred from its weights)."""

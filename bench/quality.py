@@ -1,0 +1,59 @@
+"""Quality harness: mask recall and text-retrieval precision/recall, per crop mode.
+
+    python bench/quality.py                        # bundled shapes models, 60 held-out scenes
+    python bench/quality.py --scenes 200 --json
+    python bench/quality.py --coco-images val2017/ --coco-annotations instances_val2017.json \
+        --sam sam-vit-b --clip clip-vit-b-32 --limit 200     # real photos, category names as queries
+
+Prints figures (or one JSON object with --json: mask_recall, mean_best_iou, precision_at_5,
+recall_at_10, by_crop_mode, ...). Definitions: segsearch/quality.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", type=int, default=60, help="held-out shapes-world scenes")
+    ap.add_argument("--coco-images", type=Path, help="COCO-format image folder")
+    ap.add_argument("--coco-annotations", type=Path, help="COCO instances JSON")
+    ap.add_argument("--limit", type=int, help="at most this many COCO images")
+    ap.add_argument("--sam", default=None, help="SAM model (default: sam-shapes-tiny, or settings for COCO)")
+    ap.add_argument("--clip", default=None, help="CLIP model (default: clip-shapes-tiny, or settings for COCO)")
+    ap.add_argument("--crop-mode", default="masked", choices=["masked", "box", "blur"])
+    ap.add_argument("--points-per-side", type=int, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from segsearch.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
+    from segsearch.settings import Settings
+    from segsearch.shapes import SHAPES_AMG
+
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = {"crop_mode": args.crop_mode}
+        if args.device:
+            overrides["device"] = args.device
+        if args.coco_images:
+            eval_set = coco_eval_set(args.coco_images, args.coco_annotations, args.limit)
+            overrides.update({k: v for k, v in {"sam": args.sam, "clip": args.clip}.items() if v})
+        else:
+            eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes)
+            overrides.update({"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny",
+                              **SHAPES_AMG})
+        if args.points_per_side:
+            overrides["points_per_side"] = args.points_per_side
+        settings = Settings(data=Path(tmp) / "data", **overrides)
+        report = evaluate(eval_set, settings, workdir=Path(tmp))
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Train ``sam-shapes-tiny``: the real segment_anything classes at small dimensions, trained on
+shapes-world scenes to segment the shape under a point prompt (multimask outputs + IoU head,
+as SAM is trained), so that automatic mask generation recovers a scene's shapes.
+
+    python training/train_sam.py --out checkpoints/sam-shapes-tiny.pt   # ~25 min on 2 cores
+
+Seeded and CPU-only; prints the loss and a held-out point-prompt mIoU as it goes. The result is
+a plain state dict (fp16 to keep the repo small) loaded by the same code as Meta's checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG
+from segsearch.models.sam import build_sam_model
+from segsearch.shapes import HELDOUT_SEEDS, TRAIN_SEEDS, make_scene
+
+IMG = SAM_SHAPES_TINY_CONFIG["image_size"]
+LOW = IMG // SAM_SHAPES_TINY_CONFIG["vit_patch_size"] * 4  # low-res mask side
+
+
+def prepare(seed: int):
+    """A scene resized like SamPredictor does (longest side -> IMG, pad bottom/right), with its
+    instance masks plus the background region, as uint8 arrays at IMG resolution."""
+    from PIL import Image
+
+    sc = make_scene(seed)
+    h, w = sc.image.shape[:2]
+    scale = IMG / max(h, w)
+    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    img = np.zeros((IMG, IMG, 3), np.uint8)
+    img[:nh, :nw] = np.asarray(Image.fromarray(sc.image).resize((nw, nh), Image.BILINEAR))
+    regions = list(sc.masks)
+    bg = ~np.any(sc.masks, axis=0) if len(sc.masks) else np.ones((h, w), bool)
+    regions.append(bg)
+    masks = np.zeros((len(regions), IMG, IMG), np.uint8)
+    for i, m in enumerate(regions):
+        masks[i, :nh, :nw] = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)) > 127
+    return img, masks, (nh, nw)
+
+
+def make_pool(seeds, workers=2):
+    with Pool(workers) as p:
+        return p.map(prepare, seeds, chunksize=16)
+
+
+def sample_prompts(masks: np.ndarray, n: int, rng: np.random.Generator, bg_frac: float = 0.2):
+    """n point prompts: mostly inside shapes, some on the background region (the last mask)."""
+    coords, targets = [], []
+    n_shapes = len(masks) - 1
+    for _ in range(n):
+        use_bg = n_shapes == 0 or rng.random() < bg_frac
+        k = n_shapes if use_bg else int(rng.integers(n_shapes))
+        ys, xs = np.nonzero(masks[k])
+        if len(xs) == 0:
+            k = n_shapes
+            ys, xs = np.nonzero(masks[k])
+        j = int(rng.integers(len(xs)))
+        coords.append((xs[j] + 0.5, ys[j] + 0.5))
+        targets.append(k)
+    return np.array(coords, np.float32), targets
+
+
+def focal_loss(logits, target, alpha=0.25, gamma=2.0):
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    loss = ce * ((1 - pt) ** gamma)
+    loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.flatten(-2).mean(-1)
+
+
+def dice_loss(logits, target):
+    p = torch.sigmoid(logits).flatten(-2)
+    t = target.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+def forward(sam, images, prompts):
+    """images: (B,3,IMG,IMG) float 0..255; prompts: list of (P,2) coords -> (B*P,3,LOW,LOW), (B*P,3)."""
+    x = (images - sam.pixel_mean) / sam.pixel_std
+    emb = sam.image_encoder(x)
+    pe = sam.prompt_encoder.get_dense_pe()
+    all_masks, all_iou = [], []
+    for b, coords in enumerate(prompts):
+        pts = torch.as_tensor(coords)[:, None, :]
+        labels = torch.ones(pts.shape[:2], dtype=torch.int)
+        sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+        m, iou = sam.mask_decoder(image_embeddings=emb[b : b + 1], image_pe=pe, sparse_prompt_embeddings=sparse,
+                                  dense_prompt_embeddings=dense, multimask_output=True)
+        all_masks.append(m)
+        all_iou.append(iou)
+    return torch.cat(all_masks), torch.cat(all_iou)
+
+
+def batch_loss(sam, pool, idx, rng, prompts_per_image):
+    imgs, prompt_list, gts = [], [], []
+    for i in idx:
+        img, masks, _ = pool[i]
+        coords, targets = sample_prompts(masks, prompts_per_image, rng)
+        imgs.append(torch.from_numpy(img).permute(2, 0, 1).float())
+        prompt_list.append(coords)
+        gts.append(torch.from_numpy(masks[targets]).float())
+    images = torch.stack(imgs)
+    pred, iou_pred = forward(sam, images, prompt_list)
+    gt = F.interpolate(torch.cat(gts)[:, None], size=(LOW, LOW), mode="area")[:, 0]
+    gt = (gt > 0.5).float()
+    gt3 = gt[:, None].expand_as(pred)
+    per_mask = 20 * focal_loss(pred, gt3) + dice_loss(pred, gt3)
+    best = per_mask.argmin(1)
+    mask_loss = per_mask.gather(1, best[:, None]).mean()
+    with torch.no_grad():
+        binm = pred > 0
+        inter = (binm & (gt3 > 0.5)).flatten(-2).sum(-1).float()
+        union = (binm | (gt3 > 0.5)).flatten(-2).sum(-1).float()
+        true_iou = inter / union.clamp(min=1)
+    iou_loss = F.mse_loss(iou_pred, true_iou)
+    return mask_loss + iou_loss, mask_loss.item(), iou_loss.item(), true_iou.gather(1, best[:, None]).mean().item()
+
+
+def evaluate(sam, pool, rng, n_prompts=8):
+    sam.eval()
+    with torch.inference_mode():
+        _, ml, il, miou = batch_loss(sam, pool, range(len(pool)), rng, n_prompts)
+    sam.train()
+    return ml, il, miou
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3600, help="optimizer steps (~0.4 s each on 2 cores)")
+    ap.add_argument("--pool", type=int, default=3000, help="training scenes (pre-rendered)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=16, help="point prompts per image per step")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("checkpoints/sam-shapes-tiny.pt"))
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    pool = make_pool(list(TRAIN_SEEDS[: args.pool]))
+    val = make_pool(list(HELDOUT_SEEDS[:24]))
+    print(f"rendered {len(pool)} training scenes in {time.time() - t0:.0f}s", flush=True)
+
+    sam = build_sam_model(SAM_SHAPES_TINY_CONFIG).train()
+    n_params = sum(p.numel() for p in sam.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
+    opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, weight_decay=0.01)
+    start = time.time()
+    for step in range(args.steps):
+        elapsed = time.time() - start
+        frac = step / args.steps
+        lr = args.lr * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.integers(len(pool), size=args.batch)
+        loss, ml, il, miou = batch_loss(sam, pool, idx, rng, args.prompts)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % 50 == 0:
+            msg = f"step {step + 1} {elapsed / 60:.1f}min lr {lr:.2e} mask {ml:.3f} iou-head {il:.4f} train-mIoU {miou:.3f}"
+            if (step + 1) % 250 == 0:
+                vml, vil, vmiou = evaluate(sam, val, np.random.default_rng(1))
+                msg += f" | heldout mask {vml:.3f} iou-head {vil:.4f} mIoU {vmiou:.3f}"
+            print(msg, flush=True)
+
+    vml, vil, vmiou = evaluate(sam, val, np.random.default_rng(1))
+    print(f"final after {args.steps} steps, {(time.time() - start) / 60:.1f} min: "
+          f"heldout point-prompt mIoU {vmiou:.3f} (mask loss {vml:.3f})", flush=True)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in sam.state_dict().items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, args.out)
+    sha = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) sha256 {sha}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
