@@ -200,6 +200,28 @@ def run_search(settings, query, image, *, top_k=10, kind=None, path_prefix=None)
         catalog.close()
 
 
+# --- serve ------------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    data: Data = None, clip: Clip = None, sam: Sam = None, device: Device = None, database_url: DbUrl = None,
+    vector_backend: Backend = None, qdrant_url: QdrantUrl = None, offline: Offline = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address [env SEGSEARCH_HOST].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env SEGSEARCH_PORT].")] = None,
+):
+    """Run the query service (HTTP API + web page) over the same data directory."""
+    try:
+        settings = make_settings(data=data, clip=clip, sam=sam, device=device, database_url=database_url,
+                                 vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline,
+                                 host=host, port=port)
+        import uvicorn
+
+        from segsearch.api.app import create_app
+
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    except SegsearchError as exc:
+        _fail(exc)
+
+
 # --- demo -------------------------------------------------------------------------------------------
 DEMO_QUERIES = ["red circle", "blue star", "a yellow ring", "green triangle", "purple square", "orange shape"]
 

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     clip_batch_size: int = Field(32, ge=1)
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
 
+    # --- query service ---------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = Field(None, description="When set, every /v1 route requires it.")
+    cors_origins: list[str] = Field(default_factory=list)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+
     @field_validator("data", "checkpoints", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:

@@ -256,6 +256,11 @@ class Catalog:
         with self.Session() as s:
             return {r.id: r for r in s.scalars(select(SegmentRow).where(SegmentRow.id.in_(ids)))}
 
+    def image_segments(self, image_id: str) -> list[SegmentRow]:
+        with self.Session() as s:
+            return list(s.scalars(select(SegmentRow).where(SegmentRow.image_id == image_id)
+                                  .order_by(SegmentRow.mask_index)))
+
     def segment_ids(self, collection: str | None = None) -> set[str]:
         with self.Session() as s:
             q = select(SegmentRow.id)

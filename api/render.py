@@ -1,0 +1,69 @@
+"""Crops, masks and overlays rendered from a segment's stored RLE and its source image."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from segsearch.images import decode_image
+from segsearch.indexer.crops import FILL, square_box
+from segsearch.masks import decode_rle
+
+HIGHLIGHT = np.array([255, 40, 120], np.float32)
+
+
+@lru_cache(maxsize=8)
+def source_rgb(path: str, max_pixels: int, _mtime_ns: int) -> np.ndarray:
+    with open(path, "rb") as f:
+        return decode_image(f.read(), max_pixels=max_pixels).rgb
+
+
+def mask_png(rle: dict) -> bytes:
+    m = decode_rle(rle)
+    return _encode(Image.fromarray((m * 255).astype(np.uint8), "L"), "PNG")
+
+
+def crop_jpeg(rgb: np.ndarray, rle: dict | None, bbox, padding: float = 0.1, max_side: int = 384) -> bytes:
+    """What a person wants to see: the box plus context, outside the mask dimmed (not erased)."""
+    h, w = rgb.shape[:2]
+    x0, y0, side = square_box(bbox, padding, w, h)
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = FILL
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    patch = rgb[sy0:sy1, sx0:sx1].astype(np.float32)
+    if rle is not None:
+        m = decode_rle(rle)[sy0:sy1, sx0:sx1]
+        patch = np.where(m[..., None], patch, patch * 0.35 + 255 * 0.1)
+    canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.clip(patch, 0, 255).astype(np.uint8)
+    im = Image.fromarray(canvas)
+    if side > max_side:
+        im = im.resize((max_side, max_side), Image.BICUBIC)
+    return _encode(im, "JPEG")
+
+
+def overlay(rgb: np.ndarray, rle: dict | None, max_side: int = 1600) -> Image.Image:
+    """The source image with the mask tinted and outlined."""
+    im = rgb.astype(np.float32)
+    if rle is not None:
+        m = decode_rle(rle)
+        im[m] = im[m] * 0.5 + HIGHLIGHT * 0.5
+        edge = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).filter(ImageFilter.FIND_EDGES)) > 0
+        edge = np.asarray(Image.fromarray((edge * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))) > 0
+        im[edge] = (255, 255, 255)
+    out = Image.fromarray(np.clip(im, 0, 255).astype(np.uint8))
+    if max(out.size) > max_side:
+        out.thumbnail((max_side, max_side))
+    return out
+
+
+def overlay_jpeg(rgb: np.ndarray, rle: dict | None) -> bytes:
+    return _encode(overlay(rgb, rle), "JPEG")
+
+
+def _encode(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
+    return buf.getvalue()
