@@ -2,7 +2,7 @@
 tokenizer), trained contrastively on crops of shapes-world objects against captions such as
 "a red circle" or "a photo of a blue star".
 
-    python training/train_clip.py --out checkpoints/clip-shapes-tiny.pt   # ~15 min on 2 cores
+    python training/train_clip.py --out checkpoints/clip-shapes-tiny.pt   # ~12 min on 2 cores
 
 Crops are cut exactly as the indexer cuts them (``segsearch.indexer.crops.cut_crop``, all three
 crop modes, masks jittered to mimic imperfect SAM masks). Captions vary (several templates,
@@ -133,8 +133,8 @@ def accuracy(model, tokenizer, crops, labels, templates):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--scenes", type=int, default=5000, help="training scenes (pre-rendered crops)")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--scenes", type=int, default=3000, help="training scenes (pre-rendered crops)")
     ap.add_argument("--batch", type=int, default=192)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)

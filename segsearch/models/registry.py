@@ -146,6 +146,10 @@ CLIP_SHAPES_TINY_CFG = {
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
+register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
+    "sam-shapes-tiny.pt", "cb2fda2f46366f701fb25cd5b50034096201a896ad154ac41edd78caf701a95e"),
+    "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
+
 
 # --- lookup ---------------------------------------------------------------------------------
 def get_sam_spec(name_or_path: str) -> SamSpec:
