@@ -12,22 +12,45 @@ from PIL import Image
 
 from segsearch.api.app import create_app
 from segsearch.api.services import Services
+from segsearch.settings import Settings
 
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture
-def library(tmp_path, settings, index):
-    lib = tmp_path / "lib"
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
+    """One small library indexed once for the whole module (the API only reads it)."""
+    from segsearch.cli import run_index
+    from segsearch.indexer.amg import make_mask_generator
+    from segsearch.indexer.pipeline import Models
+
+    import tiny
+
+    root = tmp_path_factory.mktemp("api")
+    lib = root / "lib"
     colours = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 200, 30)]
     for i, c in enumerate(colours):
         write(lib / ("a" if i < 2 else "b") / f"img{i}.png", png_bytes(scene(color=c, box=(20 + 20 * i, 30, 60, 40))))
-    index(settings, [lib])
-    return lib
+    settings = Settings(data=root / "data", checkpoints=root / "ckpt", sam="sam-test-tiny", clip="clip-test-tiny",
+                        **tiny.TINY_AMG)
+    models = Models(settings, sam_spec=tiny.TINY_SAM, embedder=tiny_embedder,
+                    mask_generator=make_mask_generator("reference", tiny_sam, **settings.amg_params()))
+    run_index(settings, [str(lib)], models=models)
+    return settings, lib
 
 
 @pytest.fixture
-def client(settings, library, tiny_embedder, tiny_sam):
+def library(indexed):
+    return indexed[1]
+
+
+@pytest.fixture
+def settings(indexed):
+    return indexed[0]
+
+
+@pytest.fixture
+def client(settings, tiny_embedder, tiny_sam):
     s = settings.model_copy(update={"max_upload_bytes": 200_000, "max_image_pixels": 4_000_000})
     services = Services(s, embedder=tiny_embedder, sam=tiny_sam)
     with TestClient(create_app(s, services=services)) as c:

@@ -102,6 +102,8 @@ def test_web_page_in_headless_chromium(server):
         page.wait_for_selector("#detail", state="visible")
         page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0", timeout=20_000)
         page.wait_for_selector("#others img", timeout=20_000)
+        page.mouse.click(3, 3)  # the backdrop closes the detail view
+        page.wait_for_selector("#detail", state="hidden")
         page.check("#group")
         page.wait_for_selector(".group", timeout=20_000)
         browser.close()

@@ -150,6 +150,11 @@ register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
     "sam-shapes-tiny.pt", "cb2fda2f46366f701fb25cd5b50034096201a896ad154ac41edd78caf701a95e"),
     "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
 
+register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
+    "clip-shapes-tiny.pt", "117fcdfd0cedbbe9bf931e237b694a11721d575fe83866a1c8883a3b028903df"),
+    model_cfg=CLIP_SHAPES_TINY_CFG,
+    description="bundled: tiny CLIP trained on shapes-world crops (training/train_clip.py)"))
+
 
 # --- lookup ---------------------------------------------------------------------------------
 def get_sam_spec(name_or_path: str) -> SamSpec:
