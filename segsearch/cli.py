@@ -223,9 +223,6 @@ def serve(
 
 
 # --- demo -------------------------------------------------------------------------------------------
-DEMO_QUERIES = ["red circle", "blue star", "a yellow ring", "green triangle", "purple square", "orange shape"]
-
-
 @app.command()
 def demo(
     data: Annotated[Path, typer.Option("--data", help="Demo data directory.")] = Path("segsearch-demo"),
@@ -245,8 +242,12 @@ def demo(
         folder.mkdir(parents=True, exist_ok=True)
         truth = _write_demo_scenes(folder, DEMO_SEEDS[:scenes])
         summary = run_index(settings, [str(folder)], show_progress=not json_out and sys.stderr.isatty())
+        from collections import Counter
+
+        # query the objects that are really there (most frequent first), plus one colour-only query
+        common = [c for c, _ in Counter(c for caps in truth.values() for c in caps).most_common(5)]
         results = []
-        for q in DEMO_QUERIES:
+        for q in [*common, f"a {common[0].split()[0]} shape"]:
             hits = run_search(settings, q, None, top_k=top_k, kind="object")
             results.append({"query": q, "hits": [h.to_dict() for h in hits]})
     except SegsearchError as exc:
@@ -259,13 +260,13 @@ def demo(
         typer.secho(f'\n"{r["query"]}"', bold=True)
         for h in r["hits"]:
             x, y, w, hh = h["bbox"]
-            shown = truth.get(Path(h["image_path"]).name, "?")
+            shown = ", ".join(truth.get(Path(h["image_path"]).name, []))
             typer.echo(f"  {h['score']:.3f}  {Path(h['image_path']).name}  box=({x},{y},{w},{hh})  scene has: {shown}")
     typer.echo(f"\nscenes in {folder}; try: segsearch search \"white star\" --data {data} "
                "--clip clip-shapes-tiny")
 
 
-def _write_demo_scenes(folder: Path, seeds) -> dict[str, str]:
+def _write_demo_scenes(folder: Path, seeds) -> dict[str, list[str]]:
     from PIL import Image
 
     from segsearch.shapes import make_scene
@@ -276,7 +277,7 @@ def _write_demo_scenes(folder: Path, seeds) -> dict[str, str]:
         sc = make_scene(seed)
         if not (folder / name).exists():
             Image.fromarray(sc.image).save(folder / name)
-        truth[name] = ", ".join(sc.captions)
+        truth[name] = sc.captions
     return truth
 
 
