@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from segsearch.errors import ImageError, ImageTooLarge
+from segsearch.errors import ImageError, ImageTooLarge, SegsearchError
 from segsearch.images import DecodedImage, decode_image
 from segsearch.masks import encode_rle, mask_box_xywh
 from segsearch.store.vectors import SearchFilter
@@ -293,7 +293,10 @@ def segment(
             raise ProblemError(422, "Invalid request", "1-64 points, one label (0 or 1) per point")
         if not np.isfinite(coords).all() or (coords < 0).any() or (coords[:, 0] >= w).any() or (coords[:, 1] >= h).any():
             raise ProblemError(422, "Invalid request", f"points must lie inside the {w}x{h} image")
-    masks, scores, cached = _predict(services, key, rgb, coords, lab, b, multimask_output)
+    try:
+        masks, scores, cached = _predict(services, key, rgb, coords, lab, b, multimask_output)
+    except SegsearchError as exc:  # e.g. SAM weights missing on an offline server
+        raise ProblemError(503, "Segmentation model unavailable", str(exc)) from None
     order = np.argsort(-scores)
     out = [schemas.MaskOut(rle=encode_rle(masks[i]), bbox=list(mask_box_xywh(masks[i])), area=int(masks[i].sum()),
                            score=float(scores[i])) for i in order]

@@ -285,9 +285,8 @@ def _write_demo_scenes(folder: Path, seeds) -> dict[str, list[str]]:
 @models_app.command("list")
 def models_list(json_out: Json = False):
     """Registered models, where their weights come from, and whether they are here already."""
-    from segsearch.models.registry import list_specs
+    from segsearch.models.registry import Weights, list_specs
     from segsearch.models.weights import local_path
-    from segsearch.models.registry import Weights
 
     settings = make_settings()
     rows = list_specs()

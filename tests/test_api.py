@@ -207,3 +207,14 @@ def test_api_key(settings, library, tiny_embedder):
         assert c.get(crop).status_code == 401
         assert c.get(crop, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     services.close()
+
+
+def test_segment_without_sam_weights_is_503_not_500(settings, tiny_embedder, tmp_path):
+    s = settings.model_copy(update={"sam": "sam-vit-b", "offline": True, "checkpoints": tmp_path / "empty"})
+    services = Services(s, embedder=tiny_embedder)
+    with TestClient(create_app(s, services=services)) as c:
+        r = c.post("/v1/segment", files={"file": ("a.png", png_bytes(scene()), "image/png")},
+                   data={"points": "[[10, 10]]"})
+        assert r.status_code == 503 and "sam_vit_b_01ec64.pth" in r.json()["detail"]
+        assert r.headers["content-type"].startswith(PROBLEM)
+    services.close()
