@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", default=None, help="CLIP model (default: clip-shapes-tiny, or settings for COCO)")
     ap.add_argument("--crop-mode", default="masked", choices=["masked", "box", "blur"])
     ap.add_argument("--points-per-side", type=int, default=None)
+    ap.add_argument("--pred-iou-thresh", type=float, default=None)
+    ap.add_argument("--stability-score-thresh", type=float, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -47,8 +49,9 @@ def main(argv=None) -> int:
             eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes)
             overrides.update({"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny",
                               **SHAPES_AMG})
-        if args.points_per_side:
-            overrides["points_per_side"] = args.points_per_side
+        for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
         settings = Settings(data=Path(tmp) / "data", **overrides)
         report = evaluate(eval_set, settings, workdir=Path(tmp))
     print(json.dumps(report) if args.json else format_report(report))

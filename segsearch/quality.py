@@ -8,8 +8,9 @@ Definitions (macro-averaged over text queries, one query per class present):
 
 * ``mask_recall``    share of ground-truth objects matched by some generated mask at IoU >= 0.75
 * ``mean_best_iou``  mean over ground-truth objects of the best IoU with any generated mask
-* ``precision_at_5`` correct hits in the top 5 / min(5, objects of that class); a hit is correct
-  when its mask overlaps a ground-truth object of the queried class at IoU >= 0.5
+* ``precision_at_5`` correct hits in the top 5 / min(5, correct segments in the index); a hit is
+  correct when its mask overlaps a ground-truth object of the queried class at IoU >= 0.5 (the
+  denominator is what a perfect ranking could reach, so classes with few objects are not capped)
 * ``recall_at_10``   distinct objects of the class found in the top 10 / min(10, objects of the class)
 
 Search is over segments of kind ``object`` (the whole-image segment has no mask to judge).
@@ -137,6 +138,18 @@ def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries:
     try:
         Indexer(settings, catalog, vectors, models).run_paths([im.path.resolve() for im in eval_set.images])
         searcher = Searcher(catalog, vectors, models.embedder, models.collection)
+        # how many indexed segments are correct answers for each class (the ceiling of any ranking)
+        from segsearch.identity import image_id
+
+        correct_segments: dict[str, int] = {}
+        for im in eval_set.images:
+            segs = [r for r in catalog.image_segments(image_id(im.path.read_bytes())) if r.rle]
+            if not segs:
+                continue
+            ious = iou_matrix(np.stack([decode_rle(r.rle) for r in segs]), im.masks)
+            for row in ious:
+                for cls in {lab for lab, iou in zip(im.labels, row) if iou >= HIT_IOU}:
+                    correct_segments[cls] = correct_segments.get(cls, 0) + 1
         p5, r10, per_query = [], [], {}
         for cls in eval_set.classes:
             text = (queries or {}).get(cls, cls)
@@ -155,9 +168,10 @@ def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries:
                             ok = True
                             found.add((h.image_path, j))
                 correct.append(ok)
-            p5.append(sum(correct[:5]) / min(5, n_rel))
+            p5.append(sum(correct[:5]) / max(1, min(5, correct_segments.get(cls, 0))))
             r10.append(len(found) / min(10, n_rel))
-            per_query[text] = {"precision_at_5": p5[-1], "recall_at_10": r10[-1], "relevant": n_rel}
+            per_query[text] = {"precision_at_5": p5[-1], "recall_at_10": r10[-1], "objects": n_rel,
+                               "correct_segments": correct_segments.get(cls, 0)}
         return {"precision_at_5": float(np.mean(p5)), "recall_at_10": float(np.mean(r10)),
                 "queries": len(p5), "per_query": per_query}
     finally:
