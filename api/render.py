@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from segsearch.images import decode_image
-from segsearch.indexer.crops import FILL, square_box
+from segsearch.indexer.crops import cut_crop, square_box
 from segsearch.masks import decode_rle
 
 HIGHLIGHT = np.array([255, 40, 120], np.float32)
@@ -27,21 +27,10 @@ def mask_png(rle: dict) -> bytes:
 
 
 def crop_jpeg(rgb: np.ndarray, rle: dict | None, bbox, padding: float = 0.1, max_side: int = 384) -> bytes:
-    """What a person wants to see: the box plus context, outside the mask dimmed (not erased)."""
-    h, w = rgb.shape[:2]
-    x0, y0, side = square_box(bbox, padding, w, h)
-    canvas = np.empty((side, side, 3), np.uint8)
-    canvas[:] = FILL
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    patch = rgb[sy0:sy1, sx0:sx1].astype(np.float32)
-    if rle is not None:
-        m = decode_rle(rle)[sy0:sy1, sx0:sx1]
-        patch = np.where(m[..., None], patch, patch * 0.35 + 255 * 0.1)
-    canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.clip(patch, 0, 255).astype(np.uint8)
-    im = Image.fromarray(canvas)
-    if side > max_side:
-        im = im.resize((max_side, max_side), Image.BICUBIC)
-    return _encode(im, "JPEG")
+    """What a person wants to see: the indexer's crop window, outside the mask dimmed (not erased)."""
+    side = square_box(bbox, padding, rgb.shape[1], rgb.shape[0])[2]
+    mask = decode_rle(rle) if rle is not None else None
+    return _encode(cut_crop(rgb, mask, bbox, mode="dim", padding=padding, size=min(side, max_side)), "JPEG")
 
 
 def overlay(rgb: np.ndarray, rle: dict | None, max_side: int = 1600) -> Image.Image:

@@ -208,23 +208,22 @@ def _source(services: Services, image_id: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=512)
-def _rendered(segment_id: str, what: str, rle_json: str, bbox: tuple, image_id: str, services: Services) -> bytes:
-    rle = json.loads(rle_json) if rle_json else None
-    if what == "mask":
-        return render.mask_png(rle)
-    rgb = _source(services, image_id)
-    if rle is not None and tuple(rle["size"]) != rgb.shape[:2]:
-        raise ProblemError(404, "Source image unavailable", "the file at the indexed path has changed")
-    return render.crop_jpeg(rgb, rle, bbox) if what == "crop" else render.overlay_jpeg(rgb, rle)
-
-
-def _render_response(services: Services, segment_id: str, what: str, media: str) -> Response:
+def _rendered(services: Services, segment_id: str, what: str) -> bytes:
+    # segment ids are derived from image content + pipeline, so one id always has the same mask
     row = get_segment_row(services, segment_id)
     if what in ("mask", "overlay") and row.rle is None:
         raise ProblemError(404, "No mask", "whole-image segments have no mask")
-    data = _rendered(segment_id, what, json.dumps(row.rle) if row.rle else "", tuple(row.bbox), row.image_id,
-                     services)
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    if what == "mask":
+        return render.mask_png(row.rle)
+    rgb = _source(services, row.image_id)
+    if row.rle is not None and tuple(row.rle["size"]) != rgb.shape[:2]:
+        raise ProblemError(404, "Source image unavailable", "the file at the indexed path has changed")
+    return render.crop_jpeg(rgb, row.rle, row.bbox) if what == "crop" else render.overlay_jpeg(rgb, row.rle)
+
+
+def _render_response(services: Services, segment_id: str, what: str, media: str) -> Response:
+    return Response(_rendered(services, segment_id, what), media_type=media,
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/segments/{segment_id}/crop.jpg", response_class=Response, responses=NOT_FOUND)

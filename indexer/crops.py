@@ -2,7 +2,7 @@
 
 The crop is the mask's box plus context padding, made square (so CLIP's centre crop cuts
 nothing) and resized. Outside the mask, pixels are filled (``masked``, default), kept
-(``box``) or blurred (``blur``). Out-of-image padding is filled with the same colour.
+(``box``) or blurred (``blur``); ``dim`` (darkened context) is for showing crops to people. Out-of-image padding is filled with the same colour.
 """
 
 from __future__ import annotations
@@ -43,11 +43,14 @@ def cut_crop(rgb: np.ndarray, mask: np.ndarray | None, box_xywh, *, mode: str = 
             elif mode == "blur":
                 radius = max(2.0, side / 20.0)
                 bg = np.asarray(Image.fromarray(patch).filter(ImageFilter.GaussianBlur(radius)))
+            elif mode == "dim":
+                bg = (patch * 0.35 + 25.5).astype(np.uint8)
             else:
                 raise ValueError(f"unknown crop mode {mode!r}")
             patch = np.where(m[:, :, None], patch, bg)
         canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = patch
-    return Image.fromarray(canvas).resize((size, size), Image.BICUBIC)
+    im = Image.fromarray(canvas)
+    return im if size == side else im.resize((size, size), Image.BICUBIC)
 
 
 def whole_image(rgb: np.ndarray, size: int = 224) -> Image.Image:

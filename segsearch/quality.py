@@ -139,11 +139,10 @@ def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries:
         Indexer(settings, catalog, vectors, models).run_paths([im.path.resolve() for im in eval_set.images])
         searcher = Searcher(catalog, vectors, models.embedder, models.collection)
         # how many indexed segments are correct answers for each class (the ceiling of any ranking)
-        from segsearch.identity import image_id
-
         correct_segments: dict[str, int] = {}
         for im in eval_set.images:
-            segs = [r for r in catalog.image_segments(image_id(im.path.read_bytes())) if r.rle]
+            known = catalog.lookup_path(str(im.path.resolve()))
+            segs = [r for r in catalog.image_segments(known[0].image_id) if r.rle] if known else []
             if not segs:
                 continue
             ious = iou_matrix(np.stack([decode_rle(r.rle) for r in segs]), im.masks)

@@ -159,6 +159,12 @@ class EdgeVectorIndex(VectorIndex):
     def collections(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.iterdir()))
 
+    def has_collection(self, name: str) -> bool:
+        if name in self._shards:
+            return True
+        path = self.root / name
+        return path.is_dir() and any(path.iterdir())
+
     def _apply(self, name: str, op) -> None:
         shard = self._shard(name)
         with self._lock:
@@ -273,6 +279,7 @@ class ServerVectorIndex(VectorIndex):
         from qdrant_client import QdrantClient
 
         self.local = not url.startswith(("http://", "https://"))
+        self._known: set[str] = set()
         try:
             if url == ":memory:":
                 self.client = QdrantClient(location=":memory:")
@@ -286,9 +293,10 @@ class ServerVectorIndex(VectorIndex):
     def ensure_collection(self, name, dim):
         from qdrant_client import models as m
 
-        if self.client.collection_exists(name):
+        if self.has_collection(name):
             return
         self.client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE))
+        self._known.add(name)
         if self.local:
             return  # local mode has no payload indexes (and warns about them)
         for key, kind in PAYLOAD_INDEXES.items():
@@ -299,7 +307,10 @@ class ServerVectorIndex(VectorIndex):
         return sorted(c.name for c in self.client.get_collections().collections)
 
     def has_collection(self, name):
-        return self.client.collection_exists(name)
+        # collections are never dropped by segsearch: remember the ones seen, ask the server otherwise
+        if name not in self._known and self.client.collection_exists(name):
+            self._known.add(name)
+        return name in self._known
 
     def upsert(self, name, points):
         from qdrant_client import models as m
