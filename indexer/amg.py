@@ -45,7 +45,13 @@ class ReferenceAMG:
         ).sort_canonical()
 
 
-ENGINES = {"reference": ReferenceAMG}
+def _fast(sam, **params):
+    from segsearch.indexer.fast_amg import FastAMG
+
+    return FastAMG(sam, **params)
+
+
+ENGINES = {"fast": _fast, "reference": ReferenceAMG}
 
 
 def make_mask_generator(engine: str, sam, **params) -> MaskGenerator:

@@ -66,13 +66,13 @@ class Models:
     index never loads a model. Fingerprints come from the specs alone."""
 
     def __init__(self, settings: Settings, *, sam_spec=None, clip_spec=None, mask_generator=None,
-                 embedder=None, engine: str = "reference"):
+                 embedder=None, engine: str | None = None):
         from segsearch.models import get_clip_spec, get_sam_spec
 
         self.settings = settings
         self.sam_spec = sam_spec or get_sam_spec(settings.sam)
         self.clip_spec = clip_spec or (embedder.spec if embedder else get_clip_spec(settings.clip, settings.clip_arch))
-        self.engine = engine
+        self.engine = engine or settings.amg
         self._mask_generator = mask_generator
         self._embedder = embedder
 

@@ -61,6 +61,7 @@ def index(
     database_url: DbUrl = None, vector_backend: Backend = None, qdrant_url: QdrantUrl = None,
     offline: Offline = None,
     force: Annotated[bool, typer.Option("--force", help="Re-index images even if already indexed.")] = False,
+    amg: Annotated[Optional[str], typer.Option(help="Mask engine: fast | reference (same masks).")] = None,
     points_per_side: Annotated[Optional[int], typer.Option(help="AMG grid points per side.")] = None,
     points_per_batch: Annotated[Optional[int], typer.Option(help="AMG prompts per decoder batch.")] = None,
     pred_iou_thresh: Annotated[Optional[float], typer.Option(help="AMG predicted-IoU filter.")] = None,
@@ -77,7 +78,7 @@ def index(
         settings = make_settings(
             data=data, sam=sam, clip=clip, device=device, database_url=database_url,
             vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline,
-            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            amg=amg, points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, box_nms_thresh=box_nms_thresh,
             crop_n_layers=crop_n_layers, min_mask_region_area=min_mask_region_area, crop_mode=crop_mode,
             min_segment_area=min_segment_area)

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Never download weights.")
 
     # --- automatic mask generation (segment_anything.SamAutomaticMaskGenerator) --------------
+    amg: Literal["fast", "reference"] = Field(
+        "fast", description="Mask engine: fast (same masks, survivors-only post-processing) or reference "
+                            "(the official SamAutomaticMaskGenerator). Not part of the fingerprint: both give the same masks.")
     points_per_side: int = Field(32, ge=1)
     points_per_batch: int = Field(64, ge=1)
     pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)

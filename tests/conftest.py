@@ -88,7 +88,7 @@ def make_models(tiny_sam, tiny_embedder):
     from segsearch.indexer.pipeline import Models
 
     def _make(settings: Settings, *, embedder=None, mask_generator=None) -> Models:
-        gen = mask_generator or make_mask_generator("reference", tiny_sam, **settings.amg_params())
+        gen = mask_generator or make_mask_generator(settings.amg, tiny_sam, **settings.amg_params())
         return Models(settings, sam_spec=tiny.TINY_SAM, mask_generator=gen, embedder=embedder or tiny_embedder)
 
     return _make

@@ -34,7 +34,7 @@ def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
     settings = Settings(data=root / "data", checkpoints=root / "ckpt", sam="sam-test-tiny", clip="clip-test-tiny",
                         **tiny.TINY_AMG)
     models = Models(settings, sam_spec=tiny.TINY_SAM, embedder=tiny_embedder,
-                    mask_generator=make_mask_generator("reference", tiny_sam, **settings.amg_params()))
+                    mask_generator=make_mask_generator(settings.amg, tiny_sam, **settings.amg_params()))
     run_index(settings, [str(lib)], models=models)
     return settings, lib
 

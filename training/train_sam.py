@@ -143,6 +143,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=16, help="point prompts per image per step")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--pool-start", type=int, default=0, help="first training seed of the pool")
+    ap.add_argument("--init", type=Path, help="start from these weights (continue training) instead of random init")
+    ap.add_argument("--save-every", type=int, default=0, help="also write --out every N steps (0: only at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("checkpoints/sam-shapes-tiny.pt"))
@@ -152,11 +155,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    pool = make_pool(list(TRAIN_SEEDS[: args.pool]))
+    pool = make_pool(list(TRAIN_SEEDS[args.pool_start : args.pool_start + args.pool]))
     val = make_pool(list(HELDOUT_SEEDS[:24]))
     print(f"rendered {len(pool)} training scenes in {time.time() - t0:.0f}s", flush=True)
 
     sam = build_sam_model(SAM_SHAPES_TINY_CONFIG).train()
+    if args.init:
+        sam.load_state_dict({k: v.float() for k, v in torch.load(args.init, weights_only=True).items()})
+        print(f"continuing from {args.init}", flush=True)
     n_params = sum(p.numel() for p in sam.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
     opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, weight_decay=0.01)
@@ -179,15 +185,23 @@ def main() -> None:
                 vml, vil, vmiou = evaluate(sam, val, np.random.default_rng(1))
                 msg += f" | heldout mask {vml:.3f} iou-head {vil:.4f} mIoU {vmiou:.3f}"
             print(msg, flush=True)
+        if args.save_every and (step + 1) % args.save_every == 0:
+            save(sam, args.out)
 
     vml, vil, vmiou = evaluate(sam, val, np.random.default_rng(1))
     print(f"final after {args.steps} steps, {(time.time() - start) / 60:.1f} min: "
           f"heldout point-prompt mIoU {vmiou:.3f} (mask loss {vml:.3f})", flush=True)
+    save(sam, args.out)
+
+
+def save(sam, out: Path) -> None:
     state = {k: v.half() if v.is_floating_point() else v for k, v in sam.state_dict().items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out)
-    sha = hashlib.sha256(args.out.read_bytes()).hexdigest()
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) sha256 {sha}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out)
+    sha = hashlib.sha256(out.read_bytes()).hexdigest()
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) sha256 {sha}", flush=True)
 
 
 if __name__ == "__main__":

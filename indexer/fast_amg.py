@@ -1,0 +1,404 @@
+"""Fast automatic mask generation: the reference algorithm, reordered so the expensive work is
+done only for masks that survive.
+
+The official ``SamAutomaticMaskGenerator`` upsamples *every* decoded mask (3 per prompt, 3,072
+for a 32×32 grid) to the full image resolution before it filters anything, then computes
+stability, boxes and RLE at full resolution. Here the same model, prompts and settings are used,
+but:
+
+1. the image is encoded once per crop (the official ``SamPredictor``, so embeddings are
+   identical) and all prompts are decoded in large batches, keeping the low-resolution logits
+   (256×256 for ViT-B/L/H) and the predicted IoUs;
+2. the predicted-IoU filter, the stability score and the boxes for NMS are computed on the
+   low-resolution logits; masks whose low-resolution stability falls close (measured bound)
+   of the threshold are re-scored exactly at full resolution, so the keep/drop decisions match
+   the reference;
+3. box NMS runs on boxes mapped from low resolution to image pixels;
+4. only the survivors (tens, not thousands) are upsampled with the model's own
+   ``postprocess_masks`` — bit-for-bit the reference's interpolation — thresholded, boxed,
+   and checked against crop edges.
+
+Crop layers, crop NMS and small-region clean-up follow the reference exactly (its own helpers).
+Output: a :class:`~segsearch.masks.MaskSet` in canonical order, like the reference engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segsearch.masks import MaskSet
+
+
+class FastAMG:
+    name = "fast"
+    LOW_RES_ERR = 0.12
+    INPUT_ERR = 0.02
+
+    def __init__(self, sam, points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
+                 stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
+                 box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
+                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
+                 min_mask_region_area: int = 0, decode_batch: int = 256,
+                 autocast: bool | None = None):
+        from segment_anything import SamPredictor
+        from segment_anything.utils.amg import build_all_layer_point_grids
+
+        self.sam = sam
+        self.predictor = SamPredictor(sam)
+        self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        # the decoder batch is a speed knob only (results do not depend on it)
+        self.decode_batch = max(int(points_per_batch), int(decode_batch))
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        device = next(sam.parameters()).device
+        self.autocast = (device.type == "cuda") if autocast is None else autocast
+        self.timings: dict[str, float] = {}
+
+    # --- public -------------------------------------------------------------------------------
+    def generate(self, rgb: np.ndarray) -> MaskSet:
+        import torch
+        from segment_anything.utils.amg import MaskData, generate_crop_boxes
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
+        orig_size = rgb.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        data = MaskData()
+        with torch.inference_mode():
+            for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+                data.cat(self._process_crop(rgb, crop_box, layer_idx, orig_size))
+            if len(crop_boxes) > 1 and len(data["boxes"]):
+                scores = 1 / box_area(data["crop_boxes"]).float()
+                keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(data["boxes"])),
+                                   iou_threshold=self.crop_nms_thresh)
+                data.filter(keep)
+        if "masks" not in data._stats or len(data["masks"]) == 0:
+            return MaskSet.empty(*orig_size)
+        if self.min_mask_region_area > 0:
+            data = self._small_regions(data)
+        masks = data["masks"].cpu().numpy()
+        return MaskSet.from_masks(masks, data["iou_preds"].float().cpu().numpy(),
+                                  data["stability_score"].float().cpu().numpy()).sort_canonical()
+
+    # --- stages -------------------------------------------------------------------------------
+    def _process_crop(self, rgb, crop_box, layer_idx, orig_size):
+        import time
+
+        import torch
+        from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
+                                                is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_masks)
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        sam, pred = self.sam, self.predictor
+        x0, y0, x1, y1 = crop_box
+        crop = rgb[y0:y1, x0:x1, :]
+        crop_size = crop.shape[:2]
+        t0 = time.perf_counter()
+        with self._autocast():
+            pred.set_image(crop)
+        t1 = time.perf_counter()
+        self.timings["encoder"] += t1 - t0
+
+        points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
+        thr, off = sam.mask_threshold, self.stability_score_offset
+        low_list, iou_list, pts_list = [], [], []
+        dense_pe = sam.prompt_encoder.get_dense_pe()
+        for i in range(0, len(points), self.decode_batch):
+            p = points[i : i + self.decode_batch]
+            coords = torch.as_tensor(pred.transform.apply_coords(p, crop_size), dtype=torch.float, device=pred.device)
+            labels = torch.ones(len(p), 1, dtype=torch.int, device=pred.device)
+            with self._autocast():
+                sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+                low, iou = sam.mask_decoder(image_embeddings=pred.features, image_pe=dense_pe,
+                                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                            multimask_output=True)
+            low, iou = low.flatten(0, 1).float(), iou.flatten(0, 1).float()
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            low_list.append(low[keep])
+            iou_list.append(iou[keep])
+            pts_list.append(torch.as_tensor(np.repeat(p, 3, axis=0), device=keep.device)[keep])
+        t2 = time.perf_counter()
+        self.timings["decoder"] += t2 - t1
+        low = torch.cat(low_list)
+        data = MaskData(low=low, iou_preds=torch.cat(iou_list), points=torch.cat(pts_list))
+        if len(low) == 0:
+            self.timings["postprocess"] += time.perf_counter() - t2
+            return MaskData()
+
+        # Low-resolution view of the valid (unpadded) input area and its scale to crop pixels.
+        in_h, in_w = pred.input_size
+        lh, lw = low.shape[-2:]
+        img = sam.image_encoder.img_size
+        vh, vw = max(1, round(in_h * lh / img)), max(1, round(in_w * lw / img))
+        valid = data["low"][:, :vh, :vw]
+        stab = calculate_stability_score(valid, thr, off)
+        if self.stability_score_thresh > 0:
+            stab = self._refine_stability(data["low"], stab, crop_size)
+            data["stability_score"] = stab
+            data.filter(stab >= self.stability_score_thresh)
+        else:
+            data["stability_score"] = stab
+        if len(data["low"]) == 0:
+            self.timings["postprocess"] += time.perf_counter() - t2
+            return MaskData()
+
+        # NMS on the exact full-resolution boxes, computed from the low-resolution logits only
+        # over each mask's bounding region (not the whole image).
+        keep = self._nms(data["low"], data["iou_preds"], crop_box, orig_size, crop_size)
+        data.filter(keep)
+        orig_h, orig_w = orig_size
+        if len(keep) == 0:
+            self.timings["postprocess"] += time.perf_counter() - t2
+            return MaskData()
+
+        # Only the survivors go to full resolution, exactly as the reference interpolates them.
+        masks = torch.cat([self._upsample(data["low"][j : j + 32], crop_size) > thr
+                           for j in range(0, len(data["low"]), 32)])
+        del data["low"]
+        data["boxes"] = batched_mask_to_box(masks)
+        keep = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+        masks = masks[keep]
+        data.filter(keep)
+        data["masks"] = uncrop_masks(masks, crop_box, orig_h, orig_w).cpu()
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box).cpu()
+        data["iou_preds"] = data["iou_preds"].cpu()
+        data["stability_score"] = data["stability_score"].cpu()
+        data["points"] = data["points"].cpu()
+        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["masks"]))])
+        self.timings["postprocess"] += time.perf_counter() - t2
+        return data
+
+    def _refine_stability(self, low, stab, crop_size):
+        """Stability scores whose keep/drop decision is certain, computed as cheaply as possible.
+
+        Low resolution is within ``LOW_RES_ERR`` of the full-resolution score (measured: max 0.07 on
+        shapes-world candidates), the padded input frame within ``INPUT_ERR`` (max 0.01); only
+        scores still that close to the threshold are computed at full resolution."""
+        import torch.nn.functional as F
+        from segment_anything.utils.amg import calculate_stability_score
+
+        t, thr, off = self.stability_score_thresh, self.sam.mask_threshold, self.stability_score_offset
+        band = (stab - t).abs() < self.LOW_RES_ERR
+        if band.any():
+            idx = band.nonzero().flatten()
+            in_h, in_w = self.predictor.input_size
+            img = self.sam.image_encoder.img_size
+            for j in range(0, len(idx), 64):
+                sel = idx[j : j + 64]
+                up = F.interpolate(low[sel][:, None], (img, img), mode="bilinear", align_corners=False)
+                stab[sel] = calculate_stability_score(up[:, 0, :in_h, :in_w], thr, off)
+            band2 = (stab - t).abs() < self.INPUT_ERR
+            band2 &= band
+            idx = band2.nonzero().flatten()
+            for j in range(0, len(idx), 32):
+                sel = idx[j : j + 32]
+                stab[sel] = calculate_stability_score(self._upsample(low[sel], crop_size), thr, off)
+        return stab
+
+    def _interp_maps(self, low_hw, crop_size):
+        """Matrices Ry (H×lh), Rx (W×lw) with upsample(L) == Ry @ L @ Rx.T for the model's
+        ``postprocess_masks`` (bilinear to the padded input, crop, bilinear to the image)."""
+        import torch
+        import torch.nn.functional as F
+
+        key = (tuple(low_hw), tuple(crop_size), tuple(self.predictor.input_size))
+        if getattr(self, "_maps_key", None) != key:
+            img = self.sam.image_encoder.img_size
+
+            def lin(n, m):  # (m, n): 1-D linear interpolation n -> m, PyTorch's half-pixel rule
+                eye = torch.eye(n, dtype=torch.float64)[None]
+                return F.interpolate(eye, size=m, mode="linear", align_corners=False)[0].T
+
+            maps = []
+            for ax in (0, 1):
+                n_low, n_in, n_out = low_hw[ax], self.predictor.input_size[ax], crop_size[ax]
+                maps.append((lin(n_in, n_out) @ lin(n_low, img)[:n_in]).float())
+            self._maps_key, self._maps = key, maps
+        return self._maps
+
+    def _outer_boxes(self, low, crop_size):
+        """XYXY boxes that surely contain ``upsample(low) > threshold``: the full-resolution rows and
+        columns whose interpolation support meets the low-resolution box."""
+        import torch
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
+        first_y, last_y = self._support_span(ry)
+        first_x, last_x = self._support_span(rx)
+        ny, nx = int((last_y >= 0).nonzero().max()) + 1, int((last_x >= 0).nonzero().max()) + 1
+        lb = batched_mask_to_box(low[:, :ny, :nx] > self.sam.mask_threshold)  # padding never shows
+        return torch.stack([first_x[lb[:, 0]], first_y[lb[:, 1]], last_x[lb[:, 2]], last_y[lb[:, 3]]], 1)
+
+    def _inner_boxes(self, low, crop_size):
+        """XYXY boxes surely inside the exact box: for a positive low-resolution pixel j, the
+        full-resolution pixel with the largest interpolation weight w on j is at least
+        ``w·L[j] + (1-w)·min(L over its support)``; where that is above the threshold the pixel is
+        surely in the mask. Rows are -1 where no pixel is sure."""
+        import torch
+        import torch.nn.functional as F
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
+        wy, ystar = ry.max(0)
+        wx, xstar = rx.max(0)
+        span = max(int(((r != 0).float().cumsum(1).argmax(1) - (r != 0).float().argmax(1)).max()) for r in (ry, rx))
+        k = 2 * span + 1
+        thr = self.sam.mask_threshold
+        neg = -low[:, None]  # separable min filter over each pixel's support neighbourhood
+        neg = F.max_pool2d(neg, (k, 1), stride=1, padding=(k // 2, 0))
+        neigh_min = -F.max_pool2d(neg, (1, k), stride=1, padding=(0, k // 2))[:, 0]
+        w = wy[:, None] * wx[None, :]
+        sure = (low > thr) & (w * (low - thr) + (1 - w) * (neigh_min - thr) > 0) & (w > 0)
+        lb = batched_mask_to_box(sure)
+        out = torch.stack([xstar[lb[:, 0]], ystar[lb[:, 1]], xstar[lb[:, 2]], ystar[lb[:, 3]]], 1).float()
+        out[~sure.flatten(1).any(1)] = -1
+        return out
+
+    @staticmethod
+    def _support_span(r):
+        """For each low-resolution index j, the first and last full-resolution index it reaches."""
+        import torch
+
+        nz = r != 0
+        idx = torch.arange(r.shape[0])[:, None].expand_as(r)
+        big = r.shape[0]
+        first = torch.where(nz, idx, big).min(0).values
+        last = torch.where(nz, idx, -1).max(0).values
+        return first, last
+
+    def _nms(self, low, scores, crop_box, orig_size, crop_size):
+        """Greedy box NMS with the reference's result, computing exact full-resolution boxes only
+        where the decision depends on them.
+
+        Each candidate's exact box lies between an inner and an outer box (both guaranteed); a
+        comparison is decided from the bounds when the IoU interval lies on one side of the
+        threshold, otherwise the exact box is computed.
+        Kept boxes are always exact (they are the output)."""
+        import torch
+        from segment_anything.utils.amg import is_box_near_crop_edge
+
+        thr_iou = self.box_nms_thresh
+        outer = self._outer_boxes(low, crop_size).double().numpy()
+        inner = self._inner_boxes(low, crop_size).double().numpy()  # -1s: empty, zero area below
+        orig_h, orig_w = orig_size
+        check_edge = list(crop_box) != [0, 0, orig_w, orig_h]
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        kept: list[int] = []
+        kept_boxes = np.zeros((0, 4))
+        exact: dict[int, np.ndarray] = {}
+
+        def exact_box(i):
+            if i not in exact:
+                exact[i] = self._exact_boxes(low[i : i + 1], crop_size)[0].double().numpy()
+            return exact[i]
+
+        def area(b):
+            return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
+        def inter(a, b):
+            w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+            h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+            return w * h
+
+        def iou(a, b):
+            i = inter(a, b)
+            return i / np.maximum(area(a) + area(b) - i, 1e-9)
+
+        for i in order:
+            if check_edge:  # the reference drops masks touching an inner crop edge before NMS
+                e = torch.as_tensor(exact_box(i))[None]
+                if bool(is_box_near_crop_edge(e, crop_box, [0, 0, orig_w, orig_h])[0]):
+                    continue
+            if len(kept):
+                if i in exact:
+                    suppressed = bool((iou(exact[i], kept_boxes) > thr_iou).any())
+                else:
+                    o, n = outer[i], inner[i]
+                    ak = area(kept_boxes)
+                    hi = inter(o, kept_boxes) / np.maximum(area(n) + ak - inter(n, kept_boxes), 1e-9)
+                    lo = inter(n, kept_boxes) / np.maximum(area(o) + ak - inter(o, kept_boxes), 1e-9)
+                    if (lo > thr_iou).any():
+                        suppressed = True
+                    elif (hi <= thr_iou).all():
+                        suppressed = False
+                    else:
+                        suppressed = bool((iou(exact_box(i), kept_boxes) > thr_iou).any())
+                if suppressed:
+                    continue
+            kept.append(i)
+            kept_boxes = np.vstack([kept_boxes, exact_box(i)[None]])
+        return torch.as_tensor(kept, dtype=torch.long)
+
+    def _exact_boxes(self, low, crop_size):
+        """XYXY boxes (inclusive, as ``batched_mask_to_box``) of ``upsample(low) > threshold``.
+
+        A full-resolution pixel can only be positive where some low-resolution pixel in its
+        (non-negative) interpolation support is positive, so each box is found by upsampling just
+        the rows/columns reached from the low-resolution box."""
+        import torch
+
+        thr = self.sam.mask_threshold
+        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
+        ry_nz, rx_nz = ry != 0, rx != 0
+        out = torch.zeros(len(low), 4, dtype=torch.int64)
+        pos = low > thr
+        rows_any, cols_any = pos.any(2), pos.any(1)
+        for i in range(len(low)):
+            lr = torch.nonzero(rows_any[i]).flatten()
+            lc = torch.nonzero(cols_any[i]).flatten()
+            if len(lr) == 0:
+                continue
+            ys = torch.nonzero(ry_nz[:, lr[0] : lr[-1] + 1].any(1)).flatten()
+            xs = torch.nonzero(rx_nz[:, lc[0] : lc[-1] + 1].any(1)).flatten()
+            if len(ys) == 0 or len(xs) == 0:
+                continue
+            y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+            sy = torch.nonzero(ry_nz[y0:y1].any(0)).flatten()
+            sx = torch.nonzero(rx_nz[x0:x1].any(0)).flatten()
+            a, b, c, d = int(sy[0]), int(sy[-1]) + 1, int(sx[0]), int(sx[-1]) + 1
+            region = (ry[y0:y1, a:b] @ low[i, a:b, c:d].float() @ rx[x0:x1, c:d].T) > thr
+            yy = torch.nonzero(region.any(1)).flatten()
+            xx = torch.nonzero(region.any(0)).flatten()
+            if len(yy):
+                out[i] = torch.tensor([x0 + int(xx[0]), y0 + int(yy[0]), x0 + int(xx[-1]), y0 + int(yy[-1])])
+        return out
+
+    def _upsample(self, low, crop_size):
+        return self.sam.postprocess_masks(low[:, None], self.predictor.input_size, crop_size)[:, 0]
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+    def _small_regions(self, data):
+        """The reference's small-region clean-up (holes and islands, then NMS), on dense masks."""
+        import torch
+        from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        new, scores = [], []
+        for m in data["masks"].numpy():
+            m, c1 = remove_small_regions(m, self.min_mask_region_area, mode="holes")
+            m, c2 = remove_small_regions(m, self.min_mask_region_area, mode="islands")
+            new.append(torch.as_tensor(m))
+            scores.append(float(not (c1 or c2)))
+        masks = torch.stack(new)
+        boxes = batched_mask_to_box(masks)
+        keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)),
+                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
+        data["masks"] = masks
+        data["boxes"] = boxes
+        data.filter(keep)
+        return data
+
