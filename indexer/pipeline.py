@@ -1,5 +1,10 @@
 """Wire the stages together: discover -> read+hash -> decode -> masks -> crops -> CLIP -> store.
 
+Streaming: files are read, hashed and decoded ahead of the model in worker threads (a bounded
+window, so memory stays flat however large the library); SAM runs on the calling thread; crops
+of several images are embedded together in CLIP batches and their vectors written in one store
+call (a "write group", bounded by ``write_group_images`` / ``write_group_crops``).
+
 Consistency protocol for one image (see ``Indexer.process_image``):
 
 1. SQL: image marked ``pending`` for the current pipeline fingerprint.
@@ -7,7 +12,8 @@ Consistency protocol for one image (see ``Indexer.process_image``):
 3. Vectors: stale points of the image are deleted, the new ones upserted (durable on return).
 4. SQL, one transaction: old segment rows replaced by the new ones, image marked ``indexed``.
 
-A crash anywhere before 4 leaves the image ``pending``; the next run redoes it. Segment ids
+A crash anywhere before 4 leaves the image ``pending`` (with a write group, every image of the
+group not yet committed); the next run redoes it. Segment ids
 are deterministic, and step 3 first removes whatever an interrupted attempt left, so a redo
 never duplicates and never leaves orphan vectors.
 """
@@ -59,6 +65,30 @@ class Outcome:
     status: str  # "indexed" | "skipped" | "failed"
     segments: int = 0
     error: str | None = None
+
+
+@dataclass
+class Read:
+    """A file read, hashed and decoded by a worker thread."""
+
+    stat: os.stat_result
+    known: tuple | None
+    image_id: str
+    size: int
+    decoded: DecodedImage | ImageError
+
+
+@dataclass
+class Prepared:
+    """An image through masks and crops, waiting for its write group."""
+
+    path: Path
+    image_id: str
+    width: int
+    height: int
+    format: str
+    segments: list[dict]
+    crops: list
 
 
 class Models:
@@ -132,19 +162,34 @@ class Indexer:
         })
         self._done = set()
         status = "crashed"
+
+        def record(outcome: Outcome, path: Path) -> None:
+            if outcome.status == "indexed":
+                summary.indexed += 1
+                summary.segments += outcome.segments
+            elif outcome.status == "skipped":
+                summary.skipped += 1
+            else:
+                summary.failed += 1
+                summary.failures.append(Failure(str(path), outcome.error or "unknown error"))
+            if progress:
+                progress(outcome, path)
+
         try:
-            for path in paths:
-                outcome = self.index_file(path, force=force)
-                if outcome.status == "indexed":
-                    summary.indexed += 1
-                    summary.segments += outcome.segments
-                elif outcome.status == "skipped":
-                    summary.skipped += 1
-                else:
-                    summary.failed += 1
-                    summary.failures.append(Failure(str(path), outcome.error or "unknown error"))
-                if progress:
-                    progress(outcome, path)
+            group: list[Prepared] = []
+            for path, pre in self._prefetch(paths, force):
+                result = self._admit(path, pre, force)
+                if isinstance(result, Outcome):
+                    record(result, path)
+                    continue
+                group.append(result)
+                if (len(group) >= self.settings.write_group_images
+                        or sum(len(g.crops) for g in group) >= self.settings.write_group_crops):
+                    for prepared, outcome in self._write_group(group):
+                        record(outcome, prepared.path)
+                    group = []
+            for prepared, outcome in self._write_group(group):
+                record(outcome, prepared.path)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -160,29 +205,70 @@ class Indexer:
                     raise
         return summary
 
-    # --- one file ------------------------------------------------------------------------------
+    # --- stages ----------------------------------------------------------------------------------
     def index_file(self, path: Path, *, force: bool = False) -> Outcome:
-        fp, collection = self.models.fingerprint, self.models.collection
+        """Index one file through the same stages as a run (no prefetch, a group of one)."""
+        result = self._admit(path, self._read(path, self._stat_skip(path, force)), force)
+        if isinstance(result, Outcome):
+            return result
+        return self._write_group([result])[0][1]
+
+    def _stat_skip(self, path: Path, force: bool):
+        """Before reading: an Outcome when the file can be skipped or fails, else ``(stat, known)``."""
         try:
             st = os.stat(path)
             if not os.path.isfile(path):
                 return Outcome("failed", error="not a regular file")
         except OSError as exc:
             return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
-
-        key = str(path)
-        known = self.catalog.lookup_path(key)
+        known = self.catalog.lookup_path(str(path))
         if (known and not force and known[0].size_bytes == st.st_size and known[0].mtime_ns == st.st_mtime_ns
-                and known[1].status == "indexed" and known[1].fingerprint == fp):
+                and known[1].status == "indexed" and known[1].fingerprint == self.models.fingerprint):
             return Outcome("skipped")  # unchanged since it was indexed: not even re-read
+        return st, known
 
+    def _read(self, path: Path, pre):
+        """Worker-thread stage: read, hash and decode (decoding errors are kept, not raised)."""
+        if isinstance(pre, Outcome):
+            return pre
+        st, known = pre
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
             return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
-        iid = image_id(data)
-        for orphan in self.catalog.register_file(key, iid, len(data), st.st_mtime_ns):
+        try:
+            decoded: DecodedImage | ImageError = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        except ImageError as exc:
+            decoded = exc
+        return Read(st, known, image_id(data), len(data), decoded)
+
+    def _prefetch(self, paths: list[Path], force: bool):
+        """(path, read result) in input order; up to ``prefetch`` files read/decoded ahead in threads."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        window = max(1, self.settings.prefetch)
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.read_workers),
+                                thread_name_prefix="segsearch-read") as pool:
+            pending: deque = deque()
+            for path in paths:
+                pre = self._stat_skip(path, force)  # SQL stays on this thread
+                pending.append((path, pool.submit(self._read, path, pre)))
+                if len(pending) >= window:
+                    p, fut = pending.popleft()
+                    yield p, fut.result()
+            while pending:
+                p, fut = pending.popleft()
+                yield p, fut.result()
+
+    def _admit(self, path: Path, read, force: bool):
+        """Catalog bookkeeping for a read file; an Outcome, or a Prepared image (masks and crops)."""
+        if isinstance(read, Outcome):
+            return read
+        fp, collection = self.models.fingerprint, self.models.collection
+        iid, known = read.image_id, read.known
+        for orphan in self.catalog.register_file(str(path), iid, read.size, read.stat.st_mtime_ns):
             self._remove_image(orphan)  # the file changed: its old bytes have no path left
 
         image = self.catalog.get_image(iid)
@@ -193,20 +279,77 @@ class Indexer:
             return Outcome("skipped")
         if image.status == "failed" and iid in self._done:
             return Outcome("failed", error=image.error)
+        if iid in self._done:  # same bytes at two paths in one write group: the first one indexes it
+            return Outcome("skipped")
 
         self._done.add(iid)
+        if isinstance(read.decoded, ImageError):
+            self.catalog.mark_failed(iid, str(read.decoded), fp)
+            return Outcome("failed", error=str(read.decoded))
         try:
-            n = self.process_image(iid, data)
-        except ImageError as exc:
-            self.catalog.mark_failed(iid, str(exc), fp)
-            return Outcome("failed", error=str(exc))
+            return self.prepare(path, iid, read.decoded)
         except (SegsearchError, MemoryError):
             raise  # configuration/storage problems stop the run
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
             msg = f"processing error: {type(exc).__name__}: {exc}"
             self.catalog.mark_failed(iid, msg, fp)
             return Outcome("failed", error=msg)
-        return Outcome("indexed", segments=n)
+
+    def prepare(self, path: Path, iid: str, decoded: DecodedImage) -> Prepared:
+        """Steps 1-2 of the protocol: mark pending, masks, segment rows and crops."""
+        fp, collection = self.models.fingerprint, self.models.collection
+        mask_generator, embedder = self.models.mask_generator, self.models.embedder  # load before any write
+        self.catalog.mark_pending(iid, fp, collection)
+        masks = mask_generator.generate(decoded.rgb)
+        masks = masks.filter(masks.areas >= max(self.settings.min_segment_area, 1))
+        segments, crops = self.build_segments(iid, decoded, masks)
+        return Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops)
+
+    def _write_group(self, group: list[Prepared]) -> list[tuple[Prepared, Outcome]]:
+        """Steps 3-4 for several images: one CLIP pass over all their crops, one vector upsert,
+        then each image's SQL transaction."""
+        if not group:
+            return []
+        fp, collection = self.models.fingerprint, self.models.collection
+        try:
+            vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
+        except (SegsearchError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            msg = f"processing error: {type(exc).__name__}: {exc}"
+            for g in group:
+                self.catalog.mark_failed(g.image_id, msg, fp)
+            return [(g, Outcome("failed", error=msg)) for g in group]
+
+        points, start = [], 0
+        self.vectors.ensure_collection(collection, int(vecs.shape[1]))
+        for g in group:
+            paths = self.catalog.image_paths(g.image_id)
+            dirs = path_dirs(paths)
+            for seg, vec in zip(g.segments, vecs[start : start + len(g.segments)]):
+                points.append(VectorPoint(seg["id"], vec, {
+                    "image_id": g.image_id, "kind": seg["kind"], "area_frac": seg["area_frac"],
+                    "bbox": [seg["x"], seg["y"], seg["w"], seg["h"]], "mask_index": seg["mask_index"],
+                    "paths": paths, "dirs": dirs,
+                }))
+            start += len(g.segments)
+            for sid, coll in self.catalog.segment_refs(g.image_id):
+                if coll != collection:  # pipeline switched embedding model: old space loses this image
+                    self.vectors.delete(coll, [sid])
+            self.vectors.delete_by_image(collection, g.image_id)  # leftovers of an interrupted attempt
+        self.vectors.upsert(collection, points)  # durable on return
+        out = []
+        for g in group:
+            self.catalog.commit_segments(g.image_id, fingerprint=fp, collection=collection, width=g.width,
+                                         height=g.height, fmt=g.format, segments=g.segments)
+            out.append((g, Outcome("indexed", segments=len(g.segments))))
+        return out
+
+    def process_image(self, iid: str, data: bytes) -> int:
+        """Index one image's bytes now (all four steps); returns the number of segments stored."""
+        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        prepared = self.prepare(Path(iid), iid, decoded)
+        return self._write_group([prepared])[0][1].segments
 
     def _remove_image(self, iid: str) -> None:
         by_coll: dict[str, list[str]] = {}
@@ -216,37 +359,6 @@ class Indexer:
             self.vectors.delete(coll, ids)
         self.vectors.delete_by_image(self.models.collection, iid)
         self.catalog.delete_image(iid)
-
-    # --- the consistency protocol ----------------------------------------------------------------
-    def process_image(self, iid: str, data: bytes) -> int:
-        """Index one image's bytes; returns the number of segments stored (objects + 1 whole image)."""
-        fp, collection = self.models.fingerprint, self.models.collection
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
-        mask_generator, embedder = self.models.mask_generator, self.models.embedder  # load before any write
-        self.catalog.mark_pending(iid, fp, collection)
-
-        masks = mask_generator.generate(decoded.rgb)
-        masks = masks.filter(masks.areas >= max(self.settings.min_segment_area, 1))
-        segments, crops = self.build_segments(iid, decoded, masks)
-        vecs = embedder.embed_images(crops)
-
-        paths = self.catalog.image_paths(iid)
-        dirs = path_dirs(paths)
-        points = [VectorPoint(seg["id"], vec, {
-            "image_id": iid, "kind": seg["kind"], "area_frac": seg["area_frac"],
-            "bbox": [seg["x"], seg["y"], seg["w"], seg["h"]], "mask_index": seg["mask_index"],
-            "paths": paths, "dirs": dirs,
-        }) for seg, vec in zip(segments, vecs)]
-
-        self.vectors.ensure_collection(collection, int(vecs.shape[1]))
-        for sid, coll in self.catalog.segment_refs(iid):
-            if coll != collection:  # pipeline switched embedding model: old space loses this image
-                self.vectors.delete(coll, [sid])
-        self.vectors.delete_by_image(collection, iid)  # leftovers of an interrupted attempt
-        self.vectors.upsert(collection, points)  # durable on return
-        self.catalog.commit_segments(iid, fingerprint=fp, collection=collection, width=decoded.width,
-                                     height=decoded.height, fmt=decoded.format, segments=segments)
-        return len(segments)
 
     def build_segments(self, iid: str, decoded: DecodedImage, masks: MaskSet):
         """Segment rows (without image/collection columns) and their crops, whole image last."""

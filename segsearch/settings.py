@@ -64,6 +64,10 @@ class Settings(BaseSettings):
 
     # --- indexing --------------------------------------------------------------------------
     clip_batch_size: int = Field(32, ge=1)
+    read_workers: int = Field(2, ge=1, description="Threads reading, hashing and decoding files ahead of SAM.")
+    prefetch: int = Field(4, ge=1, description="Files read ahead of the model stage (bounds memory).")
+    write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
+    write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
 
     # --- query service ---------------------------------------------------------------------

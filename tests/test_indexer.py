@@ -193,8 +193,9 @@ def test_crash_between_vector_write_and_sql_commit_then_resume(settings, index, 
     with pytest.raises(Crash):
         index(settings, [lib])
     images, seg_ids, point_ids = store_state(settings)
-    assert sorted(images.values()) == ["indexed", "pending"]  # image 3 never reached
-    assert point_ids > seg_ids  # the interrupted image's vectors exist without records...
+    # one write group holds all 3 images: image 1 committed, 2 crashed mid-commit, 3 not reached
+    assert sorted(images.values()) == ["indexed", "pending", "pending"]
+    assert point_ids > seg_ids  # the interrupted images' vectors exist without records...
     catalog, _ = stores()
     pending = next(i for i, st in images.items() if st == "pending")
     assert catalog.get_image(pending).n_segments == 0  # ...and it does not count as indexed
@@ -215,7 +216,7 @@ def test_crash_before_vector_write_leaves_pending_and_resumes(settings, index, s
     with pytest.raises(Crash):
         index(settings, [lib])
     images, seg_ids, point_ids = store_state(settings)
-    assert list(images.values()) == ["pending"] and not seg_ids and not point_ids
+    assert list(images.values()) == ["pending", "pending"] and not seg_ids and not point_ids
     monkeypatch.setattr(EdgeVectorIndex, "upsert", real)
     r = index(settings, [lib])
     assert r.indexed == 2
@@ -275,3 +276,17 @@ def test_indexer_class_can_be_used_alone(settings, make_models, stores, tmp_path
     indexer = Indexer(settings, catalog, vectors, make_models(settings, mask_generator=RedMaskGenerator()))
     outcome = indexer.index_file(tmp_path / "x.png")
     assert outcome.status == "indexed" and outcome.segments == 2
+
+
+def test_streaming_settings_do_not_change_results(settings, index, tmp_path):
+    """Prefetch depth, reader threads and write-group size change speed, never what is stored."""
+    library(tmp_path / "lib", 5)
+    r1 = index(settings, [tmp_path / "lib"])
+    one_by_one = settings.model_copy(update={"data": tmp_path / "serial", "prefetch": 1, "read_workers": 1,
+                                             "write_group_images": 1})
+    r2 = index(one_by_one, [tmp_path / "lib"])
+    wide = settings.model_copy(update={"data": tmp_path / "wide", "prefetch": 16, "read_workers": 4,
+                                       "write_group_images": 3, "write_group_crops": 4})
+    r3 = index(wide, [tmp_path / "lib"])
+    assert r1.indexed == r2.indexed == r3.indexed == 5
+    assert store_state(settings) == store_state(one_by_one) == store_state(wide)

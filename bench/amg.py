@@ -1,0 +1,112 @@
+"""Mask-generation speed: the reference engine (official SamAutomaticMaskGenerator) vs the fast
+engine on the same images, model and settings, in one run, plus how well their masks agree.
+
+    python bench/amg.py                              # bundled sam-shapes-tiny, 10 held-out scenes
+    python bench/amg.py --model sam-vit-b --images 1 # real-size ViT-B, random weights (timing only)
+    python bench/amg.py --device cuda --json
+
+Prints reference_s_per_image, fast_s_per_image, speedup, matched_miou (mean over reference masks
+of the best IoU with a fast mask), count_ratio (fast masks / reference masks) and the fast
+engine's per-stage seconds. Registered models without weights (sam-vit-b/l/h are downloaded
+only when present) are built with random weights when --random-weights is given or the
+checkpoint is missing: fine for timing; with random weights the predicted-IoU filter removes
+nearly every mask, so agreement figures are only meaningful for trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="sam-shapes-tiny", help="registered SAM name")
+    ap.add_argument("--images", type=int, default=10, help="held-out shapes-world scenes to run")
+    ap.add_argument("--size", default=None, help="WxH: render every scene at this size (e.g. 1024x768)")
+    ap.add_argument("--points-per-side", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--random-weights", action="store_true", help="do not load a checkpoint")
+    ap.add_argument("--skip-reference", action="store_true", help="time the fast engine only")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from segsearch.indexer.amg import make_mask_generator
+    from segsearch.models.registry import get_sam_spec
+    from segsearch.models.sam import build_sam_model, load_sam
+    from segsearch.quality import iou_matrix
+    from segsearch.settings import Settings
+    from segsearch.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = get_sam_spec(args.model)
+    settings = Settings()
+    weights = "random"
+    if args.random_weights or spec.weights is None or not (settings.checkpoints / spec.weights.filename).exists():
+        torch.manual_seed(0)
+        sam = build_sam_model(spec.config).to(args.device).eval()
+    else:
+        sam = load_sam(spec, settings.checkpoints, device=args.device, offline=True)
+        weights = spec.weights.filename
+    params = dict(SHAPES_AMG) if args.model == "sam-shapes-tiny" else settings.amg_params()
+    if args.points_per_side:
+        params["points_per_side"] = args.points_per_side
+    size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else (None, None)
+    images = [make_scene(s, width=size[0], height=size[1]).image for s in HELDOUT_SEEDS[: args.images]]
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def timed(engine):
+        gen = make_mask_generator(engine, sam, **params)
+        gen.generate(images[0][:64, :64].copy())  # warm-up (allocator, kernels), not timed
+        out, secs, stages = [], 0.0, {}
+        for im in images:
+            sync()
+            t = time.perf_counter()
+            out.append(gen.generate(im))
+            sync()
+            secs += time.perf_counter() - t
+            for k, v in getattr(gen, "timings", {}).items():
+                stages[k] = stages.get(k, 0.0) + v
+        return out, secs / len(images), {k: v / len(images) for k, v in stages.items()}
+
+    fast, fast_s, stages = timed("fast")
+    result = {
+        "model": args.model, "weights": weights, "device": args.device, "threads": torch.get_num_threads(),
+        "images": len(images), "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
+        "params": params, "fast_s_per_image": round(fast_s, 4),
+        "fast_stages_s_per_image": {k: round(v, 4) for k, v in stages.items()},
+        "fast_masks": sum(len(m) for m in fast),
+    }
+    if not args.skip_reference:
+        ref, ref_s, _ = timed("reference")
+        best = []
+        for a, b in zip(ref, fast):
+            if len(a):
+                best.extend(iou_matrix(a.masks, b.masks).max(1) if len(b) else np.zeros(len(a)))
+        n_ref = sum(len(m) for m in ref)
+        result.update({
+            "reference_s_per_image": round(ref_s, 4), "speedup": round(ref_s / fast_s, 2),
+            "reference_masks": n_ref,
+            "matched_miou": round(float(np.mean(best)), 4) if best else None,
+            "count_ratio": round(result["fast_masks"] / n_ref, 4) if n_ref else None,
+        })
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:24s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
