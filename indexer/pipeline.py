@@ -21,6 +21,7 @@ never duplicates and never leaves orphan vectors.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -53,10 +54,12 @@ class RunSummary:
     segments: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (read/decode summed over threads)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["images_per_s"] = round(self.indexed / self.seconds, 3) if self.seconds > 0 else None
+        d["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         return d
 
 
@@ -144,6 +147,12 @@ class Indexer:
         self.vectors = vectors
         self.models = models
         self._done: set[str] = set()  # image ids handled in this run (same bytes at two paths)
+        self.stages: dict[str, float] = {}
+        self._stage_lock = threading.Lock()
+
+    def _time(self, stage: str, seconds: float) -> None:
+        with self._stage_lock:
+            self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     # --- one run -------------------------------------------------------------------------------
     def run(self, inputs: Iterable[str | Path], *, force: bool = False,
@@ -161,6 +170,7 @@ class Indexer:
             "amg": self.settings.amg_params(), "crop": self.settings.crop_params(), "inputs": len(paths),
         })
         self._done = set()
+        self.stages = {}
         status = "crashed"
 
         def record(outcome: Outcome, path: Path) -> None:
@@ -196,6 +206,7 @@ class Indexer:
             raise
         finally:
             summary.seconds = time.perf_counter() - started
+            summary.stages = dict(self.stages)
             try:
                 self.catalog.finish_run(summary.run_id, status=status, indexed=summary.indexed,
                                         skipped=summary.skipped, failed=summary.failed, segments=summary.segments,
@@ -232,16 +243,21 @@ class Indexer:
         if isinstance(pre, Outcome):
             return pre
         st, known = pre
+        t0 = time.perf_counter()
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
             return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
+        iid = image_id(data)
+        t1 = time.perf_counter()
         try:
             decoded: DecodedImage | ImageError = decode_image(data, max_pixels=self.settings.max_image_pixels)
         except ImageError as exc:
             decoded = exc
-        return Read(st, known, image_id(data), len(data), decoded)
+        self._time("read_hash", t1 - t0)
+        self._time("decode", time.perf_counter() - t1)
+        return Read(st, known, iid, len(data), decoded)
 
     def _prefetch(self, paths: list[Path], force: bool):
         """(path, read result) in input order; up to ``prefetch`` files read/decoded ahead in threads."""
@@ -300,9 +316,19 @@ class Indexer:
         fp, collection = self.models.fingerprint, self.models.collection
         mask_generator, embedder = self.models.mask_generator, self.models.embedder  # load before any write
         self.catalog.mark_pending(iid, fp, collection)
+        t0 = time.perf_counter()
         masks = mask_generator.generate(decoded.rgb)
+        t1 = time.perf_counter()
+        sub = getattr(mask_generator, "timings", None)
+        if sub:  # the fast engine reports encoder / decoder / post-processing
+            for k, v in sub.items():
+                if k in ("encoder", "decoder", "postprocess"):
+                    self._time(f"sam_{k}", v)
+        else:
+            self._time("sam", t1 - t0)
         masks = masks.filter(masks.areas >= max(self.settings.min_segment_area, 1))
         segments, crops = self.build_segments(iid, decoded, masks)
+        self._time("crops", time.perf_counter() - t1)
         return Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops)
 
     def _write_group(self, group: list[Prepared]) -> list[tuple[Prepared, Outcome]]:
@@ -311,8 +337,10 @@ class Indexer:
         if not group:
             return []
         fp, collection = self.models.fingerprint, self.models.collection
+        t0 = time.perf_counter()
         try:
             vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
+            self._time("clip", time.perf_counter() - t0)
         except (SegsearchError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001
@@ -321,6 +349,7 @@ class Indexer:
                 self.catalog.mark_failed(g.image_id, msg, fp)
             return [(g, Outcome("failed", error=msg)) for g in group]
 
+        t0 = time.perf_counter()
         points, start = [], 0
         self.vectors.ensure_collection(collection, int(vecs.shape[1]))
         for g in group:
@@ -343,6 +372,7 @@ class Indexer:
             self.catalog.commit_segments(g.image_id, fingerprint=fp, collection=collection, width=g.width,
                                          height=g.height, fmt=g.format, segments=g.segments)
             out.append((g, Outcome("indexed", segments=len(g.segments))))
+        self._time("store", time.perf_counter() - t0)
         return out
 
     def process_image(self, iid: str, data: bytes) -> int:

@@ -1,0 +1,132 @@
+"""End-to-end indexing throughput, per-stage time and peak memory on generated scenes.
+
+    python bench/index.py                          # 100 shapes-world scenes, bundled models
+    python bench/index.py --scenes 100,1000 --json # peak RSS must not grow with the library
+    python bench/index.py --amg reference --scenes 20
+
+Each size runs in a fresh process (so its peak RSS is its own) on a fresh data directory with the
+embedded stores: images/s, segments/s, seconds per stage (read+hash and decode are summed over
+reader threads and overlap the model stages), peak RSS, and RSS sampled along the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dict:
+    import resource
+    import threading
+
+    import torch
+
+    from segsearch.cli import run_index
+    from segsearch.settings import Settings
+    from segsearch.shapes import SHAPES_AMG
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True,
+                        **SHAPES_AMG)
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def sample():
+        while not stop.wait(1.0):
+            samples.append((round(time.perf_counter() - t0, 1), round(rss_mb(), 1)))
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    summary = run_index(settings, files).to_dict()
+    stop.set()
+    th.join()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    secs = summary["seconds"]
+    n = len(samples)
+    return {
+        "scenes": len(files), "amg": amg, "indexed": summary["indexed"], "failed": summary["failed"],
+        "segments": summary["segments"], "seconds": round(secs, 2),
+        "images_per_s": round(summary["indexed"] / secs, 3), "segments_per_s": round(summary["segments"] / secs, 2),
+        "stages_s": summary["stages"], "peak_rss_mb": round(peak, 1),
+        "rss_mb_at_10_50_100pct": [samples[min(n - 1, int(n * f))][1] for f in (0.1, 0.5, 0.99)] if n else [],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", default="100", help="comma-separated library sizes, e.g. 100,1000")
+    ap.add_argument("--amg", default="fast", choices=["fast", "reference"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workdir", type=Path, default=None, help="where scenes and stores go (default: a temp dir)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", nargs=2, metavar=("FILES_TXT", "DATA"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        files = [Path(p) for p in Path(args.child[0]).read_text().split("\n") if p]
+        print(json.dumps(run_one(files, Path(args.child[1]), args.amg, args.threads)))
+        return 0
+
+    from PIL import Image
+
+    from segsearch.shapes import DEMO_SEEDS, make_scene
+
+    sizes = [int(v) for v in args.scenes.split(",")]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-index-"))
+    scenes = work / "scenes"
+    scenes.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(max(sizes)):
+        p = scenes / f"scene-{k:06d}.png"
+        if not p.exists():
+            Image.fromarray(make_scene(DEMO_SEEDS[k]).image).save(p)
+        files.append(p)
+
+    results = []
+    for n in sizes:
+        lst = work / f"files-{n}.txt"
+        lst.write_text("\n".join(str(p) for p in files[:n]))
+        data = work / f"data-{n}-{args.amg}-{time.time_ns()}"
+        cmd = [sys.executable, __file__, "--child", str(lst), str(data), "--amg", args.amg]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return out.returncode
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if not args.json:
+            r = results[-1]
+            print(f"{r['scenes']:6d} scenes  {r['images_per_s']:.2f} img/s  {r['segments_per_s']:.1f} seg/s  "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MiB  stages {r['stages_s']}", flush=True)
+    report = {"runs": results}
+    if len(results) > 1:
+        report["peak_rss_ratio_largest_vs_smallest"] = round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 3)
+    if args.json:
+        print(json.dumps(report))
+    elif "peak_rss_ratio_largest_vs_smallest" in report:
+        print(f"peak RSS ratio {sizes[-1]} vs {sizes[0]} scenes: {report['peak_rss_ratio_largest_vs_smallest']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
