@@ -200,6 +200,10 @@ class Indexer:
                     group = []
             for prepared, outcome in self._write_group(group):
                 record(outcome, prepared.path)
+            if summary.indexed:
+                t0 = time.perf_counter()
+                self.vectors.optimize()  # embedded store: build/refresh the HNSW index once per run
+                self._time("optimize", time.perf_counter() - t0)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"

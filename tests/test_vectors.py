@@ -141,3 +141,24 @@ def test_edge_store_persists_across_reopen(tmp_path):
     assert again.count("c") == 20
     assert again.search("c", pts[4].vector, 1)[0].id == pts[4].id
     again.close()
+
+
+def test_hnsw_search_after_optimize_matches_exact(tmp_path):
+    """After the indexer's end-of-run optimize, approximate search still finds the true neighbours."""
+    idx = EdgeVectorIndex(tmp_path / "v")
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3000, 16)).astype(np.float32)
+    idx.ensure_collection("c", 16)
+    idx.upsert("c", [VectorPoint(str(uuid.UUID(int=i + 1)), v, {"image_id": f"i{i % 7}", "kind": "object"})
+                     for i, v in enumerate(vecs)])
+    idx.optimize()
+    hits = 0
+    for q in rng.normal(size=(20, 16)):
+        approx = {h.id for h in idx.search("c", q, 10)}
+        exact = {h.id for h in idx.search("c", q, 10, exact=True)}
+        assert len(exact) == 10
+        hits += len(approx & exact)
+    assert hits / 200 >= 0.9
+    flt = SearchFilter(image_ids=["i3"])
+    assert all(h.payload["image_id"] == "i3" for h in idx.search("c", vecs[3], 5, flt))
+    idx.close()

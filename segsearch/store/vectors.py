@@ -91,7 +91,8 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def search(self, name: str, vector: Sequence[float], limit: int, flt: SearchFilter | None = None,
-               offset: int = 0, score_threshold: float | None = None) -> list[VectorHit]: ...
+               offset: int = 0, score_threshold: float | None = None, exact: bool = False) -> list[VectorHit]:
+        """Nearest points; ``exact`` bypasses the HNSW index (brute force, for recall checks)."""
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> dict[str, VectorPoint]: ...
@@ -107,6 +108,9 @@ class VectorIndex(ABC):
 
     def has_collection(self, name: str) -> bool:
         return name in self.collections()
+
+    def optimize(self) -> None:
+        """Bring indexes up to date after a batch of writes (a server does this by itself)."""
 
 
 def _vec(v) -> list[float]:
@@ -214,7 +218,7 @@ class EdgeVectorIndex(VectorIndex):
             must.append(q.FieldCondition("area_frac", range=q.RangeFloat(gte=flt.min_area, lte=flt.max_area)))
         return q.Filter(must=must)
 
-    def search(self, name, vector, limit, flt=None, offset=0, score_threshold=None):
+    def search(self, name, vector, limit, flt=None, offset=0, score_threshold=None, exact=False):
         import qdrant_edge as q
 
         if not self.has_collection(name):
@@ -222,7 +226,8 @@ class EdgeVectorIndex(VectorIndex):
         shard = self._shard(name)
         res = shard.query(q.QueryRequest(limit=limit, offset=offset or None, query=q.Query.Nearest(_vec(vector)),
                                          filter=self._filter(flt), with_payload=True,
-                                         score_threshold=score_threshold))
+                                         score_threshold=score_threshold,
+                                         params=q.SearchParams(exact=True) if exact else None))
         return [VectorHit(str(p.id), float(p.score), dict(p.payload or {})) for p in res]
 
     def retrieve(self, name, ids, with_vectors=True):
@@ -353,10 +358,13 @@ class ServerVectorIndex(VectorIndex):
             must.append(m.FieldCondition(key="area_frac", range=m.Range(gte=flt.min_area, lte=flt.max_area)))
         return m.Filter(must=must)
 
-    def search(self, name, vector, limit, flt=None, offset=0, score_threshold=None):
+    def search(self, name, vector, limit, flt=None, offset=0, score_threshold=None, exact=False):
+        from qdrant_client import models as m
+
         if not self.has_collection(name):
             return []
         res = self.client.query_points(name, query=_vec(vector), limit=limit, offset=offset or None,
+                                       search_params=m.SearchParams(exact=True) if exact and not self.local else None,
                                        query_filter=self._filter(flt), with_payload=True,
                                        score_threshold=score_threshold)
         return [VectorHit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]

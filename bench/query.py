@@ -1,0 +1,153 @@
+"""Text-query latency and throughput against a large store, and HNSW recall against exact search.
+
+    python bench/query.py                         # embedded store, 100k and 1M points
+    python bench/query.py --sizes 100000 --server # + qdrant-client local mode for comparison
+    python bench/query.py --clip clip-vit-b-32 --random-weights --json  # 512-d, real-size text tower
+
+The store is filled with random unit vectors (the store does not care where vectors come from)
+whose payloads look like the indexer's (image_id, kind, area_frac, dirs over 100 folders). Each
+measured query is a distinct text (so no cache hit), encoded by the CLIP text tower and searched
+for the top 10: latency p50/p95/p99 and sequential queries/s, with and without a payload filter
+(kind=object and one folder of 100, ~1% of points). Recall@10 of the HNSW index is measured
+against exact (brute-force) search on the same store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+
+def pct(xs, q):
+    import numpy as np
+
+    return round(float(np.percentile(np.asarray(xs) * 1000, q)), 2)
+
+
+def fill(index, name, n, dim, seed=0, batch=20_000):
+    import numpy as np
+
+    from segsearch.store.vectors import VectorPoint
+
+    rng = np.random.default_rng(seed)
+    index.ensure_collection(name, dim)
+    t = time.perf_counter()
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        v = rng.normal(size=(m, dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        pts = []
+        for j in range(m):
+            i = start + j
+            folder = f"/photos/f{i % 100:03d}"
+            pts.append(VectorPoint(str(uuid.UUID(int=i + 1)), v[j], {
+                "image_id": f"{i // 20:040x}", "kind": "image" if i % 20 == 0 else "object",
+                "area_frac": float((i * 7919 % 1000) / 1000), "bbox": [0, 0, 1, 1], "mask_index": i % 20,
+                "paths": [f"{folder}/{i // 20}.jpg"], "dirs": ["/", "/photos", folder]}))
+        index.upsert(name, pts)
+    upsert_s = time.perf_counter() - t
+    t = time.perf_counter()
+    index.optimize()
+    return upsert_s, time.perf_counter() - t
+
+
+def measure(index, name, embedder, queries, flt):
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        vec = embedder.embed_texts([q])[0]
+        index.search(name, vec, 10, flt)
+        lat.append(time.perf_counter() - t)
+    return {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99),
+            "qps_sequential": round(len(lat) / sum(lat), 1)}
+
+
+def recall(index, name, dim, n_queries=100, seed=1):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    found = 0
+    t_hnsw = t_exact = 0.0
+    for _ in range(n_queries):
+        q = rng.normal(size=dim).astype(np.float32)
+        t = time.perf_counter()
+        a = {h.id for h in index.search(name, q, 10)}
+        t_hnsw += time.perf_counter() - t
+        t = time.perf_counter()
+        e = {h.id for h in index.search(name, q, 10, exact=True)}
+        t_exact += time.perf_counter() - t
+        found += len(a & e)
+    return round(found / (10 * n_queries), 4), round(t_hnsw / n_queries * 1000, 2), round(t_exact / n_queries * 1000, 2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--clip", default="clip-shapes-tiny")
+    ap.add_argument("--random-weights", action="store_true", help="random-init text tower (timing only)")
+    ap.add_argument("--server", action="store_true", help="also qdrant-client local mode (sizes <= 100k)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from segsearch.models.clip import ClipEmbedder
+    from segsearch.models.registry import get_clip_spec
+    from segsearch.settings import Settings
+    from segsearch.shapes import COLORS, SHAPES
+    from segsearch.store.vectors import EdgeVectorIndex, SearchFilter, ServerVectorIndex
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = get_clip_spec(args.clip)
+    if args.random_weights:
+        from dataclasses import replace
+
+        spec = replace(spec, weights=None)
+    embedder = ClipEmbedder.from_spec(spec, Settings().checkpoints, offline=True)
+    dim = embedder.dim
+    words = [f"{c} {s}" for c in COLORS for s in SHAPES]
+    queries = [f"a photo of a {words[i % len(words)]} number {i}" for i in range(args.queries)]
+    embedder.embed_texts(["warm-up"])
+    flt = SearchFilter(kind="object", path_prefix="/photos/f042")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-query-"))
+
+    results = []
+    backends = [("embedded", lambda d: EdgeVectorIndex(d))]
+    if args.server:
+        backends.append(("server-local", lambda d: ServerVectorIndex(":memory:")))
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for backend, make in backends:
+            if backend == "server-local" and size > 100_000:
+                continue  # the client's local mode is brute-force Python: a stand-in, not a scale test
+            index = make(work / f"{backend}-{size}")
+            upsert_s, optimize_s = fill(index, "bench", size, dim)
+            r = {"backend": backend, "points": size, "dim": dim, "upsert_s": round(upsert_s, 1),
+                 "optimize_s": round(optimize_s, 1),
+                 "text_query": measure(index, "bench", embedder, queries, None),
+                 "text_query_filtered": measure(index, "bench", embedder, queries, flt)}
+            r["recall_at_10"], r["hnsw_ms"], r["exact_ms"] = recall(index, "bench", dim)
+            index.close()
+            results.append(r)
+            if not args.json:
+                print(json.dumps(r), flush=True)
+    enc = []
+    for q in queries[:100]:
+        t = time.perf_counter()
+        embedder.embed_texts([q])
+        enc.append(time.perf_counter() - t)
+    report = {"clip": args.clip, "text_encode_p50_ms": pct(enc, 50), "runs": results}
+    print(json.dumps(report) if args.json else f"text encoding alone: p50 {report['text_encode_p50_ms']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
