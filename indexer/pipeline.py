@@ -318,7 +318,10 @@ class Indexer:
     def prepare(self, path: Path, iid: str, decoded: DecodedImage) -> Prepared:
         """Steps 1-2 of the protocol: mark pending, masks, segment rows and crops."""
         fp, collection = self.models.fingerprint, self.models.collection
+        t0 = time.perf_counter()
         mask_generator, embedder = self.models.mask_generator, self.models.embedder  # load before any write
+        if time.perf_counter() - t0 > 0.01:
+            self._time("load_models", time.perf_counter() - t0)
         self.catalog.mark_pending(iid, fp, collection)
         t0 = time.perf_counter()
         masks = mask_generator.generate(decoded.rgb)

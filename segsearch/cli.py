@@ -139,6 +139,45 @@ def print_summary(d: dict) -> None:
 
 # --- search -----------------------------------------------------------------------------------------
 @app.command()
+def doctor(
+    data: Data = None, sam: Sam = None, clip: Clip = None, device: Device = None, database_url: DbUrl = None,
+    vector_backend: Backend = None, qdrant_url: QdrantUrl = None, offline: Offline = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix the drift found (re-indexes affected images).")] = False,
+    json_out: Json = False,
+):
+    """Find drift between SQL records and vectors (orphans, missing vectors, stuck or stale images,
+    vanished files); --repair fixes it. Exit 0 when no drift remains, 1 when drift is left."""
+    from segsearch.indexer.doctor import check, repair as do_repair
+    from segsearch.indexer.pipeline import Indexer, Models
+
+    try:
+        settings = make_settings(data=data, sam=sam, clip=clip, device=device, database_url=database_url,
+                                 vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline)
+        catalog, vectors = open_stores(settings)
+        try:
+            models = Models(settings)
+            found = check(catalog, vectors, models.fingerprint)
+            out = {"found": found.to_dict()}
+            if repair and found.total:
+                out["repair"] = do_repair(found, Indexer(settings, catalog, vectors, models))
+                out["after"] = check(catalog, vectors, models.fingerprint).to_dict()
+            remaining = out.get("after", out["found"])["total"]
+        finally:
+            vectors.close()
+            catalog.close()
+    except SegsearchError as exc:
+        _fail(exc)
+    if json_out:
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo("drift found: " + ", ".join(f"{k} {v}" for k, v in out["found"]["counts"].items()))
+        if "repair" in out:
+            typer.echo("repaired: " + ", ".join(f"{k} {v}" for k, v in out["repair"].items()))
+            typer.echo("drift left: " + ", ".join(f"{k} {v}" for k, v in out["after"]["counts"].items()))
+    raise typer.Exit(0 if remaining == 0 else 1)
+
+
+@app.command()
 def search(
     query: Annotated[Optional[str], typer.Argument(help="Text query, e.g. 'red car'.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Query by example image instead.")] = None,

@@ -280,6 +280,31 @@ class Catalog:
                 "paths": s.scalar(select(func.count()).select_from(ImagePathRow)) or 0,
             }
 
+    # --- maintenance (segsearch doctor) ----------------------------------------------------------
+    def images_by_status(self, status: str) -> list[ImageRow]:
+        with self.Session() as s:
+            return list(s.scalars(select(ImageRow).where(ImageRow.status == status).order_by(ImageRow.id)))
+
+    def segment_owner_map(self, collection: str) -> dict[str, str]:
+        """segment id -> image id, for the segments stored in one vector collection."""
+        with self.Session() as s:
+            return dict(s.execute(select(SegmentRow.id, SegmentRow.image_id)
+                                  .where(SegmentRow.collection == collection)).all())
+
+    def segment_collections(self) -> list[str]:
+        with self.Session() as s:
+            return sorted(s.scalars(select(SegmentRow.collection).distinct()))
+
+    def all_paths(self) -> list[tuple[str, str]]:
+        """(path, image id) of every known file."""
+        with self.Session() as s:
+            return [tuple(r) for r in s.execute(select(ImagePathRow.path, ImagePathRow.image_id)
+                                                .order_by(ImagePathRow.path))]
+
+    def delete_path(self, path: str) -> None:
+        with self.Session.begin() as s:
+            s.execute(delete(ImagePathRow).where(ImagePathRow.path == path))
+
     # --- runs ---------------------------------------------------------------------------------
     def start_run(self, settings: dict) -> int:
         with self.Session.begin() as s:

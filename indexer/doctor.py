@@ -1,0 +1,101 @@
+"""``segsearch doctor``: find and repair drift between the SQL records and the vector store.
+
+Drift kinds (each listed by id in the report):
+
+* ``orphan_vectors``     points in a collection with no segment row (e.g. a crash after the vector
+                         write, before the SQL commit, and the file then vanished)
+* ``missing_vectors``    indexed images some of whose segment rows have no point
+* ``stuck_pending``      images left ``pending`` by an interrupted run
+* ``stale_fingerprint``  indexed images whose pipeline fingerprint is not the current settings'
+* ``dead_paths``         known file paths that no longer exist; ``missing_files`` the images left
+                         with no existing path at all
+
+Repair deletes orphans and dead paths (and the images with no file left, with their vectors), then
+re-indexes every affected image that still has a file, through the normal indexer (deterministic
+ids, so nothing is duplicated), and checks again. Exit code 0 when no drift remains.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+KINDS = ("orphan_vectors", "missing_vectors", "stuck_pending", "stale_fingerprint", "dead_paths", "missing_files")
+
+
+@dataclass
+class DriftReport:
+    orphan_vectors: dict[str, list[str]] = field(default_factory=dict)  # collection -> point ids
+    missing_vectors: list[str] = field(default_factory=list)  # image ids
+    stuck_pending: list[str] = field(default_factory=list)
+    stale_fingerprint: list[str] = field(default_factory=list)
+    dead_paths: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {k: (sum(len(v) for v in self.orphan_vectors.values()) if k == "orphan_vectors"
+                    else len(getattr(self, k))) for k in KINDS}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def to_dict(self) -> dict:
+        return {"counts": self.counts(), "total": self.total, **asdict(self)}
+
+
+def check(catalog, vectors, fingerprint: str) -> DriftReport:
+    r = DriftReport()
+    collections = sorted(set(vectors.collections()) | set(catalog.segment_collections()))
+    missing: set[str] = set()
+    for coll in collections:
+        owners = catalog.segment_owner_map(coll)
+        point_ids = set(vectors.iter_ids(coll))
+        orphans = sorted(point_ids - owners.keys())
+        if orphans:
+            r.orphan_vectors[coll] = orphans
+        missing |= {owners[sid] for sid in owners.keys() - point_ids}
+    indexed = catalog.images_by_status("indexed")
+    r.missing_vectors = sorted(missing & {im.id for im in indexed})
+    r.stuck_pending = [im.id for im in catalog.images_by_status("pending")]
+    r.stale_fingerprint = [im.id for im in indexed if im.fingerprint != fingerprint]
+    alive: set[str] = set()
+    owners_of_paths: dict[str, str] = {}
+    for path, iid in catalog.all_paths():
+        owners_of_paths[path] = iid
+        if os.path.isfile(path):
+            alive.add(iid)
+        else:
+            r.dead_paths.append(path)
+    r.missing_files = sorted({owners_of_paths[p] for p in r.dead_paths} - alive)
+    return r
+
+
+def repair(report: DriftReport, indexer) -> dict:
+    """Fix what ``check`` found; returns what was done."""
+    catalog, vectors = indexer.catalog, indexer.vectors
+    done = {"orphans_deleted": 0, "paths_removed": 0, "images_removed": 0, "images_reindexed": 0,
+            "reindex_failed": 0}
+    for coll, ids in report.orphan_vectors.items():
+        vectors.delete(coll, ids)
+        done["orphans_deleted"] += len(ids)
+    for path in report.dead_paths:
+        catalog.delete_path(path)
+        done["paths_removed"] += 1
+    for iid in report.missing_files:
+        indexer._remove_image(iid)
+        done["images_removed"] += 1
+    redo = (set(report.missing_vectors) | set(report.stuck_pending) | set(report.stale_fingerprint)) - set(
+        report.missing_files)
+    paths = []
+    for iid in sorted(redo):
+        ps = [p for p in catalog.image_paths(iid) if os.path.isfile(p)]
+        if ps:
+            paths.append(ps[0])
+    if paths:
+        from pathlib import Path
+
+        summary = indexer.run_paths([Path(p) for p in paths], force=True)
+        done["images_reindexed"] = summary.indexed
+        done["reindex_failed"] = summary.failed
+    return done
