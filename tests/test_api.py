@@ -218,3 +218,19 @@ def test_segment_without_sam_weights_is_503_not_500(settings, tiny_embedder, tmp
         assert r.status_code == 503 and "sam_vit_b_01ec64.pth" in r.json()["detail"]
         assert r.headers["content-type"].startswith(PROBLEM)
     services.close()
+
+
+def test_bad_input_corpus_gets_4xx_never_5xx(client):
+    """Every file of the bad-input corpus (tests/test_bad_inputs.py) uploaded as a query image."""
+    from test_bad_inputs import corpus
+
+    for kind, (name, data, _expected) in corpus().items():
+        r = client.post("/v1/search/image", files={"file": (name, data, "application/octet-stream")},
+                        data={"top_k": "2"})
+        assert r.status_code < 500, (kind, r.status_code, r.text[:200])
+        if r.status_code >= 400:
+            assert r.headers["content-type"].startswith(PROBLEM), kind
+            assert r.json()["detail"], kind
+        r = client.post("/v1/segment", files={"file": (name, data, "application/octet-stream")},
+                        data={"points": "[[5, 5]]"})
+        assert r.status_code < 500, (kind, "segment", r.status_code, r.text[:200])
