@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     app.include_router(routes.router)
 
+    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+
     @app.get("/healthz", tags=["health"])
     def healthz():
         """The process is up."""
@@ -71,3 +73,37 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return page
 
     return app
+
+
+class TimeoutMiddleware:
+    """A request that runs past ``timeout_s`` before sending anything is answered 503 problem+json
+    (Retry-After) at once. Its handler is not cancelled (a worker thread cannot be interrupted, and
+    waiting for the cancellation would stall this request too): it finishes in the background and
+    its response is dropped. Other requests never wait for it."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        import asyncio
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = {"started": False, "abandoned": False}
+
+        async def guarded_send(message):
+            if state["abandoned"]:
+                return
+            state["started"] = True
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        if task in done or state["started"]:
+            return await task
+        state["abandoned"] = True
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        response = errors.problem(503, "Request timed out",
+                                  f"the request took longer than {self.timeout_s:g}s; try again",
+                                  scope.get("path"), headers={"Retry-After": "1"})
+        await response(scope, receive, send)

@@ -234,3 +234,27 @@ def test_bad_input_corpus_gets_4xx_never_5xx(client):
         r = client.post("/v1/segment", files={"file": (name, data, "application/octet-stream")},
                         data={"points": "[[5, 5]]"})
         assert r.status_code < 500, (kind, "segment", r.status_code, r.text[:200])
+
+
+def test_slow_request_times_out_without_stalling_others(settings, tiny_embedder, tiny_sam, monkeypatch):
+    import time
+
+    s = settings.model_copy(update={"request_timeout_s": 0.3})
+    services = Services(s, embedder=tiny_embedder, sam=tiny_sam)
+    real = Services.text_vector
+
+    def slow_text_vector(self, text):
+        if text == "slow":
+            time.sleep(1.5)
+        return real(self, text)
+
+    monkeypatch.setattr(Services, "text_vector", slow_text_vector)
+    with TestClient(create_app(s, services=services)) as c:
+        t = time.perf_counter()
+        r = c.post("/v1/search", json={"text": "slow"})
+        assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+        assert r.headers["retry-after"] == "1" and time.perf_counter() - t < 1.2
+        t = time.perf_counter()
+        ok = c.post("/v1/search", json={"text": "red"})  # while the slow one still runs in its thread
+        assert ok.status_code == 200 and time.perf_counter() - t < 1.0
+    services.close()
