@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(routes.router)
 
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.openapi = lambda: _openapi_with_problems(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz():
@@ -107,3 +108,31 @@ class TimeoutMiddleware:
                                   f"the request took longer than {self.timeout_s:g}s; try again",
                                   scope.get("path"), headers={"Retry-After": "1"})
         await response(scope, receive, send)
+
+
+def _openapi_with_problems(app: FastAPI) -> dict:
+    """FastAPI's schema, with every error response documented as it is sent: RFC 9457
+    application/problem+json (FastAPI would say application/json)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    ref = {"$ref": "#/components/schemas/Problem"}
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    comps.setdefault("Problem", {"title": "Problem", "type": "object", "required": ["type", "title", "status"],
+                                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                                "status": {"type": "integer"}, "detail": {"type": "string"},
+                                                "instance": {"type": "string"}}})
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            for code, resp in list(responses.items()):
+                if code[0] in "45":
+                    resp["content"] = {errors.PROBLEM: {"schema": ref}}
+            for code, desc in (("4XX", "Client error (problem+json)"), ("5XX", "Server error (problem+json)")):
+                responses.setdefault(code, {"description": desc, "content": {errors.PROBLEM: {"schema": ref}}})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        comps.pop(unused, None)
+    app.openapi_schema = schema
+    return schema

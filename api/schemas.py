@@ -27,12 +27,20 @@ class Filters(BaseModel):
     image_ids: list[str] | None = Field(None, max_length=1000)
 
 
+_ONE_QUERY = {"oneOf": [
+    {"required": [k], "properties": {k: {"type": "string", "minLength": 1}}} for k in ("text", "image_b64", "segment_id")
+]}
+
+
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Exactly one of ``text``, ``image_b64``, ``segment_id`` (stated in the schema, so clients and
+    schema-driven tools know it)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_QUERY)
 
     text: str | None = Field(None, min_length=1, max_length=1000)
-    image_b64: str | None = Field(None, description="Query image, base64 (JPEG/PNG/...).")
-    segment_id: str | None = Field(None, description="More like this segment.")
+    image_b64: str | None = Field(None, min_length=1, description="Query image, base64 (JPEG/PNG/...).")
+    segment_id: str | None = Field(None, min_length=1, description="More like this segment.")
     negative_text: str | None = Field(None, min_length=1, max_length=1000,
                                       description="Push results away from this concept.")
     top_k: int = Field(10, ge=1, le=200)
