@@ -50,7 +50,12 @@ def open_stores(settings):
     from segsearch.store.sql import Catalog
     from segsearch.store.vectors import open_vector_index
 
-    return Catalog.open(settings.sql_url), open_vector_index(settings)
+    vectors = open_vector_index(settings)  # first: the embedded store's lock stops a second process early
+    try:
+        return Catalog.open(settings.sql_url), vectors
+    except BaseException:
+        vectors.close()
+        raise
 
 
 # --- index ------------------------------------------------------------------------------------------

@@ -83,8 +83,8 @@ def test_same_bytes_at_two_paths_is_one_image(settings, index, stores, tmp_path)
     b = write(tmp_path / "lib" / "sub" / "b.png", data)
     r = index(settings, [tmp_path / "lib"])
     assert (r.indexed, r.skipped) == (1, 1)
-    catalog, vectors = stores()
     images, seg_ids, point_ids = store_state(settings)
+    catalog, vectors = stores()
     assert len(images) == 1
     (iid,) = images
     assert catalog.image_paths(iid) == [str(a), str(b)]
@@ -196,9 +196,10 @@ def test_crash_between_vector_write_and_sql_commit_then_resume(settings, index, 
     # one write group holds all 3 images: image 1 committed, 2 crashed mid-commit, 3 not reached
     assert sorted(images.values()) == ["indexed", "pending", "pending"]
     assert point_ids > seg_ids  # the interrupted images' vectors exist without records...
-    catalog, _ = stores()
+    catalog, vectors = stores()
     pending = next(i for i, st in images.items() if st == "pending")
     assert catalog.get_image(pending).n_segments == 0  # ...and it does not count as indexed
+    vectors.close()  # the embedded store serves one handle at a time
 
     monkeypatch.setattr(Catalog, "commit_segments", real_commit)
     r = index(settings, [lib])
@@ -232,11 +233,10 @@ def test_model_switch_creates_new_collection(settings, index, stores, make_model
     models_b = make_models(settings_b, embedder=tiny_embedder_b)
     r = index(settings_b, [lib], models=models_b)
     assert r.indexed == 2  # a different pipeline: everything redone
-    _, vectors = stores()
+    catalog, vectors = stores()
     coll_a = collection_name(tiny.TINY_CLIP.fingerprint)
     coll_b = collection_name(tiny.TINY_CLIP_B.fingerprint)
     assert coll_a != coll_b and set(vectors.collections()) == {coll_a, coll_b}
-    catalog, _ = stores()
     sql_ids = catalog.segment_ids(coll_b)
     assert set(vectors.iter_ids(coll_b)) == sql_ids and len(sql_ids) == r.segments
     assert vectors.count(coll_a) == 0  # the old space holds no orphans of re-indexed images

@@ -113,6 +113,30 @@ class VectorIndex(ABC):
         """Bring indexes up to date after a batch of writes (a server does this by itself)."""
 
 
+def _lock_dir(root: Path):
+    """Hold an exclusive lock on the embedded store for this handle's lifetime (released by the OS
+    if the process dies), so a second indexer/server on the same data directory stops at once with a
+    clear message instead of racing the first."""
+    import fcntl
+    import os
+
+    f = open(root / ".lock", "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise StorageError(
+            f"the embedded vector store {root} is in use by {holder} (one data directory serves one segsearch "
+            "process at a time; wait for it, or use the server backend to share the data)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"segsearch pid {os.getpid()}")
+    f.flush()
+    return f
+
+
 def _vec(v) -> list[float]:
     return np.asarray(v, dtype=np.float32).tolist()
 
@@ -126,6 +150,7 @@ class EdgeVectorIndex(VectorIndex):
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict = {}
         self._lock = threading.RLock()
+        self._dir_lock = _lock_dir(self.root)
 
     def _shard(self, name: str, create_dim: int | None = None):
         import qdrant_edge as q
@@ -267,6 +292,9 @@ class EdgeVectorIndex(VectorIndex):
 
     def close(self) -> None:
         with self._lock:
+            if self._dir_lock is not None:
+                self._dir_lock.close()  # releases the flock
+                self._dir_lock = None
             for shard in self._shards.values():
                 try:
                     shard.flush()
