@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--random-weights", action="store_true", help="random-init text tower (timing only)")
     ap.add_argument("--server", action="store_true", help="also qdrant-client local mode (sizes <= 100k)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--hnsw-ef", type=int, default=128, help="search beam of the embedded index")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-query-"))
 
     results = []
-    backends = [("embedded", lambda d: EdgeVectorIndex(d))]
+    backends = [("embedded", lambda d: EdgeVectorIndex(d, hnsw_ef=args.hnsw_ef))]
     if args.server:
         backends.append(("server-local", lambda d: ServerVectorIndex(":memory:")))
     for size in [int(s) for s in args.sizes.split(",")]:

@@ -145,7 +145,8 @@ def _vec(v) -> list[float]:
 # Embedded: Qdrant Edge
 # ------------------------------------------------------------------------------------------
 class EdgeVectorIndex(VectorIndex):
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, hnsw_m: int = 16, hnsw_ef_construct: int = 100, hnsw_ef: int = 128):
+        self.hnsw_m, self.hnsw_ef_construct, self.hnsw_ef = hnsw_m, hnsw_ef_construct, hnsw_ef
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict = {}
@@ -164,7 +165,9 @@ class EdgeVectorIndex(VectorIndex):
                     shard = q.EdgeShard.load(str(path))
                 elif create_dim is not None:
                     shard = q.EdgeShard.create(str(path), q.EdgeConfig(
-                        vectors=q.EdgeVectorParams(size=create_dim, distance=q.Distance.Cosine)))
+                        vectors=q.EdgeVectorParams(size=create_dim, distance=q.Distance.Cosine),
+                        hnsw_config=q.HnswIndexConfig(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct,
+                                                      full_scan_threshold=10_000)))
                     for key, kind in PAYLOAD_INDEXES.items():
                         schema = q.PayloadSchemaType.Keyword if kind == "keyword" else q.PayloadSchemaType.Float
                         shard.update(q.UpdateOperation.create_field_index(key, schema))
@@ -252,7 +255,8 @@ class EdgeVectorIndex(VectorIndex):
         res = shard.query(q.QueryRequest(limit=limit, offset=offset or None, query=q.Query.Nearest(_vec(vector)),
                                          filter=self._filter(flt), with_payload=True,
                                          score_threshold=score_threshold,
-                                         params=q.SearchParams(exact=True) if exact else None))
+                                         params=q.SearchParams(exact=True) if exact else
+                                         q.SearchParams(hnsw_ef=self.hnsw_ef)))
         return [VectorHit(str(p.id), float(p.score), dict(p.payload or {})) for p in res]
 
     def retrieve(self, name, ids, with_vectors=True):
@@ -432,4 +436,5 @@ def open_vector_index(settings) -> VectorIndex:
 
             raise ConfigError("vector_backend=server needs SEGSEARCH_QDRANT_URL (or --qdrant-url)")
         return ServerVectorIndex(settings.qdrant_url, settings.qdrant_api_key)
-    return EdgeVectorIndex(settings.vectors_path)
+    return EdgeVectorIndex(settings.vectors_path, hnsw_m=settings.hnsw_m, hnsw_ef_construct=settings.hnsw_ef_construct,
+                           hnsw_ef=settings.hnsw_ef)
