@@ -137,3 +137,51 @@ def test_indexer_survives_the_corpus(settings, index, stores, tmp_path):
     again = index(settings, [lib])
     assert again.indexed == 0 and catalog.counts()["indexed"] == counts["indexed"]
 
+
+
+def test_unreadable_deleted_and_changed_files(settings, index, stores, tmp_path, monkeypatch):
+    """Permission denied (simulated: the tests run as root, for whom chmod 000 changes nothing), a file
+    deleted after discovery, and a file rewritten between stat and read: each is handled, the run goes
+    on, and the next run converges on what is on disk."""
+    import builtins
+
+    from segsearch.indexer import pipeline
+
+    lib = tmp_path / "lib"
+    locked = lib / "locked.png"
+    gone = lib / "gone.png"
+    changing = lib / "changing.png"
+    ok = lib / "ok.png"
+    for p, c in [(locked, (200, 0, 0)), (gone, (0, 200, 0)), (changing, (0, 0, 200)), (ok, (200, 200, 0))]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(png_bytes(scene(color=c)))
+    real_open, real_read = builtins.open, pipeline.Indexer._read
+
+    def guarded_open(file, *a, **kw):
+        if str(file) == str(locked):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **kw)
+
+    def read_after_change(self, path, pre):
+        if path == gone and gone.exists():
+            gone.unlink()  # deleted after discovery and stat, just before it is read
+        if path == changing and not getattr(self, "_changed", False):
+            self._changed = True
+            changing.write_bytes(png_bytes(scene(color=(10, 240, 240), box=(5, 5, 30, 30))))  # rewritten mid-run
+        return real_read(self, path, pre)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(pipeline.Indexer, "_read", read_after_change)
+    r = index(settings, [lib])
+    failures = {f.path: f.error for f in r.failures}
+    assert "Permission denied" in failures[str(locked)]
+    assert "No such file" in failures[str(gone)] or "cannot read" in failures[str(gone)]
+    assert r.indexed == 2  # ok.png and the rewritten file (its new bytes)
+
+    monkeypatch.setattr(builtins, "open", real_open)
+    monkeypatch.setattr(pipeline.Indexer, "_read", real_read)
+    again = index(settings, [lib])
+    assert again.failed == 0 and again.indexed == 1  # the formerly unreadable file; nothing else redone
+    catalog, _ = stores()
+    assert catalog.counts()["indexed"] == 3
+    assert catalog.lookup_path(str(gone)) is None
