@@ -147,7 +147,7 @@ CLIP_SHAPES_TINY_CFG = {
 }
 
 register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
-    "sam-shapes-tiny.pt", "cb2fda2f46366f701fb25cd5b50034096201a896ad154ac41edd78caf701a95e"),
+    "sam-shapes-tiny.pt", "b14e2b35cebf79ee7af94d424317f1c9b95a6c37d925856733455cdb5417b453"),
     "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
 
 register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
