@@ -2,7 +2,11 @@
 shapes-world scenes to segment the shape under a point prompt (multimask outputs + IoU head,
 as SAM is trained), so that automatic mask generation recovers a scene's shapes.
 
-    python training/train_sam.py --out checkpoints/sam-shapes-tiny.pt   # ~25 min on 2 cores
+The bundled weights are two stages (logs: sam-shapes-tiny.log, sam-shapes-tiny-stage2.log):
+
+    python training/train_sam.py --out stage1.pt                      # 3600 steps, ~35 min on 2 cores
+    python training/train_sam.py --init stage1.pt --pool-start 3000 --pool 4000 --steps 5000 \
+        --lr 1e-3 --prompts 32 --out checkpoints/sam-shapes-tiny.pt     # ~60 min alone (94 min shared)
 
 Seeded and CPU-only; prints the loss and a held-out point-prompt mIoU as it goes. The result is
 a plain state dict (fp16 to keep the repo small) loaded by the same code as Meta's checkpoints.
