@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--random-weights", action="store_true", help="random-init text tower (timing only)")
     ap.add_argument("--server", action="store_true", help="also qdrant-client local mode (sizes <= 100k)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--hnsw-ef", type=int, default=128, help="search beam of the embedded index")
+    ap.add_argument("--hnsw-ef", default="512", help="search beam(s) of the embedded index, e.g. 128,256,512")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-query-"))
 
     results = []
-    backends = [("embedded", lambda d: EdgeVectorIndex(d, hnsw_ef=args.hnsw_ef))]
+    efs = [int(v) for v in args.hnsw_ef.split(",")]
+    backends = [("embedded", lambda d: EdgeVectorIndex(d))]
     if args.server:
         backends.append(("server-local", lambda d: ServerVectorIndex(":memory:")))
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -132,16 +133,19 @@ def main(argv=None) -> int:
             index = make(work / f"{backend}-{size}")
             upsert_s, optimize_s = fill(index, "bench", size, dim)
             qs = queries if backend == "embedded" else queries[:50]  # local mode filters in Python: slow
-            r = {"backend": backend, "points": size, "dim": dim, "upsert_s": round(upsert_s, 1),
-                 "optimize_s": round(optimize_s, 1), "queries": len(qs),
-                 "text_query": measure(index, "bench", embedder, qs, None),
-                 "text_query_filtered": measure(index, "bench", embedder, qs, flt)}
-            r["recall_at_10"], r["hnsw_ms"], r["exact_ms"] = recall(index, "bench", dim,
-                                                                     100 if backend == "embedded" else 20)
+            for ef in efs if backend == "embedded" else [None]:
+                if ef:
+                    index.hnsw_ef = ef
+                r = {"backend": backend, "points": size, "dim": dim, "hnsw_ef": ef, "upsert_s": round(upsert_s, 1),
+                     "optimize_s": round(optimize_s, 1), "queries": len(qs),
+                     "text_query": measure(index, "bench", embedder, qs, None),
+                     "text_query_filtered": measure(index, "bench", embedder, qs, flt)}
+                r["recall_at_10"], r["hnsw_ms"], r["exact_ms"] = recall(index, "bench", dim,
+                                                                         100 if backend == "embedded" else 20)
+                results.append(r)
+                if not args.json:
+                    print(json.dumps(r), flush=True)
             index.close()
-            results.append(r)
-            if not args.json:
-                print(json.dumps(r), flush=True)
     enc = []
     for q in queries[:100]:
         t = time.perf_counter()

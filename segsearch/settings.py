@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # --- embedded vector index (HNSW) ----------------------------------------------------------
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW edges per node (new collections).")
     hnsw_ef_construct: int = Field(100, ge=8, le=1000, description="HNSW build beam (new collections).")
-    hnsw_ef: int = Field(128, ge=8, le=4096, description="HNSW search beam: higher = better recall, slower.")
+    hnsw_ef: int = Field(512, ge=8, le=4096, description="HNSW search beam: higher = better recall, slower.")
 
     # --- models ------------------------------------------------------------------------
     sam: str = Field("sam-vit-b", description="Registered SAM name or checkpoint path.")
