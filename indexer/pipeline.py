@@ -5,7 +5,7 @@ window, so memory stays flat however large the library); SAM runs on the calling
 of several images are embedded together in CLIP batches and their vectors written in one store
 call (a "write group", bounded by ``write_group_images`` / ``write_group_crops``).
 
-Consistency protocol for one image (see ``Indexer.process_image``):
+Consistency protocol for one image (``Indexer.prepare`` then ``Indexer._write_group``):
 
 1. SQL: image marked ``pending`` for the current pipeline fingerprint.
 2. Masks, crops and vectors are computed in memory.
@@ -381,12 +381,6 @@ class Indexer:
             out.append((g, Outcome("indexed", segments=len(g.segments))))
         self._time("store", time.perf_counter() - t0)
         return out
-
-    def process_image(self, iid: str, data: bytes) -> int:
-        """Index one image's bytes now (all four steps); returns the number of segments stored."""
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
-        prepared = self.prepare(Path(iid), iid, decoded)
-        return self._write_group([prepared])[0][1].segments
 
     def _remove_image(self, iid: str) -> None:
         by_coll: dict[str, list[str]] = {}
