@@ -83,7 +83,7 @@ def repair(report: DriftReport, indexer) -> dict:
         catalog.delete_path(path)
         done["paths_removed"] += 1
     for iid in report.missing_files:
-        indexer._remove_image(iid)
+        indexer.remove_image(iid)
         done["images_removed"] += 1
     redo = (set(report.missing_vectors) | set(report.stuck_pending) | set(report.stale_fingerprint)) - set(
         report.missing_files)

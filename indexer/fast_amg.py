@@ -15,8 +15,8 @@ but:
    the reference;
 3. box NMS runs on boxes mapped from low resolution to image pixels;
 4. only the survivors (tens, not thousands) are upsampled with the model's own
-   ``postprocess_masks`` — bit-for-bit the reference's interpolation — thresholded, boxed,
-   and checked against crop edges.
+   ``postprocess_masks`` — bit-for-bit the reference's interpolation — and thresholded (masks on
+   an inner crop edge were already dropped before NMS, on the same exact boxes).
 
 Crop layers, crop NMS and small-region clean-up follow the reference exactly (its own helpers).
 Output: a :class:`~segsearch.masks.MaskSet` in canonical order, like the reference engine.
@@ -91,9 +91,7 @@ class FastAMG:
         import time
 
         import torch
-        from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
-                                                is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_masks)
-        from torchvision.ops.boxes import batched_nms, box_area
+        from segment_anything.utils.amg import MaskData
 
         sam, pred = self.sam, self.predictor
         x0, y0, x1, y1 = crop_box
@@ -106,8 +104,7 @@ class FastAMG:
         self.timings["encoder"] += t1 - t0
 
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
-        thr, off = sam.mask_threshold, self.stability_score_offset
-        low_list, iou_list, pts_list = [], [], []
+        low_list, iou_list = [], []
         dense_pe = sam.prompt_encoder.get_dense_pe()
         for i in range(0, len(points), self.decode_batch):
             p = points[i : i + self.decode_batch]
@@ -122,13 +119,24 @@ class FastAMG:
             keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
             low_list.append(low[keep])
             iou_list.append(iou[keep])
-            pts_list.append(torch.as_tensor(np.repeat(p, 3, axis=0), device=keep.device)[keep])
         t2 = time.perf_counter()
         self.timings["decoder"] += t2 - t1
-        low = torch.cat(low_list)
-        data = MaskData(low=low, iou_preds=torch.cat(iou_list), points=torch.cat(pts_list))
-        if len(low) == 0:
+        try:
+            return self._postprocess(MaskData(low=torch.cat(low_list), iou_preds=torch.cat(iou_list)),
+                                     crop_box, crop_size, orig_size)
+        finally:
             self.timings["postprocess"] += time.perf_counter() - t2
+
+    def _postprocess(self, data, crop_box, crop_size, orig_size):
+        """Filters, NMS and full-resolution masks for one crop's decoded candidates."""
+        import torch
+        from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
+                                                uncrop_boxes_xyxy, uncrop_masks)
+
+        sam, pred = self.sam, self.predictor
+        thr, off = sam.mask_threshold, self.stability_score_offset
+        low = data["low"]
+        if len(low) == 0:
             return MaskData()
 
         # Low-resolution view of the valid (unpadded) input area and its scale to crop pixels.
@@ -140,38 +148,30 @@ class FastAMG:
         stab = calculate_stability_score(valid, thr, off)
         if self.stability_score_thresh > 0:
             stab = self._refine_stability(data["low"], stab, crop_size)
-            data["stability_score"] = stab
+        data["stability_score"] = stab
+        if self.stability_score_thresh > 0:
             data.filter(stab >= self.stability_score_thresh)
-        else:
-            data["stability_score"] = stab
         if len(data["low"]) == 0:
-            self.timings["postprocess"] += time.perf_counter() - t2
             return MaskData()
 
         # NMS on the exact full-resolution boxes, computed from the low-resolution logits only
         # over each mask's bounding region (not the whole image).
         keep = self._nms(data["low"], data["iou_preds"], crop_box, orig_size, crop_size)
         data.filter(keep)
-        orig_h, orig_w = orig_size
         if len(keep) == 0:
-            self.timings["postprocess"] += time.perf_counter() - t2
             return MaskData()
 
         # Only the survivors go to full resolution, exactly as the reference interpolates them.
         masks = torch.cat([self._upsample(data["low"][j : j + 32], crop_size) > thr
                            for j in range(0, len(data["low"]), 32)])
         del data["low"]
-        data["boxes"] = batched_mask_to_box(masks)
-        keep = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
-        masks = masks[keep]
-        data.filter(keep)
+        # (crop-edge masks were already dropped in _nms, on these same exact boxes)
+        orig_h, orig_w = orig_size
         data["masks"] = uncrop_masks(masks, crop_box, orig_h, orig_w).cpu()
-        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box).cpu()
+        data["boxes"] = uncrop_boxes_xyxy(batched_mask_to_box(masks), crop_box).cpu()
         data["iou_preds"] = data["iou_preds"].cpu()
         data["stability_score"] = data["stability_score"].cpu()
-        data["points"] = data["points"].cpu()
         data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["masks"]))])
-        self.timings["postprocess"] += time.perf_counter() - t2
         return data
 
     def _refine_stability(self, low, stab, crop_size):

@@ -289,7 +289,7 @@ class Indexer:
         fp, collection = self.models.fingerprint, self.models.collection
         iid, known = read.image_id, read.known
         for orphan in self.catalog.register_file(str(path), iid, read.size, read.stat.st_mtime_ns):
-            self._remove_image(orphan)  # the file changed: its old bytes have no path left
+            self.remove_image(orphan)  # the file changed: its old bytes have no path left
 
         image = self.catalog.get_image(iid)
         if image.status == "indexed" and image.fingerprint == fp and (not force or iid in self._done):
@@ -382,7 +382,7 @@ class Indexer:
         self._time("store", time.perf_counter() - t0)
         return out
 
-    def _remove_image(self, iid: str) -> None:
+    def remove_image(self, iid: str) -> None:
         by_coll: dict[str, list[str]] = {}
         for sid, coll in self.catalog.segment_refs(iid):
             by_coll.setdefault(coll, []).append(sid)
