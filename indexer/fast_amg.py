@@ -9,11 +9,12 @@ but:
 1. the image is encoded once per crop (the official ``SamPredictor``, so embeddings are
    identical) and all prompts are decoded in large batches, keeping the low-resolution logits
    (256×256 for ViT-B/L/H) and the predicted IoUs;
-2. the predicted-IoU filter, the stability score and the boxes for NMS are computed on the
-   low-resolution logits; masks whose low-resolution stability falls close (measured bound)
-   of the threshold are re-scored exactly at full resolution, so the keep/drop decisions match
-   the reference;
-3. box NMS runs on boxes mapped from low resolution to image pixels;
+2. the predicted-IoU filter and the stability score are computed on the low-resolution logits;
+   scores within the measured low-resolution error of the threshold are re-scored at the input
+   frame, then at full resolution, so the keep/drop decisions match the reference;
+3. box NMS uses the exact full-resolution boxes, bounded by guaranteed inner/outer boxes derived
+   from the interpolation weights and computed over a mask's region only when the bounds cannot
+   decide;
 4. only the survivors (tens, not thousands) are upsampled with the model's own
    ``postprocess_masks`` — bit-for-bit the reference's interpolation — and thresholded (masks on
    an inner crop edge were already dropped before NMS, on the same exact boxes).
