@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import pg  # noqa: E402
 import tiny  # noqa: E402  (registers the tiny test models)
 
 from segsearch.masks import MaskSet  # noqa: E402
@@ -121,3 +123,35 @@ def stores(settings):
     for catalog, vectors in opened:
         vectors.close()
         catalog.close()
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_admin():
+    """Admin URL of a PostgreSQL server (started for the session). Skipped when none is installed,
+    unless SEGSEARCH_REQUIRE_PG=1 (CI), where a missing server is an error."""
+    try:
+        url, server = pg.server_url()
+    except (FileNotFoundError, RuntimeError) as exc:
+        if os.environ.get("SEGSEARCH_REQUIRE_PG") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield url
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_admin):
+    """A fresh, empty PostgreSQL database for one test."""
+    url = pg.create_database(pg_admin)
+    yield url
+    pg.drop_database(pg_admin, url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request, tmp_path):
+    """The SQL layer's URL, once per supported database (storage/indexer suites run on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return request.getfixturevalue("pg_url")

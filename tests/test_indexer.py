@@ -1,5 +1,6 @@
 """The main job end to end on tiny random-init SAM/CLIP (real segment_anything/open_clip classes),
-the real SQLite catalog and the embedded Qdrant Edge store."""
+the real SQL catalog and the embedded Qdrant Edge store. Every test runs twice: records in SQLite
+and in PostgreSQL."""
 
 import io
 
@@ -8,11 +9,35 @@ import pytest
 from conftest import RedMaskGenerator, png_bytes, scene, write
 from PIL import Image
 
+import pg
 import tiny
 from segsearch.identity import collection_name
 from segsearch.indexer.pipeline import Indexer
 from segsearch.masks import decode_rle
 from segsearch.store.sql import Catalog
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, settings):
+    if request.param == "postgresql":
+        return settings.model_copy(update={"database_url": request.getfixturevalue("pg_url")})
+    return settings
+
+
+@pytest.fixture
+def relocate(settings, request):
+    """relocate(data_dir, **changes): the same settings on a second, empty data dir (and, on
+    PostgreSQL, a second empty database)."""
+
+    def _relocate(data, **changes):
+        update = {"data": data, **changes}
+        if settings.database_url:
+            admin = request.getfixturevalue("pg_admin")
+            url = update["database_url"] = pg.create_database(admin)
+            request.addfinalizer(lambda: pg.drop_database(admin, url))
+        return settings.model_copy(update=update)
+
+    return _relocate
 
 
 def library(root, n=3):
@@ -172,11 +197,12 @@ class Crash(BaseException):
     """Stands in for the process dying (not an Exception: nothing catches it)."""
 
 
-def test_crash_between_vector_write_and_sql_commit_then_resume(settings, index, stores, tmp_path, monkeypatch):
+def test_crash_between_vector_write_and_sql_commit_then_resume(settings, index, stores, tmp_path, monkeypatch,
+                                                               relocate):
     lib = tmp_path / "lib"
     library(lib, 3)
     clean = tmp_path / "clean"
-    clean_settings = settings.model_copy(update={"data": clean})
+    clean_settings = relocate(clean)
     index(clean_settings, [lib])
     expected = store_state(clean_settings)
 
@@ -252,10 +278,10 @@ def test_amg_settings_change_reindexes(settings, index, tmp_path):
     assert r.skipped == 1  # batch size is not part of the result
 
 
-def test_segment_ids_are_deterministic_across_data_dirs(settings, index, stores, tmp_path):
+def test_segment_ids_are_deterministic_across_data_dirs(settings, index, stores, tmp_path, relocate):
     library(tmp_path / "lib", 2)
     index(settings, [tmp_path / "lib"])
-    other = settings.model_copy(update={"data": tmp_path / "other"})
+    other = relocate(tmp_path / "other")
     index(other, [tmp_path / "lib"])
     assert store_state(settings)[1] == store_state(other)[1]
 
@@ -278,15 +304,13 @@ def test_indexer_class_can_be_used_alone(settings, make_models, stores, tmp_path
     assert outcome.status == "indexed" and outcome.segments == 2
 
 
-def test_streaming_settings_do_not_change_results(settings, index, tmp_path):
+def test_streaming_settings_do_not_change_results(settings, index, tmp_path, relocate):
     """Prefetch depth, reader threads and write-group size change speed, never what is stored."""
     library(tmp_path / "lib", 5)
     r1 = index(settings, [tmp_path / "lib"])
-    one_by_one = settings.model_copy(update={"data": tmp_path / "serial", "prefetch": 1, "read_workers": 1,
-                                             "write_group_images": 1})
+    one_by_one = relocate(tmp_path / "serial", prefetch=1, read_workers=1, write_group_images=1)
     r2 = index(one_by_one, [tmp_path / "lib"])
-    wide = settings.model_copy(update={"data": tmp_path / "wide", "prefetch": 16, "read_workers": 4,
-                                       "write_group_images": 3, "write_group_crops": 4})
+    wide = relocate(tmp_path / "wide", prefetch=16, read_workers=4, write_group_images=3, write_group_crops=4)
     r3 = index(wide, [tmp_path / "lib"])
     assert r1.indexed == r2.indexed == r3.indexed == 5
     assert store_state(settings) == store_state(one_by_one) == store_state(wide)

@@ -1,4 +1,5 @@
-"""The schema comes from Alembic migrations and matches the SQLAlchemy models."""
+"""The schema comes from Alembic migrations and matches the SQLAlchemy models, on SQLite and
+PostgreSQL alike (``sql_url`` runs each test on both)."""
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -7,18 +8,19 @@ from sqlalchemy import inspect
 from segsearch.store.sql import Base, Catalog, make_engine, migrate
 
 
-def test_migrations_create_the_models_schema(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_migrations_create_the_models_schema(sql_url):
+    engine = make_engine(sql_url)
     migrate(engine)
     assert set(inspect(engine).get_table_names()) >= {"images", "image_paths", "segments", "runs",
                                                         "alembic_version"}
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"models and migrations disagree: {diff}"
+    engine.dispose()
 
 
-def test_downgrade_and_upgrade_again(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_downgrade_and_upgrade_again(sql_url):
+    engine = make_engine(sql_url)
     migrate(engine)
     from importlib.resources import files
 
@@ -33,10 +35,11 @@ def test_downgrade_and_upgrade_again(tmp_path):
     assert "images" not in inspect(engine).get_table_names()
     migrate(engine)
     assert "images" in inspect(engine).get_table_names()
+    engine.dispose()
 
 
-def test_register_file_reports_orphans(tmp_path):
-    c = Catalog.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_register_file_reports_orphans(sql_url):
+    c = Catalog.open(sql_url)
     assert c.register_file("/p/a.jpg", "h1", 10, 1) == []
     assert c.register_file("/p/b.jpg", "h1", 10, 1) == []  # same bytes, second path
     assert c.register_file("/p/a.jpg", "h2", 11, 2) == []  # h1 still has /p/b.jpg
