@@ -16,13 +16,22 @@ A crash anywhere before 4 leaves the image ``pending`` (with a write group, ever
 group not yet committed); the next run redoes it. Segment ids
 are deterministic, and step 3 first removes whatever an interrupted attempt left, so a redo
 never duplicates and never leaves orphan vectors.
+
+Several indexers at once (same database and vector server): before step 1 an indexer *claims*
+the image in SQL (``Catalog.claim``, a lease renewed by a heartbeat thread, released after step
+4). An image claimed by another live indexer is deferred; once its own pass is over, an indexer
+waits on its deferred images until each is indexed by its holder or the holder's lease expires
+(it crashed), and then takes it over. So N indexers walking the same folders split the model work,
+no image is done twice, and a crashed indexer's images are still done.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +46,59 @@ from segsearch.store.vectors import VectorIndex, VectorPoint, path_dirs
 
 from segsearch.indexer.crops import cut_crop, whole_image
 from segsearch.indexer.discover import discover
+
+
+def _utcnow():
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(t):
+    import datetime as dt
+
+    return t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _dead_local_worker(worker: str) -> bool:
+    """True for a default worker id (host:pid:tag) of a process on this host that no longer runs."""
+    rest = worker.split(":")
+    if len(rest) < 3 or not rest[-2].isdigit():
+        return False
+    host, pid = ":".join(rest[:-2]), int(rest[-2])
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class _Heartbeat:
+    """Renews this indexer's claims every lease/3 seconds while a run lasts."""
+
+    def __init__(self, catalog: Catalog, worker: str, lease_s: float):
+        self.catalog, self.worker, self.lease_s = catalog, worker, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="segsearch-claims", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.catalog.renew_claims(self.worker, self.lease_s)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                pass
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 @dataclass
@@ -94,6 +156,14 @@ class Prepared:
     crops: list
 
 
+@dataclass
+class Deferred:
+    """An image another live indexer has claimed: looked at again after this indexer's pass."""
+
+    path: Path
+    image_id: str
+
+
 class Models:
     """The SAM mask generator and CLIP embedder, built on first use: a run with nothing new to
     index never loads a model. Fingerprints come from the specs alone."""
@@ -149,6 +219,8 @@ class Indexer:
         self._done: set[str] = set()  # image ids handled in this run (same bytes at two paths)
         self.stages: dict[str, float] = {}
         self._stage_lock = threading.Lock()
+        self.worker = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._run_started = None  # wall clock of the run start (for --force with several indexers)
 
     def _time(self, stage: str, seconds: float) -> None:
         with self._stage_lock:
@@ -171,7 +243,9 @@ class Indexer:
         })
         self._done = set()
         self.stages = {}
+        self._run_started = _utcnow()
         status = "crashed"
+        heartbeat = _Heartbeat(self.catalog, self.worker, self.settings.claim_lease_s)
 
         def record(outcome: Outcome, path: Path) -> None:
             if outcome.status == "indexed":
@@ -186,20 +260,10 @@ class Indexer:
                 progress(outcome, path)
 
         try:
-            group: list[Prepared] = []
-            for path, pre in self._prefetch(paths, force):
-                result = self._admit(path, pre, force)
-                if isinstance(result, Outcome):
-                    record(result, path)
-                    continue
-                group.append(result)
-                if (len(group) >= self.settings.write_group_images
-                        or sum(len(g.crops) for g in group) >= self.settings.write_group_crops):
-                    for prepared, outcome in self._write_group(group):
-                        record(outcome, prepared.path)
-                    group = []
-            for prepared, outcome in self._write_group(group):
-                record(outcome, prepared.path)
+            heartbeat.start()
+            deferred = self._pass(self._prefetch(paths, force), force, record)
+            while deferred:  # images other indexers hold: wait for them, take over a dead one's
+                deferred = self._revisit(deferred, force, record)
             if summary.indexed:
                 t0 = time.perf_counter()
                 self.vectors.optimize()  # embedded store: build/refresh the HNSW index once per run
@@ -209,6 +273,11 @@ class Indexer:
             status = "interrupted"
             raise
         finally:
+            heartbeat.stop()
+            try:
+                self.catalog.release_worker_claims(self.worker)  # interrupted: others may go on at once
+            except Exception:  # noqa: BLE001
+                pass
             summary.seconds = time.perf_counter() - started
             summary.stages = dict(self.stages)
             try:
@@ -220,10 +289,55 @@ class Indexer:
                     raise
         return summary
 
+    def _pass(self, reads, force: bool, record) -> list[Deferred]:
+        """Admit each read file, prepare it and write it in groups; returns the deferred images."""
+        group: list[Prepared] = []
+        deferred: list[Deferred] = []
+        for path, pre in reads:
+            result = self._admit(path, pre, force)
+            if isinstance(result, Outcome):
+                record(result, path)
+            elif isinstance(result, Deferred):
+                deferred.append(result)
+            else:
+                group.append(result)
+                if (len(group) >= self.settings.write_group_images
+                        or sum(len(g.crops) for g in group) >= self.settings.write_group_crops):
+                    for prepared, outcome in self._write_group(group):
+                        record(outcome, prepared.path)
+                    group = []
+        for prepared, outcome in self._write_group(group):
+            record(outcome, prepared.path)
+        return deferred
+
+    def _revisit(self, deferred: list[Deferred], force: bool, record) -> list[Deferred]:
+        """One round over the deferred images: done by their holder -> skipped; holder gone ->
+        read again and go through the normal stages; still held -> wait and keep."""
+        fp = self.models.fingerprint
+        free, held = [], []
+        for d in deferred:
+            image = self.catalog.get_image(d.image_id)
+            if (image is not None and image.fingerprint == fp and image.status in ("indexed", "failed")
+                    and (not force or _aware(image.updated_at) >= self._run_started)):
+                record(Outcome("skipped"), d.path)  # its holder finished it (and reports it)
+            elif ((holder := self.catalog.claim_holder(d.image_id)) is None or holder.worker == self.worker
+                  or _dead_local_worker(holder.worker)):
+                free.append(d)
+            else:
+                held.append(d)
+        if free:
+            held += self._pass(((d.path, self._read(d.path, self._stat_skip(d.path, force))) for d in free),
+                               force, record)
+        if held and not free:
+            time.sleep(min(1.0, self.settings.claim_lease_s / 10))
+        return held
+
     # --- stages ----------------------------------------------------------------------------------
     def index_file(self, path: Path, *, force: bool = False) -> Outcome:
         """Index one file through the same stages as a run (no prefetch, a group of one)."""
         result = self._admit(path, self._read(path, self._stat_skip(path, force)), force)
+        if isinstance(result, Deferred):
+            return Outcome("skipped", error="another indexer is working on it")
         if isinstance(result, Outcome):
             return result
         return self._write_group([result])[0][1]
@@ -302,9 +416,17 @@ class Indexer:
         if iid in self._done:  # same bytes at two paths in one write group: the first one indexes it
             return Outcome("skipped")
 
+        if not self._claim(iid):
+            return Deferred(path, iid)  # another indexer is on it
+        image = self.catalog.get_image(iid)  # it may have finished between our look and our claim
+        if (image.status == "indexed" and image.fingerprint == fp
+                and (not force or _aware(image.indexed_at) >= self._run_started)):
+            self.catalog.release_claim(iid, self.worker)
+            return Outcome("skipped")
+
         self._done.add(iid)
         if isinstance(read.decoded, ImageError):
-            self.catalog.mark_failed(iid, str(read.decoded), fp)
+            self._fail(iid, str(read.decoded))
             return Outcome("failed", error=str(read.decoded))
         try:
             return self.prepare(path, iid, read.decoded)
@@ -312,8 +434,22 @@ class Indexer:
             raise  # configuration/storage problems stop the run
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
             msg = f"processing error: {type(exc).__name__}: {exc}"
-            self.catalog.mark_failed(iid, msg, fp)
+            self._fail(iid, msg)
             return Outcome("failed", error=msg)
+
+    def _claim(self, iid: str) -> bool:
+        lease = self.settings.claim_lease_s
+        if self.catalog.claim(iid, self.worker, lease):
+            return True
+        # a holder on this machine whose process is gone (killed) need not be waited for
+        holder = self.catalog.claim_holder(iid)
+        if holder is not None and _dead_local_worker(holder.worker):
+            return self.catalog.take_over(iid, holder.worker, self.worker, lease)
+        return holder is None and self.catalog.claim(iid, self.worker, lease)
+
+    def _fail(self, iid: str, msg: str) -> None:
+        self.catalog.mark_failed(iid, msg, self.models.fingerprint)
+        self.catalog.release_claim(iid, self.worker)
 
     def prepare(self, path: Path, iid: str, decoded: DecodedImage) -> Prepared:
         """Steps 1-2 of the protocol: mark pending, masks, segment rows and crops."""
@@ -353,7 +489,7 @@ class Indexer:
         except Exception as exc:  # noqa: BLE001
             msg = f"processing error: {type(exc).__name__}: {exc}"
             for g in group:
-                self.catalog.mark_failed(g.image_id, msg, fp)
+                self._fail(g.image_id, msg)
             return [(g, Outcome("failed", error=msg)) for g in group]
 
         t0 = time.perf_counter()
@@ -378,6 +514,7 @@ class Indexer:
         for g in group:
             self.catalog.commit_segments(g.image_id, fingerprint=fp, collection=collection, width=g.width,
                                          height=g.height, fmt=g.format, segments=g.segments)
+            self.catalog.release_claim(g.image_id, self.worker)
             out.append((g, Outcome("indexed", segments=len(g.segments))))
         self._time("store", time.perf_counter() - t0)
         return out

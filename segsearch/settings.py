@@ -43,6 +43,20 @@ class Settings(BaseSettings):
     hnsw_ef_construct: int = Field(100, ge=8, le=1000, description="HNSW build beam (new collections).")
     hnsw_ef: int = Field(512, ge=8, le=4096, description="HNSW search beam: higher = better recall, slower.")
 
+    # --- Qdrant server backend: options of new collections, and how writes are sent ----------
+    qdrant_shards: int = Field(1, ge=1, description="Shards of a new collection (spread over cluster nodes).")
+    qdrant_replication_factor: int = Field(1, ge=1, description="Copies of each shard (cluster).")
+    qdrant_write_consistency_factor: int = Field(1, ge=1, description="Replicas that must confirm a write.")
+    qdrant_on_disk: bool = Field(False, description="Keep full-precision vectors on disk (memory-mapped).")
+    qdrant_quantization: Literal["none", "int8"] = Field(
+        "none", description="int8 scalar quantisation in RAM (4x smaller), searches rescored with the originals.")
+    qdrant_oversampling: float = Field(2.0, ge=1.0, description="int8: candidates fetched per result before rescoring.")
+    qdrant_upsert_batch: int = Field(256, ge=1, description="Points per upsert request (each waits until applied).")
+    qdrant_retries: int = Field(5, ge=0, description="Retries of a request that failed transiently (exponential backoff).")
+    qdrant_backoff_s: float = Field(0.5, ge=0.0, description="First retry delay; doubles each retry.")
+    qdrant_timeout_s: int = Field(60, ge=1, description="Per-request timeout against the server.")
+    qdrant_prefer_grpc: bool = Field(False, description="Talk gRPC (port 6334) instead of REST.")
+
     # --- models ------------------------------------------------------------------------
     sam: str = Field("sam-vit-b", description="Registered SAM name or checkpoint path.")
     clip: str = Field("clip-vit-b-32", description="Registered CLIP name or checkpoint path.")
@@ -74,6 +88,10 @@ class Settings(BaseSettings):
     write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
     write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
+    claim_lease_s: float = Field(
+        300.0, gt=0, description="Several indexers on one database: an image claimed by an indexer that stops "
+                                 "renewing its claim (crashed) is taken over after this many seconds.")
+    worker_id: str | None = Field(None, description="Name of this indexer in claims (default host:pid:random).")
 
     # --- query service ---------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -155,3 +155,48 @@ def sql_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'db.sqlite'}"
     return request.getfixturevalue("pg_url")
+
+
+# --- a Qdrant server over loopback (tests/qdrant_shim.py) ------------------------------------------------
+class QdrantShim:
+    def __init__(self, url: str):
+        self.url = url
+
+    def log(self) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/_shim/log", timeout=10).json()
+
+    def fail(self, route: str, times: int = 1, status: int = 503) -> None:
+        import httpx
+
+        httpx.post(f"{self.url}/_shim/fail", json={"route": route, "times": times, "status": status}, timeout=10)
+
+
+@pytest.fixture
+def qdrant_server():
+    """A stand-in Qdrant server process on a free loopback port (empty per test)."""
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "qdrant_shim.py"), "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the Qdrant test shim did not start") from None
+            time.sleep(0.2)
+    yield QdrantShim(url)
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,5 +1,6 @@
 """One conformance suite, run on every VectorIndex backend: the embedded Qdrant Edge store and
-the qdrant-client server backend (in the client's local mode, which has the server's API)."""
+the qdrant-client server backend (in the client's local mode, which has the server's API, and over
+HTTP against tests/qdrant_shim.py, the stand-in server)."""
 
 import uuid
 
@@ -11,12 +12,14 @@ from segsearch.store.vectors import EdgeVectorIndex, SearchFilter, ServerVectorI
 DIM = 8
 
 
-@pytest.fixture(params=["edge", "server-memory", "server-path"])
+@pytest.fixture(params=["edge", "server-memory", "server-path", "server-http"])
 def backend(request, tmp_path):
     if request.param == "edge":
         idx = EdgeVectorIndex(tmp_path / "vectors")
     elif request.param == "server-memory":
         idx = ServerVectorIndex(":memory:")
+    elif request.param == "server-http":
+        idx = ServerVectorIndex(request.getfixturevalue("qdrant_server").url)
     else:
         idx = ServerVectorIndex(str(tmp_path / "qdrant-local"))
     yield idx

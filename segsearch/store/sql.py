@@ -6,6 +6,12 @@ the pipeline fingerprint it was last processed with:
 * ``pending``  – work started (or was interrupted); vectors may be partly written.
 * ``indexed``  – its segments are in SQL *and* their vectors were durably written.
 * ``failed``   – could not be decoded/processed; ``error`` says why.
+
+Several indexer processes may share one database: before working on an image a process *claims*
+it (one row in ``claims``, keyed by the image id, inserted or taken over atomically with
+``INSERT … ON CONFLICT … DO UPDATE … WHERE expired``). A claim is a lease: the holder renews it
+while it works and deletes it when the image is committed; a crashed holder's claims expire and
+the next process to ask takes them over.
 """
 
 from __future__ import annotations
@@ -96,6 +102,15 @@ class SegmentRow(Base):
     @property
     def bbox(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]
+
+
+class ClaimRow(Base):
+    __tablename__ = "claims"
+
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(128), index=True)
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class RunRow(Base):
@@ -308,6 +323,58 @@ class Catalog:
     def delete_path(self, path: str) -> None:
         with self.Session.begin() as s:
             s.execute(delete(ImagePathRow).where(ImagePathRow.path == path))
+
+    # --- claims (several indexers sharing one database) ----------------------------------------------
+    def claim(self, image_id: str, worker: str, lease_s: float) -> bool:
+        """Take the image for ``worker`` unless another live worker holds it. Atomic on SQLite and
+        PostgreSQL: a new row, or a takeover of an expired (or our own) claim, in one statement."""
+        now = utcnow()
+        expires = now + dt.timedelta(seconds=lease_s)
+        table = ClaimRow.__table__
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(table).values(image_id=image_id, worker=worker, claimed_at=now, expires_at=expires)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.image_id],
+            set_={"worker": worker, "claimed_at": now, "expires_at": expires},
+            where=(table.c.expires_at < now) | (table.c.worker == worker)).returning(table.c.worker)
+        with self.engine.begin() as conn:  # a row comes back only when we inserted or took over
+            return conn.execute(stmt).first() is not None
+
+    def take_over(self, image_id: str, holder: str, worker: str, lease_s: float) -> bool:
+        """Move ``holder``'s claim to ``worker`` (the caller knows the holder is dead); False when the
+        claim changed hands meanwhile."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            return conn.execute(update(ClaimRow.__table__)
+                                .where(ClaimRow.image_id == image_id, ClaimRow.worker == holder)
+                                .values(worker=worker, claimed_at=now, expires_at=now + dt.timedelta(seconds=lease_s))
+                                .returning(ClaimRow.worker)).first() is not None
+
+    def renew_claims(self, worker: str, lease_s: float) -> int:
+        """Extend every claim the worker holds (its heartbeat)."""
+        with self.Session.begin() as s:
+            return s.execute(update(ClaimRow).where(ClaimRow.worker == worker)
+                             .values(expires_at=utcnow() + dt.timedelta(seconds=lease_s))).rowcount
+
+    def release_claim(self, image_id: str, worker: str) -> None:
+        with self.Session.begin() as s:
+            s.execute(delete(ClaimRow).where(ClaimRow.image_id == image_id, ClaimRow.worker == worker))
+
+    def release_worker_claims(self, worker: str) -> int:
+        with self.Session.begin() as s:
+            return s.execute(delete(ClaimRow).where(ClaimRow.worker == worker)).rowcount
+
+    def claim_holder(self, image_id: str) -> ClaimRow | None:
+        """The live claim on an image, if any (expired claims count as none)."""
+        with self.Session() as s:
+            row = s.get(ClaimRow, image_id)
+            if row is None:
+                return None
+            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.timezone.utc)
+            return row if expires > utcnow() else None
 
     # --- runs ---------------------------------------------------------------------------------
     def start_run(self, settings: dict) -> int:
