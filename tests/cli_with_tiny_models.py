@@ -11,4 +11,19 @@ import tiny  # noqa: E402,F401  (registers sam-test-tiny, clip-test-tiny)
 from segsearch.cli import app  # noqa: E402
 
 if __name__ == "__main__":
+    import os
+
+    delay = float(os.environ.get("SEGSEARCH_TEST_SECONDS_PER_IMAGE", "0"))
+    if delay:  # make the tiny models as slow as real ones, so concurrent indexers overlap
+        import time
+
+        from segsearch.indexer.pipeline import Indexer
+
+        prepare = Indexer.prepare
+
+        def slow_prepare(self, *a, **kw):
+            time.sleep(delay)
+            return prepare(self, *a, **kw)
+
+        Indexer.prepare = slow_prepare
     app()

@@ -196,7 +196,19 @@ class Catalog:
     def register_file(self, path: str, image_id: str, size_bytes: int, mtime_ns: int) -> list[str]:
         """Record that ``path`` holds the bytes ``image_id``. Creates the image (pending) if new.
         Returns ids of images that no longer have any path (their file changed): the caller
-        removes their vectors and then calls ``delete_image``."""
+        removes their vectors and then calls ``delete_image``. Safe when several indexers register
+        the same file at once: the loser of an insert race retries and finds the winner's rows."""
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in range(3):
+            try:
+                return self._register_file(path, image_id, size_bytes, mtime_ns)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        return []
+
+    def _register_file(self, path, image_id, size_bytes, mtime_ns) -> list[str]:
         with self.Session.begin() as s:
             if s.get(ImageRow, image_id) is None:
                 s.add(ImageRow(id=image_id, size_bytes=size_bytes, status="pending"))
