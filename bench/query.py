@@ -95,6 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--hnsw-ef", default="512", help="search beam(s) of the embedded index, e.g. 128,256,512")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true",
+                    help="embedded: reuse a store a previous run left in --workdir (skips the fill and HNSW build)")
+    ap.add_argument("--hnsw-m", type=int, default=16, help="HNSW edges per node of a new embedded store")
+    ap.add_argument("--hnsw-ef-construct", type=int, default=100, help="HNSW build beam of a new embedded store")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -123,7 +127,8 @@ def main(argv=None) -> int:
 
     results = []
     efs = [int(v) for v in args.hnsw_ef.split(",")]
-    backends = [("embedded", lambda d: EdgeVectorIndex(d))]
+    backends = [("embedded", lambda d: EdgeVectorIndex(d, hnsw_m=args.hnsw_m,
+                                                        hnsw_ef_construct=args.hnsw_ef_construct))]
     if args.server:
         backends.append(("server-local", lambda d: ServerVectorIndex(":memory:")))
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -131,13 +136,17 @@ def main(argv=None) -> int:
             if backend == "server-local" and size > 100_000:
                 continue  # the client's local mode is brute-force Python: a stand-in, not a scale test
             index = make(work / f"{backend}-{size}")
-            upsert_s, optimize_s = fill(index, "bench", size, dim)
+            if args.reuse and backend == "embedded" and index.count("bench") == size:
+                upsert_s = optimize_s = None  # built by an earlier run
+            else:
+                upsert_s, optimize_s = fill(index, "bench", size, dim)
             qs = queries if backend == "embedded" else queries[:50]  # local mode filters in Python: slow
             for ef in efs if backend == "embedded" else [None]:
                 if ef:
                     index.hnsw_ef = ef
-                r = {"backend": backend, "points": size, "dim": dim, "hnsw_ef": ef, "upsert_s": round(upsert_s, 1),
-                     "optimize_s": round(optimize_s, 1), "queries": len(qs),
+                r = {"backend": backend, "points": size, "dim": dim, "hnsw_m": args.hnsw_m, "hnsw_ef": ef,
+                     "upsert_s": upsert_s and round(upsert_s, 1),
+                     "optimize_s": optimize_s and round(optimize_s, 1), "queries": len(qs),
                      "text_query": measure(index, "bench", embedder, qs, None),
                      "text_query_filtered": measure(index, "bench", embedder, qs, flt)}
                 r["recall_at_10"], r["hnsw_ms"], r["exact_ms"] = recall(index, "bench", dim,

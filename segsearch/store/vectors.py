@@ -372,7 +372,7 @@ class ServerVectorIndex(VectorIndex):
             if url == ":memory:":
                 self.client = QdrantClient(location=":memory:")
             elif url.startswith(("http://", "https://")):
-                self.client = QdrantClient(url=url, api_key=api_key, timeout=self.opt.timeout_s,
+                self.client = QdrantClient(url=url, api_key=api_key or None, timeout=self.opt.timeout_s,
                                            prefer_grpc=self.opt.prefer_grpc, check_compatibility=False)
             else:  # a folder: the client's local on-disk mode
                 self.client = QdrantClient(path=url)

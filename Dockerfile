@@ -1,0 +1,31 @@
+# segsearch image for the `api` and `indexer` services of docker-compose.yml.
+#   docker build -t segsearch .                                   # CPU torch
+#   docker build -t segsearch --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .  # CUDA
+FROM python:3.11-slim
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SEGSEARCH_DATA=/data SEGSEARCH_CHECKPOINTS=/app/checkpoints
+
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# torch first (its own index: CPU or the CUDA build), then segsearch with PostgreSQL and Ray support
+RUN pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION} --index-url ${TORCH_INDEX}
+COPY pyproject.toml README.md ./
+COPY segsearch ./segsearch
+COPY indexer ./indexer
+COPY api ./api
+COPY migrations ./migrations
+COPY checkpoints ./checkpoints
+RUN pip install '.[postgres,ray]'
+
+# checkpoints/ is also mounted from the host by docker-compose (downloaded real weights)
+VOLUME ["/data"]
+EXPOSE 8000
+ENTRYPOINT ["segsearch"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
