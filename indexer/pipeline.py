@@ -5,7 +5,7 @@ window, so memory stays flat however large the library); SAM runs on the calling
 of several images are embedded together in CLIP batches and their vectors written in one store
 call (a "write group", bounded by ``write_group_images`` / ``write_group_crops``).
 
-Consistency protocol for one image (``Indexer.prepare`` then ``Indexer._write_group``):
+Consistency protocol for one image (``Indexer.prepare`` then ``Indexer.write_group``):
 
 1. SQL: image marked ``pending`` for the current pipeline fingerprint.
 2. Masks, crops and vectors are computed in memory.
@@ -35,6 +35,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from segsearch.errors import ImageError, SegsearchError
 from segsearch.identity import collection_name, image_id, pipeline_fingerprint, segment_id
@@ -154,6 +156,7 @@ class Prepared:
     format: str
     segments: list[dict]
     crops: list
+    vectors: object = None  # np.ndarray when an engine embedded the crops already (Ray)
 
 
 @dataclass
@@ -261,7 +264,12 @@ class Indexer:
 
         try:
             heartbeat.start()
-            deferred = self._pass(self._prefetch(paths, force), force, record)
+            if self.settings.engine == "ray":
+                from segsearch.indexer.ray_engine import ray_pass
+
+                deferred = ray_pass(self, paths, force, record)
+            else:
+                deferred = self._pass(self._prefetch(paths, force), force, record)
             while deferred:  # images other indexers hold: wait for them, take over a dead one's
                 deferred = self._revisit(deferred, force, record)
             if summary.indexed:
@@ -301,14 +309,17 @@ class Indexer:
                 deferred.append(result)
             else:
                 group.append(result)
-                if (len(group) >= self.settings.write_group_images
-                        or sum(len(g.crops) for g in group) >= self.settings.write_group_crops):
-                    for prepared, outcome in self._write_group(group):
+                if self.group_full(group):
+                    for prepared, outcome in self.write_group(group):
                         record(outcome, prepared.path)
                     group = []
-        for prepared, outcome in self._write_group(group):
+        for prepared, outcome in self.write_group(group):
             record(outcome, prepared.path)
         return deferred
+
+    def group_full(self, group: list[Prepared]) -> bool:
+        return (len(group) >= self.settings.write_group_images
+                or sum(len(g.segments) for g in group) >= self.settings.write_group_crops)
 
     def _revisit(self, deferred: list[Deferred], force: bool, record) -> list[Deferred]:
         """One round over the deferred images: done by their holder -> skipped; holder gone ->
@@ -326,7 +337,7 @@ class Indexer:
             else:
                 held.append(d)
         if free:
-            held += self._pass(((d.path, self._read(d.path, self._stat_skip(d.path, force))) for d in free),
+            held += self._pass(((d.path, self._read(d.path, self.stat_skip(d.path, force))) for d in free),
                                force, record)
         if held and not free:
             time.sleep(min(1.0, self.settings.claim_lease_s / 10))
@@ -335,14 +346,14 @@ class Indexer:
     # --- stages ----------------------------------------------------------------------------------
     def index_file(self, path: Path, *, force: bool = False) -> Outcome:
         """Index one file through the same stages as a run (no prefetch, a group of one)."""
-        result = self._admit(path, self._read(path, self._stat_skip(path, force)), force)
+        result = self._admit(path, self._read(path, self.stat_skip(path, force)), force)
         if isinstance(result, Deferred):
             return Outcome("skipped", error="another indexer is working on it")
         if isinstance(result, Outcome):
             return result
-        return self._write_group([result])[0][1]
+        return self.write_group([result])[0][1]
 
-    def _stat_skip(self, path: Path, force: bool):
+    def stat_skip(self, path: Path, force: bool):
         """Before reading: an Outcome when the file can be skipped or fails, else ``(stat, known)``."""
         try:
             st = os.stat(path)
@@ -387,7 +398,7 @@ class Indexer:
                                 thread_name_prefix="segsearch-read") as pool:
             pending: deque = deque()
             for path in paths:
-                pre = self._stat_skip(path, force)  # SQL stays on this thread
+                pre = self.stat_skip(path, force)  # SQL stays on this thread
                 pending.append((path, pool.submit(self._read, path, pre)))
                 if len(pending) >= window:
                     p, fut = pending.popleft()
@@ -397,7 +408,27 @@ class Indexer:
                 yield p, fut.result()
 
     def _admit(self, path: Path, read, force: bool):
-        """Catalog bookkeeping for a read file; an Outcome, or a Prepared image (masks and crops)."""
+        """Catalog bookkeeping for a read file; an Outcome, a Deferred, or a Prepared image."""
+        booked = self.book(path, read, force)
+        if booked is not None:
+            return booked
+        iid = read.image_id
+        if isinstance(read.decoded, ImageError):
+            self.fail(iid, str(read.decoded))
+            return Outcome("failed", error=str(read.decoded))
+        try:
+            return self.prepare(path, iid, read.decoded)
+        except (SegsearchError, MemoryError):
+            raise  # configuration/storage problems stop the run
+        except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
+            msg = f"processing error: {type(exc).__name__}: {exc}"
+            self.fail(iid, msg)
+            return Outcome("failed", error=msg)
+
+    def book(self, path: Path, read, force: bool) -> Outcome | Deferred | None:
+        """Catalog bookkeeping for a read file (its bytes hashed; decoding not needed): the path is
+        registered, and the image skipped (an Outcome), left to another indexer (a Deferred), or
+        claimed by this one (None: the caller computes it)."""
         if isinstance(read, Outcome):
             return read
         fp, collection = self.models.fingerprint, self.models.collection
@@ -425,17 +456,7 @@ class Indexer:
             return Outcome("skipped")
 
         self._done.add(iid)
-        if isinstance(read.decoded, ImageError):
-            self._fail(iid, str(read.decoded))
-            return Outcome("failed", error=str(read.decoded))
-        try:
-            return self.prepare(path, iid, read.decoded)
-        except (SegsearchError, MemoryError):
-            raise  # configuration/storage problems stop the run
-        except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
-            msg = f"processing error: {type(exc).__name__}: {exc}"
-            self._fail(iid, msg)
-            return Outcome("failed", error=msg)
+        return None
 
     def _claim(self, iid: str) -> bool:
         lease = self.settings.claim_lease_s
@@ -447,7 +468,7 @@ class Indexer:
             return self.catalog.take_over(iid, holder.worker, self.worker, lease)
         return holder is None and self.catalog.claim(iid, self.worker, lease)
 
-    def _fail(self, iid: str, msg: str) -> None:
+    def fail(self, iid: str, msg: str) -> None:
         self.catalog.mark_failed(iid, msg, self.models.fingerprint)
         self.catalog.release_claim(iid, self.worker)
 
@@ -474,7 +495,7 @@ class Indexer:
         self._time("crops", time.perf_counter() - t1)
         return Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops)
 
-    def _write_group(self, group: list[Prepared]) -> list[tuple[Prepared, Outcome]]:
+    def write_group(self, group: list[Prepared]) -> list[tuple[Prepared, Outcome]]:
         """Steps 3-4 for several images: one CLIP pass over all their crops, one vector upsert,
         then each image's SQL transaction."""
         if not group:
@@ -482,14 +503,17 @@ class Indexer:
         fp, collection = self.models.fingerprint, self.models.collection
         t0 = time.perf_counter()
         try:
-            vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
-            self._time("clip", time.perf_counter() - t0)
+            if all(g.vectors is not None for g in group):  # embedded upstream (Ray engine)
+                vecs = np.concatenate([g.vectors for g in group])
+            else:
+                vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
+                self._time("clip", time.perf_counter() - t0)
         except (SegsearchError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001
             msg = f"processing error: {type(exc).__name__}: {exc}"
             for g in group:
-                self._fail(g.image_id, msg)
+                self.fail(g.image_id, msg)
             return [(g, Outcome("failed", error=msg)) for g in group]
 
         t0 = time.perf_counter()
@@ -530,26 +554,30 @@ class Indexer:
 
     def build_segments(self, iid: str, decoded: DecodedImage, masks: MaskSet):
         """Segment rows (without image/collection columns) and their crops, whole image last."""
-        s, fp = self.settings, self.models.fingerprint
-        size = self.models.embedder.image_size
-        h, w = decoded.height, decoded.width
-        total = float(h * w)
-        segments, crops = [], []
-        for i in range(len(masks)):
-            x, y, bw, bh = (int(v) for v in masks.boxes[i])
-            crops.append(cut_crop(decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode,
-                                  padding=s.crop_padding, size=size))
-            segments.append({
-                "id": segment_id(iid, fp, i), "kind": "object", "mask_index": i,
-                "x": x, "y": y, "w": bw, "h": bh, "area": int(masks.areas[i]),
-                "area_frac": float(masks.areas[i]) / total,
-                "predicted_iou": float(masks.predicted_iou[i]), "stability_score": float(masks.stability_score[i]),
-                "rle": encode_rle(masks.masks[i]),
-            })
-        crops.append(whole_image(decoded.rgb, size=size))
-        segments.append({
-            "id": segment_id(iid, fp, -1), "kind": "image", "mask_index": -1, "x": 0, "y": 0, "w": w, "h": h,
-            "area": h * w, "area_frac": 1.0, "predicted_iou": None, "stability_score": None, "rle": None,
-        })
-        return segments, crops
+        return build_segments(iid, self.models.fingerprint, decoded, masks, self.settings,
+                              self.models.embedder.image_size)
 
+
+def build_segments(iid: str, fp: str, decoded: DecodedImage, masks: MaskSet, s: Settings, size: int):
+    """The crop stage: segment rows (without image/collection columns) and their crops (PIL,
+    ``size`` square), whole image last. A plain function: the Ray engine runs it in its actors."""
+    h, w = decoded.height, decoded.width
+    total = float(h * w)
+    segments, crops = [], []
+    for i in range(len(masks)):
+        x, y, bw, bh = (int(v) for v in masks.boxes[i])
+        crops.append(cut_crop(decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode,
+                              padding=s.crop_padding, size=size))
+        segments.append({
+            "id": segment_id(iid, fp, i), "kind": "object", "mask_index": i,
+            "x": x, "y": y, "w": bw, "h": bh, "area": int(masks.areas[i]),
+            "area_frac": float(masks.areas[i]) / total,
+            "predicted_iou": float(masks.predicted_iou[i]), "stability_score": float(masks.stability_score[i]),
+            "rle": encode_rle(masks.masks[i]),
+        })
+    crops.append(whole_image(decoded.rgb, size=size))
+    segments.append({
+        "id": segment_id(iid, fp, -1), "kind": "image", "mask_index": -1, "x": 0, "y": 0, "w": w, "h": h,
+        "area": h * w, "area_frac": 1.0, "predicted_iou": None, "stability_score": None, "rle": None,
+    })
+    return segments, crops

@@ -76,6 +76,10 @@ def index(
     min_mask_region_area: Annotated[Optional[int], typer.Option(help="AMG small-region cleanup (px).")] = None,
     crop_mode: Annotated[Optional[str], typer.Option(help="masked | box | blur")] = None,
     min_segment_area: Annotated[Optional[int], typer.Option(help="Skip masks below this area (px).")] = None,
+    engine: Annotated[Optional[str], typer.Option(
+        help="local (this process) | ray (Ray Data actor pools: SAM and CLIP on every GPU of a cluster).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster to join with --engine ray (default: start a local Ray instance).")] = None,
     json_out: Json = False,
 ):
     """Segment every image with SAM, embed each segment with CLIP, store vectors and records."""
@@ -86,7 +90,7 @@ def index(
             amg=amg, points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, box_nms_thresh=box_nms_thresh,
             crop_n_layers=crop_n_layers, min_mask_region_area=min_mask_region_area, crop_mode=crop_mode,
-            min_segment_area=min_segment_area)
+            min_segment_area=min_segment_area, engine=engine, ray_address=ray_address)
         summary = run_index(settings, paths, force=force, show_progress=not json_out and sys.stderr.isatty())
     except SegsearchError as exc:
         _fail(exc)

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # --- embedded vector index (HNSW) ----------------------------------------------------------
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW edges per node (new collections).")
     hnsw_ef_construct: int = Field(100, ge=8, le=1000, description="HNSW build beam (new collections).")
-    hnsw_ef: int = Field(512, ge=8, le=4096, description="HNSW search beam: higher = better recall, slower.")
+    hnsw_ef: int = Field(2048, ge=8, le=8192, description="HNSW search beam: higher = better recall, slower.")
 
     # --- Qdrant server backend: options of new collections, and how writes are sent ----------
     qdrant_shards: int = Field(1, ge=1, description="Shards of a new collection (spread over cluster nodes).")
@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
     write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: this process (threads); ray: Ray Data actor pools (many GPUs/machines).")
+    ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); none = start "
+                                                       "a local Ray instance.")
+    ray_sam_actors: int | None = Field(None, ge=1, description="SAM actors (default: one per GPU, else 1).")
+    ray_clip_actors: int = Field(1, ge=1, description="CLIP actors.")
+    ray_sam_batch: int = Field(4, ge=1, description="Images per SAM actor call.")
+    ray_clip_batch: int = Field(16, ge=1, description="Images (all their crops) per CLIP actor call.")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (CPU-only actors).")
     claim_lease_s: float = Field(
         300.0, gt=0, description="Several indexers on one database: an image claimed by an indexer that stops "
                                  "renewing its claim (crashed) is taken over after this many seconds.")

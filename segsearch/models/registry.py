@@ -94,6 +94,17 @@ class ClipSpec:
             origin = f"random{self.seed}-{_digest(self.model_cfg or self.model_name)}"
         return f"{self.name}@{origin[:16]}"
 
+    @property
+    def image_size(self) -> int:
+        """Input side of the vision tower (crops are cut at this size), from the config alone."""
+        cfg = self.model_cfg
+        if cfg is None:
+            from open_clip import get_model_config
+
+            cfg = get_model_config(self.model_name)
+        size = cfg["vision_cfg"]["image_size"]
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
 
 _SAM: dict[str, SamSpec] = {}
 _CLIP: dict[str, ClipSpec] = {}

@@ -145,7 +145,7 @@ def _vec(v) -> list[float]:
 # Embedded: Qdrant Edge
 # ------------------------------------------------------------------------------------------
 class EdgeVectorIndex(VectorIndex):
-    def __init__(self, root: Path, *, hnsw_m: int = 16, hnsw_ef_construct: int = 100, hnsw_ef: int = 512):
+    def __init__(self, root: Path, *, hnsw_m: int = 16, hnsw_ef_construct: int = 100, hnsw_ef: int = 2048):
         self.hnsw_m, self.hnsw_ef_construct, self.hnsw_ef = hnsw_m, hnsw_ef_construct, hnsw_ef
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
