@@ -10,6 +10,9 @@ Drift kinds (each listed by id in the report):
 * ``dead_paths``         known file paths that no longer exist; ``missing_files`` the images left
                          with no existing path at all
 
+Images an indexer is working on right now (a live claim, see ``segsearch.store.sql``) are not
+drift: their vectors may precede their SQL commit, and they are ``pending`` on purpose.
+
 Repair deletes orphans and dead paths (and the images with no file left, with their vectors), then
 re-indexes every affected image that still has a file, through the normal indexer (deterministic
 ids, so nothing is duplicated), and checks again. Exit code 0 when no drift remains.
@@ -48,16 +51,20 @@ def check(catalog, vectors, fingerprint: str) -> DriftReport:
     r = DriftReport()
     collections = sorted(set(vectors.collections()) | set(catalog.segment_collections()))
     missing: set[str] = set()
+    busy = catalog.live_claims()  # images an indexer is writing right now are not drift
     for coll in collections:
         owners = catalog.segment_owner_map(coll)
         point_ids = set(vectors.iter_ids(coll))
         orphans = sorted(point_ids - owners.keys())
+        if orphans and busy:
+            held = vectors.retrieve(coll, orphans, with_vectors=False)
+            orphans = [i for i in orphans if i not in held or held[i].payload.get("image_id") not in busy]
         if orphans:
             r.orphan_vectors[coll] = orphans
         missing |= {owners[sid] for sid in owners.keys() - point_ids}
     indexed = catalog.images_by_status("indexed")
     r.missing_vectors = sorted(missing & {im.id for im in indexed})
-    r.stuck_pending = [im.id for im in catalog.images_by_status("pending")]
+    r.stuck_pending = [im.id for im in catalog.images_by_status("pending") if im.id not in busy]
     r.stale_fingerprint = [im.id for im in indexed if im.fingerprint != fingerprint]
     alive: set[str] = set()
     owners_of_paths: dict[str, str] = {}

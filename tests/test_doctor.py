@@ -82,3 +82,26 @@ def test_interrupted_run_is_repaired_by_doctor(settings, index, tmp_path, monkey
     assert code == 0 and out["after"]["total"] == 0
     images, seg_ids, point_ids = store_state(settings)
     assert set(images.values()) == {"indexed"} and seg_ids == point_ids
+
+
+def test_an_image_being_indexed_right_now_is_not_drift(settings, index, stores, tmp_path):
+    """Another indexer has written the vectors of an image it holds but not yet committed SQL:
+    doctor must neither report nor 'repair' that."""
+    library(tmp_path / "lib", 2)
+    index(settings, [tmp_path / "lib"])
+    catalog, vectors = stores()
+    coll = vectors.collections()[0]
+    iid = catalog.all_paths()[0][1]
+    fp = catalog.get_image(iid).fingerprint
+    assert catalog.claim(iid, "busy-indexer", lease_s=60)
+    catalog.mark_pending(iid, fp, coll)
+    vectors.upsert(coll, [VectorPoint(str(uuid.uuid4()), [0.1] * 32, {"image_id": iid, "kind": "object"})])
+    vectors.close()
+    catalog.close()
+    code, out = doctor(settings)
+    assert code == 0 and out["found"]["total"] == 0, out
+    catalog = Catalog.open(settings.sql_url)
+    catalog.release_worker_claims("busy-indexer")  # the holder is gone: now it is drift
+    catalog.close()
+    code, out = doctor(settings)
+    assert code != 0 and out["found"]["stuck_pending"] == [iid] and len(out["found"]["orphan_vectors"][coll]) == 1

@@ -379,6 +379,11 @@ class Catalog:
         with self.Session.begin() as s:
             return s.execute(delete(ClaimRow).where(ClaimRow.worker == worker)).rowcount
 
+    def live_claims(self) -> set[str]:
+        """Images some indexer is working on right now (unexpired claims)."""
+        with self.Session() as s:
+            return set(s.scalars(select(ClaimRow.image_id).where(ClaimRow.expires_at > utcnow())))
+
     def claim_holder(self, image_id: str) -> ClaimRow | None:
         """The live claim on an image, if any (expired claims count as none)."""
         with self.Session() as s:
