@@ -19,6 +19,7 @@ def doctor(settings, *extra):
         "points_per_batch": settings.points_per_batch, "pred_iou_thresh": settings.pred_iou_thresh,
         "stability_score_thresh": settings.stability_score_thresh, "min_segment_area": settings.min_segment_area,
     }.items()})
+    assert r.stdout.strip(), f"doctor printed no JSON (exit {r.exit_code}): {r.output} {r.exception!r}"
     return r.exit_code, json.loads(r.stdout)
 
 
