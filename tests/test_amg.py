@@ -71,3 +71,52 @@ def test_unknown_engine_is_a_clear_error(shapes_sam):
 
     with pytest.raises(ConfigError, match="fast, reference"):
         make_mask_generator("turbo", shapes_sam, **SHAPES_AMG)
+
+
+def _decode_both(sam, img, n_points, iou_thresh):
+    import torch
+    from segment_anything import SamPredictor
+
+    from segsearch.indexer.grid_decoder import GridDecoder
+
+    pred = SamPredictor(sam)
+    with torch.inference_mode():
+        pred.set_image(img)
+        pts = np.random.default_rng(1).random((n_points, 2)) * np.array(img.shape[:2])[::-1]
+        coords = torch.as_tensor(pred.transform.apply_coords(pts, img.shape[:2]), dtype=torch.float)
+        sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], torch.ones(n_points, 1, dtype=torch.int)),
+                                           boxes=None, masks=None)
+        low, iou = sam.mask_decoder(image_embeddings=pred.features, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=True)
+        return (low, iou), GridDecoder(sam, pred.features)(sparse, iou_thresh)
+
+
+@pytest.mark.parametrize("model", ["shapes", "wide-random"])
+def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
+    """The fast engine's decoder (per-image work cached, fused/reassociated attention, upscaling
+    only for prompts with a candidate above the IoU threshold) returns MaskDecoder's logits."""
+    from segsearch.indexer import grid_decoder
+    from segsearch.models.registry import sam_config
+    from segsearch.models.sam import build_sam_model
+
+    if model == "shapes":
+        sam, thresh = shapes_sam, SHAPES_AMG["pred_iou_thresh"]
+    else:  # a decoder wide enough for the reassociated (ViT-B-like) attention path
+        import torch
+
+        torch.manual_seed(0)
+        sam = build_sam_model(sam_config(
+            "vit_b", image_size=64, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
+            encoder_global_attn_indexes=[0], encoder_window_size=2, prompt_embed_dim=64, decoder_depth=2,
+            decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32)).eval()
+        assert grid_decoder._low_rank(sam.mask_decoder.transformer.final_attn_token_to_image, 7)
+        thresh = 0.0
+    img = make_scene(HELDOUT_SEEDS[0]).image
+    (low, iou), (low2, iou2, idx) = _decode_both(sam, img, 48, thresh)
+    expected = np.flatnonzero(iou.max(1).values.numpy() > thresh) if thresh > 0 else np.arange(48)
+    assert 0 < len(expected) and np.array_equal(idx.numpy(), expected)
+    if thresh > 0:
+        assert len(expected) < 48  # some prompts were skipped, so the gate was exercised
+    np.testing.assert_allclose(iou2.numpy(), iou[idx].numpy(), atol=1e-5)
+    np.testing.assert_allclose(low2.numpy(), low[idx].numpy(), atol=2e-4 * float(low.abs().max()))
