@@ -49,3 +49,23 @@ def test_register_file_reports_orphans(sql_url):
     c.delete_image("h1")
     assert c.counts() == {"images": 2, "indexed": 0, "pending": 2, "failed": 0, "segments": 0, "paths": 2}
     c.close()
+
+
+def test_several_processes_opening_a_new_database_at_once(sql_url):
+    """N indexers started together on an empty database (docker compose --scale indexer=3): each
+    runs the migrations on open, and none may fail on another's half-created schema."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from segsearch.store.sql import Catalog; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); Catalog.open(sys.argv[1]).close()")
+    start_at = str(time.time() + 4)  # imports done first, then all open at the same instant
+    procs = [subprocess.Popen([sys.executable, "-c", code, sql_url, start_at], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [err for p in procs for _, err in [p.communicate(timeout=120)] if p.returncode != 0]
+    assert not errors, errors
+    c = Catalog.open(sql_url)
+    with c.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() is not None
+    c.close()

@@ -34,6 +34,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -150,6 +151,9 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+_MIGRATION_LOCK_KEY = 0x5E65_EA2C  # PostgreSQL advisory lock id for schema migrations
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` with Alembic (the only way the schema is created)."""
     from importlib.resources import files
@@ -161,6 +165,13 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(files("segsearch.migrations")))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        # Several processes may open a new database at once (indexers started together): the
+        # first takes a lock for the whole transaction, the others wait and then find the schema
+        # at head. Both databases have transactional DDL, so a half-made schema is never visible.
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        elif engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock before alembic reads its version
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
