@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--points-per-side", type=int, default=None)
     ap.add_argument("--pred-iou-thresh", type=float, default=None)
     ap.add_argument("--stability-score-thresh", type=float, default=None)
+    ap.add_argument("--crop-n-layers", type=int, default=None, help="AMG crop layers (1: also zoomed crops)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
             eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes)
             overrides.update({"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny",
                               **SHAPES_AMG})
-        for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh"):
+        for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "crop_n_layers"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
         settings = Settings(data=Path(tmp) / "data", **overrides)

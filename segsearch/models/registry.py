@@ -158,7 +158,7 @@ CLIP_SHAPES_TINY_CFG = {
 }
 
 register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
-    "sam-shapes-tiny.pt", "b14e2b35cebf79ee7af94d424317f1c9b95a6c37d925856733455cdb5417b453"),
+    "sam-shapes-tiny.pt", "1c15d870650993ea4c375184ba02679a410b24b990309b3f48de0696cb46fa6f"),
     "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
 
 register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
