@@ -310,12 +310,15 @@ class Indexer:
             else:
                 group.append(result)
                 if self.group_full(group):
-                    for prepared, outcome in self.write_group(group):
-                        record(outcome, prepared.path)
-                    group = []
+                    group = self.flush_group(group, record)
+        self.flush_group(group, record)
+        return deferred
+
+    def flush_group(self, group: list[Prepared], record) -> list[Prepared]:
+        """Write a group and record each image's outcome; returns the next (empty) group."""
         for prepared, outcome in self.write_group(group):
             record(outcome, prepared.path)
-        return deferred
+        return []
 
     def group_full(self, group: list[Prepared]) -> bool:
         return (len(group) >= self.settings.write_group_images

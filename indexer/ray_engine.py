@@ -193,9 +193,6 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
             continue
         group.append(Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"]))
         if indexer.group_full(group):
-            for prepared, outcome in indexer.write_group(group):
-                record(outcome, prepared.path)
-            group = []
-    for prepared, outcome in indexer.write_group(group):
-        record(outcome, prepared.path)
+            group = indexer.flush_group(group, record)
+    indexer.flush_group(group, record)
     return deferred
