@@ -45,6 +45,8 @@ class FastAMG:
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  min_mask_region_area: int = 0, decode_batch: int | None = None,
                  autocast: bool | None = None):
+        """The reference generator's parameters (``points_per_batch`` is accepted for the same
+        signature; the decoder batch is ``decode_batch``, see :func:`_decode_batch`)."""
         from segment_anything import SamPredictor
         from segment_anything.utils.amg import build_all_layer_point_grids
 
