@@ -37,9 +37,8 @@ class GridDecoder:
         if not first.skip_first_layer_pe:  # pragma: no cover - all SAM variants skip it
             raise ValueError("GridDecoder expects SAM's first two-way layer to skip the token PE")
         pe = sam.prompt_encoder
-        c, h, w = features.shape[1:]
-        self.sam, self.md, self.tr, self.first = sam, md, tr, first
-        self.hw = (h, w)
+        self.md, self.tr, self.first = md, tr, first
+        self.hw = tuple(features.shape[-2:])
         dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)  # the dense embedding when no mask is given
         self.src = (features + dense).flatten(2).permute(0, 2, 1)  # 1 x N x C
         self.pos = pe.get_dense_pe().flatten(2).permute(0, 2, 1)  # 1 x N x C
