@@ -43,23 +43,11 @@ from segsearch.identity import collection_name, image_id, pipeline_fingerprint, 
 from segsearch.images import DecodedImage, decode_image
 from segsearch.masks import MaskSet, encode_rle
 from segsearch.settings import Settings
-from segsearch.store.sql import Catalog
+from segsearch.store.sql import Catalog, as_utc, utcnow
 from segsearch.store.vectors import VectorIndex, VectorPoint, path_dirs
 
 from segsearch.indexer.crops import cut_crop, whole_image
 from segsearch.indexer.discover import discover
-
-
-def _utcnow():
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _aware(t):
-    import datetime as dt
-
-    return t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
 def _dead_local_worker(worker: str) -> bool:
@@ -246,7 +234,7 @@ class Indexer:
         })
         self._done = set()
         self.stages = {}
-        self._run_started = _utcnow()
+        self._run_started = utcnow()
         status = "crashed"
         heartbeat = _Heartbeat(self.catalog, self.worker, self.settings.claim_lease_s)
 
@@ -332,7 +320,7 @@ class Indexer:
         for d in deferred:
             image = self.catalog.get_image(d.image_id)
             if (image is not None and image.fingerprint == fp and image.status in ("indexed", "failed")
-                    and (not force or _aware(image.updated_at) >= self._run_started)):
+                    and (not force or as_utc(image.updated_at) >= self._run_started)):
                 record(Outcome("skipped"), d.path)  # its holder finished it (and reports it)
             elif ((holder := self.catalog.claim_holder(d.image_id)) is None or holder.worker == self.worker
                   or _dead_local_worker(holder.worker)):
@@ -454,7 +442,7 @@ class Indexer:
             return Deferred(path, iid)  # another indexer is on it
         image = self.catalog.get_image(iid)  # it may have finished between our look and our claim
         if (image.status == "indexed" and image.fingerprint == fp
-                and (not force or _aware(image.indexed_at) >= self._run_started)):
+                and (not force or as_utc(image.indexed_at) >= self._run_started)):
             self.catalog.release_claim(iid, self.worker)
             return Outcome("skipped")
 

@@ -183,7 +183,7 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
                        batch_size=s.ray_sam_batch, batch_format="numpy", concurrency=sam_actors, **per_actor)
           .map_batches(ClipStage, fn_constructor_args=(s, models.sam_spec, models.clip_spec),
                        batch_size=s.ray_clip_batch, batch_format="numpy", concurrency=s.ray_clip_actors,
-                       **({"num_gpus": 1} if gpus else {"num_cpus": s.ray_cpus_per_actor})))
+                       **per_actor))
     group: list[Prepared] = []
     for row in ds.iter_rows():
         path, iid, p = Path(row["path"]), row["image_id"], pickle.loads(row["payload"])

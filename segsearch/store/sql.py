@@ -48,6 +48,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def as_utc(t: dt.datetime | None) -> dt.datetime | None:
+    """A stored timestamp as an aware UTC datetime (SQLite hands them back naive)."""
+    return t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -211,13 +216,12 @@ class Catalog:
         the same file at once: the loser of an insert race retries and finds the winner's rows."""
         from sqlalchemy.exc import IntegrityError
 
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 return self._register_file(path, image_id, size_bytes, mtime_ns)
             except IntegrityError:
-                if attempt == 2:
-                    raise
-        return []
+                pass
+        return self._register_file(path, image_id, size_bytes, mtime_ns)
 
     def _register_file(self, path, image_id, size_bytes, mtime_ns) -> list[str]:
         with self.Session.begin() as s:
@@ -401,8 +405,7 @@ class Catalog:
             row = s.get(ClaimRow, image_id)
             if row is None:
                 return None
-            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.timezone.utc)
-            return row if expires > utcnow() else None
+            return row if as_utc(row.expires_at) > utcnow() else None
 
     # --- runs ---------------------------------------------------------------------------------
     def start_run(self, settings: dict) -> int:
