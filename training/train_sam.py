@@ -111,10 +111,12 @@ def sample_prompts(masks: np.ndarray, n_shapes: int, n: int, rng: np.random.Gene
     bg_areas = masks[n_shapes:].reshape(len(masks) - n_shapes, -1).sum(1).astype(float)
     for _ in range(n):
         use_bg = n_shapes == 0 or rng.random() < bg_frac
-        if use_bg and bg_areas.sum() > 0:
+        if not use_bg:
+            k = int(rng.integers(n_shapes))
+        elif BG_COMPONENTS and bg_areas.sum() > 0:  # (without the flag: stages 1-2's exact draws)
             k = n_shapes + int(rng.choice(len(bg_areas), p=bg_areas / bg_areas.sum()))
         else:
-            k = int(rng.integers(n_shapes)) if n_shapes else n_shapes
+            k = n_shapes
         ys, xs = np.nonzero(masks[k])
         if len(xs) == 0:
             k = n_shapes
