@@ -2,6 +2,7 @@
 
     python bench/quality.py                        # bundled shapes models, 60 held-out scenes
     python bench/quality.py --scenes 200 --json
+    python bench/quality.py --split validation --pred-iou-thresh 0.5   # tune on scenes the report never uses
     python bench/quality.py --coco-images val2017/ --coco-annotations instances_val2017.json \
         --sam sam-vit-b --clip clip-vit-b-32 --limit 200     # real photos, category names as queries
 
@@ -21,6 +22,8 @@ from pathlib import Path
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=60, help="held-out shapes-world scenes")
+    ap.add_argument("--split", default="heldout", choices=["heldout", "validation"],
+                    help="shapes scenes to use: held-out (reported figures) or validation (for tuning settings)")
     ap.add_argument("--coco-images", type=Path, help="COCO-format image folder")
     ap.add_argument("--coco-annotations", type=Path, help="COCO instances JSON")
     ap.add_argument("--limit", type=int, help="at most this many COCO images")
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
             eval_set = coco_eval_set(args.coco_images, args.coco_annotations, args.limit)
             overrides.update({k: v for k, v in {"sam": args.sam, "clip": args.clip}.items() if v})
         else:
-            eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes)
+            eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes, split=args.split)
             overrides.update({"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny",
                               **SHAPES_AMG})
         for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "crop_n_layers"):

@@ -48,16 +48,18 @@ class EvalSet:
         return sorted({lab for im in self.images for lab in im.labels})
 
 
-def shapes_eval_set(folder: Path, n: int, *, start: int = 0) -> EvalSet:
-    """Held-out shapes-world scenes written as PNGs into ``folder``."""
+def shapes_eval_set(folder: Path, n: int, *, start: int = 0, split: str = "heldout") -> EvalSet:
+    """Shapes-world scenes written as PNGs into ``folder``: ``heldout`` (the reported figures) or
+    ``validation`` (a disjoint range, for choosing settings without touching the held-out set)."""
     from PIL import Image
 
-    from segsearch.shapes import HELDOUT_SEEDS, make_scene
+    from segsearch.shapes import HELDOUT_SEEDS, VALIDATION_SEEDS, make_scene
 
+    seeds = {"heldout": HELDOUT_SEEDS, "validation": VALIDATION_SEEDS}[split]
     folder.mkdir(parents=True, exist_ok=True)
     out = EvalSet()
     for k in range(n):
-        sc = make_scene(HELDOUT_SEEDS[start + k])
+        sc = make_scene(seeds[start + k])
         p = folder / f"scene-{sc.seed}.png"
         Image.fromarray(sc.image).save(p)
         out.images.append(GTImage(p, sc.masks, sc.captions))

@@ -183,6 +183,8 @@ def make_scene(seed: int, *, width: int | None = None, height: int | None = None
 TRAIN_SEEDS = range(0, 1_000_000)
 HELDOUT_SEEDS = range(10_000_000, 10_100_000)
 DEMO_SEEDS = range(20_000_000, 20_100_000)
+# For choosing settings (thresholds, grid): tuning on the held-out scenes would flatter them.
+VALIDATION_SEEDS = range(30_000_000, 30_100_000)
 
 # Mask-generation settings for the bundled shapes models: a 16×16 prompt grid covers every
 # shape (each is at least 15% of the image side) at a quarter of the default grid's cost; the
