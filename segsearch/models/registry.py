@@ -162,7 +162,7 @@ register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
     "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
 
 register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
-    "clip-shapes-tiny.pt", "117fcdfd0cedbbe9bf931e237b694a11721d575fe83866a1c8883a3b028903df"),
+    "clip-shapes-tiny.pt", "7d1cee5ed18675027501c4824d91327750b971ce39c956bb12372e43f5c83320"),
     model_cfg=CLIP_SHAPES_TINY_CFG,
     description="bundled: tiny CLIP trained on shapes-world crops (training/train_clip.py)"))
 
