@@ -6,8 +6,9 @@ for a 32×32 grid) to the full image resolution before it filters anything, then
 stability, boxes and RLE at full resolution. Here the same model, prompts and settings are used,
 but:
 
-1. the image is encoded once per crop (the official ``SamPredictor``, so embeddings are
-   identical) and the prompts are decoded in batches by :class:`~segsearch.indexer.grid_decoder.GridDecoder`
+1. the image is encoded once per crop (the official ``SamPredictor``'s preprocessing and the
+   model's encoder modules, with fused attention: :mod:`~segsearch.indexer.fast_encoder`,
+   embeddings equal up to float rounding) and the prompts are decoded in batches by :class:`~segsearch.indexer.grid_decoder.GridDecoder`
    (SAM's own decoder modules, with the per-image part of the first layer computed once, fused
    attention, and the mask upscaling only for prompts that have a candidate above the
    predicted-IoU threshold), keeping the low-resolution logits (256×256 for ViT-B/L/H) and the
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from segsearch.indexer.fast_encoder import set_image
 from segsearch.indexer.grid_decoder import GridDecoder
 from segsearch.masks import MaskSet
 
@@ -107,7 +109,7 @@ class FastAMG:
         crop_size = crop.shape[:2]
         t0 = time.perf_counter()
         with self._autocast():
-            pred.set_image(crop)
+            set_image(pred, crop)
         t1 = time.perf_counter()
         self.timings["encoder"] += t1 - t0
 

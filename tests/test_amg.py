@@ -120,3 +120,41 @@ def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
         assert len(expected) < 48  # some prompts were skipped, so the gate was exercised
     np.testing.assert_allclose(iou2.numpy(), iou[idx].numpy(), atol=1e-5)
     np.testing.assert_allclose(low2.numpy(), low[idx].numpy(), atol=2e-4 * float(low.abs().max()))
+
+
+@pytest.mark.parametrize("model", ["bundled", "random-rel-pos"])
+def test_fused_attention_encoder_gives_the_official_embedding(model, shapes_sam):
+    """The fast engine's encoder (fused attention, relative positions as a mask built per slab
+    of rows) returns ImageEncoderViT.forward's embedding: on the bundled SAM (windowed blocks
+    with padding, global blocks) and on an encoder whose relative-position tables are random and
+    large, split into several slabs."""
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from segsearch.indexer import fast_encoder
+    from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG
+    from segsearch.models.sam import build_sam_model
+
+    if model == "bundled":
+        sam = shapes_sam
+    else:
+        torch.manual_seed(0)
+        sam = build_sam_model(SAM_SHAPES_TINY_CONFIG).eval()
+        with torch.no_grad():
+            for name, p in sam.image_encoder.named_parameters():
+                if ".rel_pos_" in name:
+                    p.normal_(0, 1.0)
+    img = make_scene(HELDOUT_SEEDS[3]).image
+    resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(img)
+    x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].contiguous())
+    budget = fast_encoder._MASK_BUDGET
+    try:
+        if model != "bundled":
+            fast_encoder._MASK_BUDGET = 3 * 400 * 64  # 64 query rows a slab: 7 slabs per global block
+        with torch.inference_mode():
+            want = sam.image_encoder(x)
+            got = fast_encoder.encode(sam.image_encoder, x)
+    finally:
+        fast_encoder._MASK_BUDGET = budget
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
