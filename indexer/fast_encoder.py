@@ -45,6 +45,7 @@ def attention(mod, x):
 
     The relative-position term of ``add_decomposed_rel_pos`` for query (y, x) and key (y', x') is
     ``rel_h[y, x, y'] + rel_w[y, x, x']``; it is added as a float mask, built per slab of rows."""
+    import torch
     import torch.nn.functional as F
     from segment_anything.modeling.image_encoder import get_rel_pos
 
@@ -54,8 +55,6 @@ def attention(mod, x):
     if not mod.use_rel_pos:
         out = F.scaled_dot_product_attention(q, k, v, scale=mod.scale)
     else:
-        import torch
-
         r_q = q.reshape(b, heads, h, w, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, mod.rel_pos_h)).reshape(b, heads, n, h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, mod.rel_pos_w)).reshape(b, heads, n, w)
