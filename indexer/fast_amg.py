@@ -8,8 +8,8 @@ but:
 
 1. the image is encoded once per crop (the official ``SamPredictor``'s preprocessing and the
    model's encoder modules, with fused attention: :mod:`~segsearch.indexer.fast_encoder`,
-   embeddings equal up to float rounding) and the prompts are decoded in batches by :class:`~segsearch.indexer.grid_decoder.GridDecoder`
-   (SAM's own decoder modules, with the per-image part of the first layer computed once, fused
+   embeddings equal up to float rounding) and the prompts are decoded in batches by
+   :class:`~segsearch.indexer.grid_decoder.GridDecoder` (SAM's own decoder modules, with the per-image part of the first layer computed once, fused
    attention, and the mask upscaling only for prompts that have a candidate above the
    predicted-IoU threshold), keeping the low-resolution logits (256×256 for ViT-B/L/H) and the
    predicted IoUs;

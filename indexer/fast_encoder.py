@@ -19,7 +19,7 @@ import numpy as np
 _MASK_BUDGET = 1 << 25
 
 
-def encode(encoder, x):
+def encode(encoder, x, mask_budget: int = _MASK_BUDGET):
     """``ImageEncoderViT.forward`` with :func:`attention` in every block."""
     from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
@@ -32,7 +32,7 @@ def encode(encoder, x):
         if blk.window_size > 0:
             h, w = x.shape[1], x.shape[2]
             x, pad_hw = window_partition(x, blk.window_size)
-        x = attention(blk.attn, x)
+        x = attention(blk.attn, x, mask_budget)
         if blk.window_size > 0:
             x = window_unpartition(x, blk.window_size, pad_hw, (h, w))
         x = shortcut + x
@@ -40,7 +40,7 @@ def encode(encoder, x):
     return encoder.neck(x.permute(0, 3, 1, 2))
 
 
-def attention(mod, x):
+def attention(mod, x, mask_budget: int = _MASK_BUDGET):
     """``image_encoder.Attention.forward`` (B x H x W x C -> same) with the fused kernel.
 
     The relative-position term of ``add_decomposed_rel_pos`` for query (y, x) and key (y', x') is
@@ -58,7 +58,7 @@ def attention(mod, x):
         r_q = q.reshape(b, heads, h, w, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, mod.rel_pos_h)).reshape(b, heads, n, h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, mod.rel_pos_w)).reshape(b, heads, n, w)
-        rows = int(np.clip(_MASK_BUDGET // max(b * heads * n, 1), 1, n))
+        rows = min(max(mask_budget // (b * heads * n), 1), n)
         outs = []
         for s in range(0, n, rows):
             e = min(n, s + rows)

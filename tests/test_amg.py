@@ -147,14 +147,10 @@ def test_fused_attention_encoder_gives_the_official_embedding(model, shapes_sam)
     img = make_scene(HELDOUT_SEEDS[3]).image
     resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(img)
     x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].contiguous())
-    budget = fast_encoder._MASK_BUDGET
-    try:
-        if model != "bundled":
-            fast_encoder._MASK_BUDGET = 3 * 400 * 64  # 64 query rows a slab: 7 slabs per global block
-        with torch.inference_mode():
-            want = sam.image_encoder(x)
-            got = fast_encoder.encode(sam.image_encoder, x)
-    finally:
-        fast_encoder._MASK_BUDGET = budget
+    # random tables: 64 query rows a slab, 7 slabs per global block
+    budget = fast_encoder._MASK_BUDGET if model == "bundled" else 3 * 400 * 64
+    with torch.inference_mode():
+        want = sam.image_encoder(x)
+        got = fast_encoder.encode(sam.image_encoder, x, budget)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)

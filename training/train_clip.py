@@ -107,16 +107,15 @@ def _amg():
 
 def render_amg(seed: int):
     """Crops of the bundled SAM's automatic masks on one scene, labelled from the ground truth."""
-    from segsearch.quality import iou_matrix
-
     rng = np.random.default_rng(seed + 11)
     sc = make_scene(seed)
     ms = _amg().generate(sc.image)
     if len(ms) == 0:
         return []
-    ious = iou_matrix(ms.masks, sc.masks)
-    area = ms.masks.reshape(len(ms), -1).sum(1)
-    inter = ms.masks.reshape(len(ms), -1).astype(np.float32) @ sc.masks.reshape(len(sc.masks), -1).T.astype(np.float32)
+    flat = ms.masks.reshape(len(ms), -1).astype(np.float32)
+    inter = flat @ sc.masks.reshape(len(sc.masks), -1).T.astype(np.float32)
+    area = flat.sum(1)
+    ious = inter / np.maximum(area[:, None] + sc.masks.reshape(len(sc.masks), -1).sum(1)[None, :] - inter, 1)
     out = []
     for i, m in enumerate(ms.masks):
         j = int(ious[i].argmax()) if ious.shape[1] else -1
@@ -219,7 +218,6 @@ def main() -> None:
         n_bg = sum(lab[1] == "background" for lab in alabels)
         print(f"rendered {len(acrops)} SAM-mask crops ({n_bg} background) in {time.time() - t0:.0f}s", flush=True)
         crops, labels = np.concatenate([crops, acrops]), labels + alabels
-    torch.set_num_threads(args.threads)
 
     name = _register_cfg(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", None, model_cfg=CLIP_SHAPES_TINY_CFG))
     model = open_clip.create_model(name)
