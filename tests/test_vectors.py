@@ -146,6 +146,35 @@ def test_edge_store_persists_across_reopen(tmp_path):
     again.close()
 
 
+def test_edge_collection_interrupted_while_being_created_is_not_left_half_made(tmp_path, monkeypatch):
+    """A process killed while creating a collection (CI caught one: SIGKILL between the shard's
+    directory appearing and its config being written) must not leave a collection that can no
+    longer be opened: the next process sees no collection, creates it, and indexes into it."""
+    import segsearch.store.vectors as vectors
+
+    class Dies(dict):  # the process dies while the new shard's payload indexes are being made
+        def items(self):
+            raise KeyboardInterrupt
+
+    idx = EdgeVectorIndex(tmp_path / "v")
+    with monkeypatch.context() as m:
+        m.setattr(vectors, "PAYLOAD_INDEXES", Dies(vectors.PAYLOAD_INDEXES))
+        with pytest.raises(KeyboardInterrupt):
+            idx.ensure_collection("c", DIM)
+    idx.close()
+
+    again = EdgeVectorIndex(tmp_path / "v")
+    assert again.collections() == [] and not again.has_collection("c")
+    again.ensure_collection("c", DIM)
+    pts = make_points()
+    again.upsert("c", pts)
+    assert again.collections() == ["c"] and again.count("c") == 20
+    again.close()
+    third = EdgeVectorIndex(tmp_path / "v")
+    assert sorted(third.iter_ids("c")) == sorted(p.id for p in pts)
+    third.close()
+
+
 def test_hnsw_search_after_optimize_matches_exact(tmp_path):
     """After the indexer's end-of-run optimize, approximate search still finds the true neighbours."""
     idx = EdgeVectorIndex(tmp_path / "v")

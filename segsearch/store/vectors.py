@@ -13,6 +13,8 @@ path-prefix filter is an exact keyword match on both backends).
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -137,6 +139,20 @@ def _lock_dir(root: Path):
     return f
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX: the directory entry lives in the directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _vec(v) -> list[float]:
     return np.asarray(v, dtype=np.float32).tolist()
 
@@ -164,14 +180,7 @@ class EdgeVectorIndex(VectorIndex):
                 if path.is_dir() and any(path.iterdir()):
                     shard = q.EdgeShard.load(str(path))
                 elif create_dim is not None:
-                    shard = q.EdgeShard.create(str(path), q.EdgeConfig(
-                        vectors=q.EdgeVectorParams(size=create_dim, distance=q.Distance.Cosine),
-                        hnsw_config=q.HnswIndexConfig(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct,
-                                                      full_scan_threshold=10_000)))
-                    for key, kind in PAYLOAD_INDEXES.items():
-                        schema = q.PayloadSchemaType.Keyword if kind == "keyword" else q.PayloadSchemaType.Float
-                        shard.update(q.UpdateOperation.create_field_index(key, schema))
-                    shard.flush()
+                    shard = self._create_shard(q, path, create_dim)
                 else:
                     raise StorageError(f"vector collection {name!r} does not exist in {self.root}")
             except StorageError:
@@ -185,11 +194,32 @@ class EdgeVectorIndex(VectorIndex):
             self._shards[name] = shard
             return shard
 
+    def _create_shard(self, q, path: Path, dim: int):
+        """Create a shard atomically: build it (config, payload indexes) under a hidden temporary name,
+        flush and close it, then rename it into place. A process killed half-way leaves only the hidden
+        directory, which the next creation discards; a visible shard directory is always loadable."""
+        tmp = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)  # an empty leftover directory
+        shard = q.EdgeShard.create(str(tmp), q.EdgeConfig(
+            vectors=q.EdgeVectorParams(size=dim, distance=q.Distance.Cosine),
+            hnsw_config=q.HnswIndexConfig(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct,
+                                          full_scan_threshold=10_000)))
+        for key, kind in PAYLOAD_INDEXES.items():
+            schema = q.PayloadSchemaType.Keyword if kind == "keyword" else q.PayloadSchemaType.Float
+            shard.update(q.UpdateOperation.create_field_index(key, schema))
+        shard.flush()
+        shard.close()
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return q.EdgeShard.load(str(path))
+
     def ensure_collection(self, name: str, dim: int) -> None:
         self._shard(name, create_dim=dim)
 
     def collections(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.iterdir()))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and any(p.iterdir()))
 
     def has_collection(self, name: str) -> bool:
         if name in self._shards:
