@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from segsearch.cli import app
 from segsearch.errors import ChecksumMismatch, WeightsUnavailable
-from segsearch.models.registry import SamSpec, Weights, register_sam, sam_config
+from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG, SamSpec, Weights, register_sam, sam_config
 from segsearch.models.weights import ensure_weights
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB fake checkpoint
@@ -146,3 +146,33 @@ def test_cli_models_download_and_offline_exit_code(server, tmp_path, monkeypatch
     r = runner.invoke(app, ["models", "download", "sam-vit-b"])
     assert r.exit_code == 2
     assert "sam_vit_b_01ec64.pth" in r.output and str(tmp_path / "ckpt") in r.output
+
+
+@pytest.mark.parametrize("config", [
+    sam_config("vit_b"),
+    SAM_SHAPES_TINY_CONFIG,
+    {**SAM_SHAPES_TINY_CONFIG, "image_size": 512},  # a model fine-tuned at another input size
+    sam_config("vit_b", image_size=64, encoder_embed_dim=32, encoder_depth=3, encoder_num_heads=2,
+               encoder_global_attn_indexes=[0, 2], encoder_window_size=2, prompt_embed_dim=16,
+               decoder_mlp_dim=32, iou_head_hidden_dim=8),
+], ids=["vit-b", "shapes-tiny", "shapes-tiny-512", "odd"])
+def test_a_sam_checkpoint_file_loads_with_the_architecture_it_was_saved_with(config, tmp_path):
+    """`--sam path/to/file.pt`: the architecture is read back from the file (input size, heads,
+    global blocks...), so a checkpoint of any SAM-family model loads and segments as saved."""
+    import torch
+
+    from segsearch.models.registry import get_sam_spec
+    from segsearch.models.sam import build_sam_model, load_sam
+
+    torch.manual_seed(0)
+    sam = build_sam_model(config)
+    path = tmp_path / "mine.pt"
+    torch.save(sam.state_dict(), path)
+    spec = get_sam_spec(str(path))
+    expected = {**config, "decoder_num_heads": 4 if config["prompt_embed_dim"] == 64 else 8}
+    assert {k: spec.config[k] for k in expected} == expected
+    loaded = load_sam(spec, tmp_path)  # strict: every tensor has its place and shape
+    if config["image_size"] <= 512:  # (ViT-B's 1024-px forward would take seconds)
+        x = torch.rand(1, 3, config["image_size"], config["image_size"])
+        with torch.inference_mode():
+            assert torch.equal(loaded.image_encoder(x), sam.image_encoder(x))

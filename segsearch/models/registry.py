@@ -168,6 +168,11 @@ register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
 
 
 # --- lookup ---------------------------------------------------------------------------------
+def known_sam_configs() -> list[dict]:
+    """The architectures of the registered SAM models (official ones first)."""
+    return [s.config for s in _SAM.values()]
+
+
 def get_sam_spec(name_or_path: str) -> SamSpec:
     """A registered name, or a path to a SAM checkpoint (architecture inferred from its weights)."""
     if name_or_path in _SAM:

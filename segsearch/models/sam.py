@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from segsearch.models.registry import SAM_ARCHS, SAM_DEFAULTS, SamSpec
+from segsearch.models.registry import SAM_DEFAULTS, SamSpec
 
 
 def build_sam_model(config: dict):
@@ -69,17 +69,42 @@ def load_state_dict(path: Path) -> dict:
 
 
 def infer_sam_config(path: Path) -> dict:
-    """Architecture of a SAM checkpoint file from its tensor shapes (official ViT-B/L/H)."""
+    """Architecture of a SAM checkpoint file, read from its tensor shapes: the official ViT-B/L/H and
+    any other SAM-family model (our small ones, or one fine-tuned at another input size): input size
+    from the position embedding, heads from the relative-position tables, global blocks from which
+    tables span the whole grid. The decoder's head count leaves no trace in the weights: it is taken
+    from a known architecture with the same shapes, else SAM's 8."""
     state = load_state_dict(path)
     try:
-        dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
+        return config_from_state(state)
     except KeyError as exc:
-        raise ValueError(f"{path} is not a Segment Anything checkpoint") from exc
+        raise ValueError(f"{path} is not a Segment Anything checkpoint (no {exc.args[0]})") from exc
+
+
+def config_from_state(state: dict) -> dict:
+    from segsearch.models.registry import known_sam_configs
+
+    proj = state["image_encoder.patch_embed.proj.weight"]
+    dim, patch = proj.shape[0], proj.shape[-1]
+    grid = state["image_encoder.pos_embed"].shape[1]
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    for arch, a in SAM_ARCHS.items():
-        if a["encoder_embed_dim"] == dim and a["encoder_depth"] == depth:
-            return {**SAM_DEFAULTS, **a}
-    raise ValueError(f"{path}: unknown SAM encoder (dim {dim}, depth {depth}); expected ViT-B/L/H")
+    rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
+    global_idx = [i for i, r in enumerate(rel) if r[0] == 2 * grid - 1]
+    windowed = [r[0] for r in rel if r[0] != 2 * grid - 1]
+    c = {
+        "image_size": grid * patch, "vit_patch_size": patch,
+        "encoder_embed_dim": dim, "encoder_depth": depth, "encoder_num_heads": dim // rel[0][1],
+        "encoder_global_attn_indexes": global_idx,
+        "encoder_window_size": (windowed[0] + 1) // 2 if windowed else SAM_DEFAULTS["encoder_window_size"],
+        "encoder_mlp_ratio": state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / dim,
+        "prompt_embed_dim": state["mask_decoder.iou_token.weight"].shape[1],
+        "decoder_depth": len({k.split(".")[3] for k in state if k.startswith("mask_decoder.transformer.layers.")}),
+        "decoder_mlp_dim": state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+        "iou_head_hidden_dim": state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+    }
+    same = [k for k in known_sam_configs() if all(k.get(f) == v for f, v in c.items() if f != "image_size")]
+    c["decoder_num_heads"] = same[0]["decoder_num_heads"] if same else SAM_DEFAULTS["decoder_num_heads"]
+    return {**SAM_DEFAULTS, **c}
 
 
 def load_sam(spec: SamSpec, checkpoints: Path, *, device: str = "cpu", offline: bool = False):
