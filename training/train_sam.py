@@ -38,10 +38,28 @@ import torch.nn.functional as F
 
 from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG
 from segsearch.models.sam import build_sam_model
-from segsearch.shapes import HELDOUT_SEEDS, TRAIN_SEEDS, make_scene
+from segsearch.shapes import HELDOUT_SEEDS, TRAIN_SEEDS, VALIDATION_SEEDS, make_scene
 
-IMG = SAM_SHAPES_TINY_CONFIG["image_size"]
+IMG = SAM_SHAPES_TINY_CONFIG["image_size"]  # set by --image-size (module globals: the rendering pool sees them)
 LOW = IMG // SAM_SHAPES_TINY_CONFIG["vit_patch_size"] * 4  # low-res mask side
+
+
+def resize_sam_state(state: dict, image_size: int, patch_size: int) -> dict:
+    """Adapt a SAM state dict trained at one input size to another, as ViTs are fine-tuned at a new
+    resolution: the absolute position embedding is resized bicubically over the patch grid and the
+    global-attention blocks' relative-position tables linearly (segment_anything's get_rel_pos does
+    the same at run time when the sizes differ). Windowed blocks' tables keep their size."""
+    grid = image_size // patch_size
+    out = dict(state)
+    pos = state["image_encoder.pos_embed"].float()  # (1, H, W, C)
+    if pos.shape[1] != grid:
+        out["image_encoder.pos_embed"] = F.interpolate(
+            pos.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+        old = pos.shape[1]
+        for k, v in state.items():
+            if k.endswith((".rel_pos_h", ".rel_pos_w")) and v.shape[0] == 2 * old - 1:  # a global block
+                out[k] = F.interpolate(v.float().T[None], size=2 * grid - 1, mode="linear")[0].T
+    return out
 
 
 def prepare(seed: int):
@@ -95,13 +113,15 @@ def _components(region: np.ndarray, min_area: int = 16) -> np.ndarray:
 
 
 def make_pool(seeds, workers=2):
-    with Pool(workers, initializer=_set_bg_components, initargs=(BG_COMPONENTS,)) as p:
+    with Pool(workers, initializer=_set_globals, initargs=(BG_COMPONENTS, IMG)) as p:
         return p.map(prepare, seeds, chunksize=16)
 
 
-def _set_bg_components(on: bool) -> None:
-    global BG_COMPONENTS
-    BG_COMPONENTS = on
+def _set_globals(bg_components: bool, image_size: int) -> None:
+    global BG_COMPONENTS, IMG, LOW
+    BG_COMPONENTS = bg_components
+    IMG = image_size
+    LOW = IMG // SAM_SHAPES_TINY_CONFIG["vit_patch_size"] * 4
 
 
 def sample_prompts(masks: np.ndarray, n_shapes: int, n: int, rng: np.random.Generator, bg_frac: float = 0.2):
@@ -204,23 +224,28 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=0, help="also write --out every N steps (0: only at the end)")
     ap.add_argument("--bg-components", action="store_true",
                     help="background prompts target their connected background region (e.g. a ring's hole)")
+    ap.add_argument("--image-size", type=int, default=SAM_SHAPES_TINY_CONFIG["image_size"],
+                    help="SAM input side; --init weights trained at another size are resized (pos-embed, rel-pos)")
+    ap.add_argument("--val-split", choices=["heldout", "validation"], default="heldout",
+                    help="scenes for the printed point-prompt mIoU (stages 1-4 used heldout; use validation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("checkpoints/sam-shapes-tiny.pt"))
     args = ap.parse_args()
-    _set_bg_components(args.bg_components)
+    _set_globals(args.bg_components, args.image_size)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     pool = make_pool(list(TRAIN_SEEDS[args.pool_start : args.pool_start + args.pool]))
-    val = make_pool(list(HELDOUT_SEEDS[:24]))
+    val = make_pool(list((HELDOUT_SEEDS if args.val_split == "heldout" else VALIDATION_SEEDS)[:24]))
     print(f"rendered {len(pool)} training scenes in {time.time() - t0:.0f}s", flush=True)
 
-    sam = build_sam_model(SAM_SHAPES_TINY_CONFIG).train()
+    sam = build_sam_model({**SAM_SHAPES_TINY_CONFIG, "image_size": IMG}).train()
     if args.init:
-        sam.load_state_dict({k: v.float() for k, v in torch.load(args.init, weights_only=True).items()})
+        state = torch.load(args.init, weights_only=True)
+        sam.load_state_dict({k: v.float() for k, v in resize_sam_state(state, IMG, sam.image_encoder.patch_embed.proj.kernel_size[0]).items()})
         print(f"continuing from {args.init}", flush=True)
     n_params = sum(p.numel() for p in sam.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
