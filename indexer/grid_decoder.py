@@ -70,7 +70,7 @@ class GridDecoder:
         queries = first.norm2(queries + t2i.out_proj(_merge(out)))
         queries = first.norm3(queries + first.mlp(queries))
         i2t = first.cross_attn_image_to_token
-        keys = first.norm4(self.src + _image_to_tokens(i2t, None, queries + tokens, queries, self.i2t_q))
+        keys = first.norm4(_image_to_tokens(i2t, None, queries + tokens, queries, self.i2t_q, residual=self.src))
 
         for layer in tr.layers[1:]:  # TwoWayAttentionBlock.forward, image side per prompt
             qt = queries + tokens
@@ -78,7 +78,8 @@ class GridDecoder:
             kp = keys + self.pos
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, kp, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, kp, queries + tokens, queries))
+            keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, kp, queries + tokens, queries,
+                                                residual=keys, inplace=True))
         attn = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
         queries = tr.norm_final_attn(queries + attn)
 
@@ -155,13 +156,20 @@ def _tokens_to_image(mod, qt, kp, x):
     return mod.out_proj(_merge(out))
 
 
-def _image_to_tokens(mod, kp, kt, vt, q_cached=None):
-    """``Attention(q=kp, k=kt, v=vt)``: a per-prompt image (B x N x C, or 1 x N x C shared; or its
-    projected queries ``q_cached``, 1 x H x N x c) attends to the prompt tokens (B x T x C).
+def _image_to_tokens(mod, kp, kt, vt, q_cached=None, residual=None, inplace=False):
+    """``residual + Attention(q=kp, k=kt, v=vt)``: a per-prompt image (B x N x C, or 1 x N x C
+    shared; or its projected queries ``q_cached``, 1 x H x N x c) attends to the prompt tokens
+    (B x T x C), and the result is added to ``residual`` (B x N x C or shared 1 x N x C; modified
+    in place when ``inplace``).
     The logits are laid out T x N so the softmax runs over the short token axis as a column
     reduction (a row softmax over rows of ~7 values is several times slower on CPU). When it
     pays (see _low_rank) the image side is not projected: logits = kp (W_q,h^T K_h^T) + b_q,h K_h^T
-    and out_proj(A V) = sum_h A_h (V_h W_o,h^T) + b_o."""
+    and out_proj(A V) = sum_h A_h (V_h W_o,h^T) + b_o. There the output bias and the residual
+    go into the one product that writes the B x N x C result: each position's softmax weights sum
+    to 1 per head, so b_o / H added to every row of V_h W_o,h^T adds b_o, and the product
+    accumulates onto the residual (every other pass over that tensor is memory-bound on a CPU)."""
+    import torch
+
     n = mod.num_heads
     b, t, _ = kt.shape
     k = _heads(mod.k_proj(kt), n)  # B x H x T x c
@@ -183,10 +191,19 @@ def _image_to_tokens(mod, kp, kt, vt, q_cached=None):
         logits = (m @ kp.transpose(1, 2) + bias).view(b, n, t, -1)
     a = logits.softmax(dim=-2)  # B x H x T x N
     if not low:
-        return mod.out_proj(_merge(a.transpose(-1, -2) @ v))
+        out = mod.out_proj(_merge(a.transpose(-1, -2) @ v))
+        if residual is None:
+            return out
+        return residual.add_(out) if inplace else residual + out
     wo = mod.out_proj.weight  # C x I
-    u = v @ wo.view(wo.shape[0], n, c).permute(1, 2, 0)  # B x H x T x C
-    return a.reshape(b, n * t, -1).transpose(1, 2) @ u.reshape(b, n * t, -1) + mod.out_proj.bias
+    u = v @ wo.view(wo.shape[0], n, c).permute(1, 2, 0) + mod.out_proj.bias / n  # B x H x T x C
+    a_t = a.reshape(b, n * t, -1).transpose(1, 2)  # B x N x HT
+    u = u.reshape(b, n * t, -1)
+    if residual is None:
+        return a_t @ u
+    if inplace:
+        return residual.baddbmm_(a_t, u)
+    return torch.baddbmm(residual.expand(b, -1, -1), a_t, u)
 
 
 def _upscale(seq, x):
