@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", type=Path, help="start from these weights (stage 2)")
     ap.add_argument("--amg-scenes", type=int, default=0, help="scenes whose SAM automatic masks are added as crops")
+    ap.add_argument("--amg-start", type=int, default=0, help="first of AMG_SEEDS to use (a later stage: fresh scenes)")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/clip-shapes-tiny.pt"))
     args = ap.parse_args()
 
@@ -213,7 +214,7 @@ def main() -> None:
     vcrops, vlabels = build_pool(list(HELDOUT_SEEDS[50_000:50_300]))
     print(f"rendered {len(crops)} training crops in {time.time() - t0:.0f}s", flush=True)
     if args.amg_scenes:
-        acrops, alabels = build_pool(list(AMG_SEEDS[: args.amg_scenes]), fn=render_amg)
+        acrops, alabels = build_pool(list(AMG_SEEDS[args.amg_start : args.amg_start + args.amg_scenes]), fn=render_amg)
         vacrops, valabels = build_pool(list(HELDOUT_SEEDS[50_300:50_500]), fn=render_amg)
         n_bg = sum(lab[1] == "background" for lab in alabels)
         print(f"rendered {len(acrops)} SAM-mask crops ({n_bg} background) in {time.time() - t0:.0f}s", flush=True)

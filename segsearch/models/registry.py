@@ -147,7 +147,7 @@ for _name, _arch, _sha in [
 
 # --- bundled small models trained by this repo on the shapes world (training/) ------------------------
 SAM_SHAPES_TINY_CONFIG = sam_config(
-    "vit_b", image_size=320, vit_patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=3,
+    "vit_b", image_size=512, vit_patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=3,
     encoder_global_attn_indexes=[1, 3], encoder_window_size=5, prompt_embed_dim=64, decoder_depth=2,
     decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64)
 
@@ -158,7 +158,7 @@ CLIP_SHAPES_TINY_CFG = {
 }
 
 register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
-    "sam-shapes-tiny.pt", "1c15d870650993ea4c375184ba02679a410b24b990309b3f48de0696cb46fa6f"),
+    "sam-shapes-tiny.pt", "c3bedf10ed0910889b6bed51d84adae52cc2928f972e2c4c593c8f2c71de68e3"),
     "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
 
 register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
