@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from segsearch.models.registry import SAM_DEFAULTS, SamSpec
+from segsearch.models.registry import SAM_DEFAULTS, SamSpec, known_sam_configs
 
 
 def build_sam_model(config: dict):
@@ -82,8 +82,6 @@ def infer_sam_config(path: Path) -> dict:
 
 
 def config_from_state(state: dict) -> dict:
-    from segsearch.models.registry import known_sam_configs
-
     proj = state["image_encoder.patch_embed.proj.weight"]
     dim, patch = proj.shape[0], proj.shape[-1]
     grid = state["image_encoder.pos_embed"].shape[1]
