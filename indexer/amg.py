@@ -55,14 +55,12 @@ ENGINES = {"fast": _fast, "reference": ReferenceAMG}
 
 
 def make_mask_generator(engine: str, sam, **params) -> MaskGenerator:
-    if engine in ENGINES:
-        keep_freed_memory()
-    try:
-        return ENGINES[engine](sam, **params)
-    except KeyError:
+    if engine not in ENGINES:
         from segsearch.errors import ConfigError
 
-        raise ConfigError(f"unknown mask engine {engine!r}; choose one of {', '.join(ENGINES)}") from None
+        raise ConfigError(f"unknown mask engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    keep_freed_memory()
+    return ENGINES[engine](sam, **params)
 
 
 _ALLOCATOR_TUNED = False
