@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pred-iou-thresh", type=float, default=None)
     ap.add_argument("--stability-score-thresh", type=float, default=None)
     ap.add_argument("--crop-n-layers", type=int, default=None, help="AMG crop layers (1: also zoomed crops)")
+    ap.add_argument("--min-mask-region-area", type=int, default=None,
+                    help="AMG clean-up: remove islands and fill holes smaller than this many pixels")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
             eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes, split=args.split)
             overrides.update({"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny",
                               **SHAPES_AMG})
-        for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "crop_n_layers"):
+        for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "crop_n_layers",
+                    "min_mask_region_area"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
         settings = Settings(data=Path(tmp) / "data", **overrides)

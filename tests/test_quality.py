@@ -16,7 +16,7 @@ def test_bundled_models_quality_floor(tmp_path):
     settings = Settings(data=tmp_path / "data", sam="sam-shapes-tiny", clip="clip-shapes-tiny", **SHAPES_AMG)
     r = evaluate(eval_set, settings, crop_modes=("masked",), workdir=tmp_path)
     assert r["objects"] >= 30
-    assert r["mask_recall"] >= 0.84, r  # measured 0.906 here, 0.923 on 30 scenes (bench/quality.py)
+    assert r["mask_recall"] >= 0.84, r  # measured 0.906 here, 0.912 on 30 scenes (bench/quality.py)
     assert r["precision_at_5"] >= 0.86, r  # measured 0.96 on these 12 scenes; a random CLIP scores ~0.05
     assert r["recall_at_10"] >= 0.85, r  # measured 0.94
 
