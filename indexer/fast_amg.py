@@ -40,6 +40,7 @@ class FastAMG:
     name = "fast"
     LOW_RES_ERR = 0.12
     INPUT_ERR = 0.02
+    BOUNDS_CHUNK = 16  # candidates per step of the box-bound computations (cache-sized)
 
     def __init__(self, sam, points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
                  stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
@@ -237,14 +238,19 @@ class FastAMG:
         """XYXY boxes that surely contain ``upsample(low) > threshold``: the full-resolution rows and
         columns whose interpolation support meets the low-resolution box."""
         import torch
-        from segment_anything.utils.amg import batched_mask_to_box
 
         ry, rx = self._interp_maps(low.shape[-2:], crop_size)
         first_y, last_y = self._support_span(ry)
         first_x, last_x = self._support_span(rx)
         ny, nx = int((last_y >= 0).nonzero().max()) + 1, int((last_x >= 0).nonzero().max()) + 1
-        lb = batched_mask_to_box(low[:, :ny, :nx] > self.sam.mask_threshold)  # padding never shows
-        return torch.stack([first_x[lb[:, 0]], first_y[lb[:, 1]], last_x[lb[:, 2]], last_y[lb[:, 3]]], 1)
+        rows, cols = [], []
+        for j in range(0, len(low), self.BOUNDS_CHUNK):
+            v = low[j : j + self.BOUNDS_CHUNK, :ny, :nx]  # padding never shows
+            rows.append(v.amax(2) > self.sam.mask_threshold)
+            cols.append(v.amax(1) > self.sam.mask_threshold)
+        y0, y1 = _first_last(torch.cat(rows))
+        x0, x1 = _first_last(torch.cat(cols))
+        return torch.stack([first_x[x0], first_y[y0], last_x[x1], last_y[y1]], 1)
 
     def _inner_boxes(self, low, crop_size):
         """XYXY boxes surely inside the exact box: for a positive low-resolution pixel j, the
@@ -252,8 +258,6 @@ class FastAMG:
         ``w·L[j] + (1-w)·min(L over its support)``; where that is above the threshold the pixel is
         surely in the mask. Rows are -1 where no pixel is sure."""
         import torch
-        import torch.nn.functional as F
-        from segment_anything.utils.amg import batched_mask_to_box
 
         ry, rx = self._interp_maps(low.shape[-2:], crop_size)
         wy, ystar = ry.max(0)
@@ -261,12 +265,22 @@ class FastAMG:
         span = max(int(((r != 0).float().cumsum(1).argmax(1) - (r != 0).float().argmax(1)).max()) for r in (ry, rx))
         k = 2 * span + 1
         thr = self.sam.mask_threshold
-        neigh_min = _min_filter(low, k)
         w = wy[:, None] * wx[None, :]
-        sure = (low > thr) & (w * (low - thr) + (1 - w) * (neigh_min - thr) > 0) & (w > 0)
-        lb = batched_mask_to_box(sure)
-        out = torch.stack([xstar[lb[:, 0]], ystar[lb[:, 1]], xstar[lb[:, 2]], ystar[lb[:, 3]]], 1).float()
-        out[~sure.flatten(1).any(1)] = -1
+        w_on, w_off = torch.where(w > 0, w, 0), torch.where(w > 0, 1 - w, 0)
+        # a few candidates at a time, so a chunk's passes stay in cache instead of streaming
+        # hundreds of 128x128 maps through memory; s > 0 exactly where the pixel is sure
+        # (w > 0, L > thr, and the bound above: min(L - thr, bound) > 0 is the same test)
+        rows, cols = [], []
+        for j in range(0, len(low), self.BOUNDS_CHUNK):
+            d = low[j : j + self.BOUNDS_CHUNK] - thr
+            s = torch.minimum(torch.addcmul(w_off * _min_filter(d, k), w_on, d), d)
+            rows.append(s.amax(2) > 0)
+            cols.append(s.amax(1) > 0)
+        rows, cols = torch.cat(rows), torch.cat(cols)
+        y0, y1 = _first_last(rows)
+        x0, x1 = _first_last(cols)
+        out = torch.stack([xstar[x0], ystar[y0], xstar[x1], ystar[y1]], 1).float()
+        out[~rows.any(1)] = -1
         return out
 
     @staticmethod
@@ -402,7 +416,7 @@ class FastAMG:
         """The reference's small-region clean-up (holes and islands, then NMS), on dense masks."""
         import torch
         from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
-        from torchvision.ops.boxes import batched_nms, box_area
+        from torchvision.ops.boxes import batched_nms
 
         new, scores = [], []
         for m in data["masks"].numpy():
@@ -430,18 +444,32 @@ def _decode_batch(features) -> int:
     return max(2, min(64, (1 << 22) // features[0].numel()))
 
 
-def _min_filter(x, k: int):
-    """Minimum over a k×k neighbourhood of each pixel of (N, H, W) (borders: the pixels that exist),
-    as shifted elementwise minima: much faster on CPU than max_pool2d."""
+def _first_last(flags):
+    """Index of the first and last True in each row of an (N, L) bool tensor (0 where none)."""
     import torch
 
+    f = flags.to(torch.uint8)
+    return f.argmax(1), flags.shape[1] - 1 - f.flip(1).argmax(1)
+
+
+def _min_filter(x, k: int):
+    """Minimum over a k×k neighbourhood of each pixel of (N, H, W) (borders: the pixels that exist),
+    as shifted elementwise minima over an edge-padded copy, rows then columns: much faster on CPU
+    than max_pool2d."""
+    import torch
+    import torch.nn.functional as F
+
     r = k // 2
-    out = x.clone()
-    for d in range(1, r + 1):  # rows
-        out[:, d:, :] = torch.minimum(out[:, d:, :], x[:, :-d, :])
-        out[:, :-d, :] = torch.minimum(out[:, :-d, :], x[:, d:, :])
-    col = out.clone()
-    for d in range(1, r + 1):  # then columns of the row-filtered result
-        col[:, :, d:] = torch.minimum(col[:, :, d:], out[:, :, :-d])
-        col[:, :, :-d] = torch.minimum(col[:, :, :-d], out[:, :, d:])
-    return col
+    if r == 0:
+        return x
+    h, w = x.shape[-2:]
+    inf = float("inf")
+    xp = F.pad(x, (0, 0, r, r), value=inf)
+    out = torch.minimum(xp[:, :h], xp[:, 1 : h + 1])
+    for d in range(2, 2 * r + 1):
+        torch.minimum(out, xp[:, d : d + h], out=out)
+    op = F.pad(out, (r, r), value=inf)
+    out = torch.minimum(op[:, :, :w], op[:, :, 1 : w + 1])
+    for d in range(2, 2 * r + 1):
+        torch.minimum(out, op[:, :, d : d + w], out=out)
+    return out

@@ -117,26 +117,29 @@ def _decode_both(sam, img, n_points, iou_thresh):
         return (low, iou), GridDecoder(sam, pred.features)(sparse, iou_thresh)
 
 
-@pytest.mark.parametrize("model", ["shapes", "wide-random"])
+@pytest.mark.parametrize("model", ["shapes", "narrow-random"])
 def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
     """The fast engine's decoder (per-image work cached, fused/reassociated attention, upscaling
-    only for prompts with a candidate above the IoU threshold) returns MaskDecoder's logits."""
+    only for prompts with a candidate above the IoU threshold) returns MaskDecoder's logits: on the
+    bundled SAM (reassociated attention, as ViT-B/L/H) and on a decoder whose attention is too
+    narrow for that (the plain path)."""
+    import torch
+
     from segsearch.indexer import grid_decoder
     from segsearch.models.registry import sam_config
     from segsearch.models.sam import build_sam_model
 
     if model == "shapes":
         sam, thresh = shapes_sam, SHAPES_AMG["pred_iou_thresh"]
-    else:  # a decoder wide enough for the reassociated (ViT-B-like) attention path
-        import torch
-
+    else:
         torch.manual_seed(0)
         sam = build_sam_model(sam_config(
             "vit_b", image_size=64, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
-            encoder_global_attn_indexes=[0], encoder_window_size=2, prompt_embed_dim=64, decoder_depth=2,
-            decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32)).eval()
-        assert grid_decoder._low_rank(sam.mask_decoder.transformer.final_attn_token_to_image, 7)
+            encoder_global_attn_indexes=[0], encoder_window_size=2, prompt_embed_dim=32, decoder_depth=2,
+            decoder_mlp_dim=64, decoder_num_heads=8, iou_head_hidden_dim=32)).eval()
         thresh = 0.0
+    wide = model == "shapes"
+    assert grid_decoder._low_rank(sam.mask_decoder.transformer.final_attn_token_to_image, 7) == wide
     img = make_scene(HELDOUT_SEEDS[0]).image
     (low, iou), (low2, iou2, idx) = _decode_both(sam, img, 48, thresh)
     expected = np.flatnonzero(iou.max(1).values.numpy() > thresh) if thresh > 0 else np.arange(48)

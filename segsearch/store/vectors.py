@@ -525,8 +525,6 @@ class ServerVectorIndex(VectorIndex):
         return m.Filter(must=must)
 
     def search(self, name, vector, limit, flt=None, offset=0, score_threshold=None, exact=False):
-        from qdrant_client import models as m
-
         if not self.has_collection(name):
             return []
         res = self._call("search", self.client.query_points, name, query=_vec(vector), limit=limit,
