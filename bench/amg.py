@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=10, help="held-out shapes-world scenes to run")
     ap.add_argument("--size", default=None, help="WxH: render every scene at this size (e.g. 1024x768)")
     ap.add_argument("--points-per-side", type=int, default=None)
+    ap.add_argument("--min-mask-region-area", type=int, default=None, help="small-region clean-up (px)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--random-weights", action="store_true", help="do not load a checkpoint")
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     params = dict(SHAPES_AMG) if args.model == "sam-shapes-tiny" else settings.amg_params()
     if args.points_per_side:
         params["points_per_side"] = args.points_per_side
+    if args.min_mask_region_area is not None:
+        params["min_mask_region_area"] = args.min_mask_region_area
     size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else (None, None)
     images = [make_scene(s, width=size[0], height=size[1]).image for s in HELDOUT_SEEDS[: args.images]]
 
