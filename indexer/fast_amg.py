@@ -243,13 +243,8 @@ class FastAMG:
         first_y, last_y = self._support_span(ry)
         first_x, last_x = self._support_span(rx)
         ny, nx = int((last_y >= 0).nonzero().max()) + 1, int((last_x >= 0).nonzero().max()) + 1
-        rows, cols = [], []
-        for j in range(0, len(low), self.BOUNDS_CHUNK):
-            v = low[j : j + self.BOUNDS_CHUNK, :ny, :nx]  # padding never shows
-            rows.append(v.amax(2) > self.sam.mask_threshold)
-            cols.append(v.amax(1) > self.sam.mask_threshold)
-        y0, y1 = _first_last(torch.cat(rows))
-        x0, x1 = _first_last(torch.cat(cols))
+        c = self.BOUNDS_CHUNK  # padding never shows: only the valid ny x nx part
+        x0, y0, x1, y1, _ = _extents((low[j : j + c, :ny, :nx] for j in range(0, len(low), c)), self.sam.mask_threshold)
         return torch.stack([first_x[x0], first_y[y0], last_x[x1], last_y[y1]], 1)
 
     def _inner_boxes(self, low, crop_size):
@@ -267,20 +262,17 @@ class FastAMG:
         thr = self.sam.mask_threshold
         w = wy[:, None] * wx[None, :]
         w_on, w_off = torch.where(w > 0, w, 0), torch.where(w > 0, 1 - w, 0)
+
+        def sure(d):
+            """d = L - thr; > 0 exactly where the pixel is sure: w > 0, L > thr and the bound above."""
+            return torch.minimum(torch.addcmul(w_off * _min_filter(d, k), w_on, d), d)
+
         # a few candidates at a time, so a chunk's passes stay in cache instead of streaming
-        # hundreds of 128x128 maps through memory; s > 0 exactly where the pixel is sure
-        # (w > 0, L > thr, and the bound above: min(L - thr, bound) > 0 is the same test)
-        rows, cols = [], []
-        for j in range(0, len(low), self.BOUNDS_CHUNK):
-            d = low[j : j + self.BOUNDS_CHUNK] - thr
-            s = torch.minimum(torch.addcmul(w_off * _min_filter(d, k), w_on, d), d)
-            rows.append(s.amax(2) > 0)
-            cols.append(s.amax(1) > 0)
-        rows, cols = torch.cat(rows), torch.cat(cols)
-        y0, y1 = _first_last(rows)
-        x0, x1 = _first_last(cols)
+        # hundreds of 128x128 maps through memory
+        c = self.BOUNDS_CHUNK
+        x0, y0, x1, y1, found = _extents(sure(low[j : j + c] - thr) for j in range(0, len(low), c))
         out = torch.stack([xstar[x0], ystar[y0], xstar[x1], ystar[y1]], 1).float()
-        out[~rows.any(1)] = -1
+        out[~found] = -1
         return out
 
     @staticmethod
@@ -444,12 +436,21 @@ def _decode_batch(features) -> int:
     return max(2, min(64, (1 << 22) // features[0].numel()))
 
 
-def _first_last(flags):
-    """Index of the first and last True in each row of an (N, L) bool tensor (0 where none)."""
+def _extents(maps, thr: float = 0.0):
+    """Box extents of ``map > thr`` for chunks of (n, H, W) maps: first/last column and row
+    (x0, y0, x1, y1; 0 where the map is nowhere above) and whether it is anywhere, via row and
+    column maxima (one pass per chunk, no boolean masks)."""
     import torch
 
-    f = flags.to(torch.uint8)
-    return f.argmax(1), flags.shape[1] - 1 - f.flip(1).argmax(1)
+    rows, cols = [], []
+    for v in maps:
+        rows.append(v.amax(2) > thr)
+        cols.append(v.amax(1) > thr)
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    r8, c8 = rows.to(torch.uint8), cols.to(torch.uint8)  # argmax: the first 1
+    x0, y0 = c8.argmax(1), r8.argmax(1)
+    x1, y1 = cols.shape[1] - 1 - c8.flip(1).argmax(1), rows.shape[1] - 1 - r8.flip(1).argmax(1)
+    return x0, y0, x1, y1, rows.any(1)
 
 
 def _min_filter(x, k: int):
