@@ -12,26 +12,48 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from segsearch import __version__
 from segsearch.settings import Settings
 
-from segsearch.api import errors, routes
+from segsearch.api import admin, errors, routes
 from segsearch.api.services import Services
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, services: Services | None = None, announce: bool = False,
+               watch: list[str] | None = None) -> FastAPI:
+    """``announce``: write ``<data>/server.json`` while serving, so ``segsearch index``/``search``/
+    ``doctor``/``info`` on the same data directory hand their work to this server (``segsearch.client``).
+    ``watch``: folders kept indexed (new, changed and deleted files become index jobs)."""
     settings = settings or (services.settings if services else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from starlette.concurrency import run_in_threadpool
+
         svc = services or Services(settings)
         app.state.services = svc
-        try:
-            from starlette.concurrency import run_in_threadpool
+        announced = None
+        if announce:
+            from segsearch.client import announce as write_announcement
 
+            announced = write_announcement(svc.settings)
+        try:
             await run_in_threadpool(svc.load)
         except Exception:  # noqa: BLE001 - stay up and report not-ready instead of crashing
             errors.log.exception("model loading failed; /readyz will say so")
+        svc.jobs.start()
+        watcher = None
+        if watch:
+            from segsearch.api.watch import Watcher
+
+            watcher = Watcher(svc, watch)
+            watcher.start()
         yield
+        if watcher is not None:
+            watcher.stop()
+        if announced is not None:
+            announced.unlink(missing_ok=True)
         if services is None:
             svc.close()
+        else:
+            svc.jobs.stop()
 
     app = FastAPI(title="segsearch", version=__version__, lifespan=lifespan,
                   description="Search photo libraries at the level of individual objects (SAM + CLIP + Qdrant).")
@@ -40,8 +62,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
                            allow_headers=["*"])
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(admin.router)
 
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(QueryGateMiddleware)
     app.openapi = lambda: _openapi_with_problems(app)
 
     @app.get("/healthz", tags=["health"])
@@ -51,7 +75,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
     def readyz():
-        """Models loaded and stores reachable."""
+        """Models loaded and stores reachable; when not, ``problem`` says which and why."""
         svc: Services = app.state.services
         checks = {"models": svc.ready}
         try:
@@ -65,7 +89,16 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         except Exception:  # noqa: BLE001
             checks["vectors"] = False
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        body = {"status": "ready" if ok else "not ready", "checks": checks,
+                "models": {"sam": svc.settings.sam, "clip": svc.clip_spec.name}}
+        if not ok:
+            body["problem"] = svc.load_error or (
+                "models are loading" if not svc.ready else "a store is unreachable: " +
+                ", ".join(k for k, v in checks.items() if not v))
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    for path, fn in (("/healthz", healthz), ("/readyz", readyz)):  # monitors often probe with HEAD
+        app.add_api_route(path, fn, methods=["HEAD"], include_in_schema=False)
 
     page = files("segsearch.api").joinpath("static/index.html").read_text()
 
@@ -74,6 +107,22 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return page
 
     return app
+
+
+class QueryGateMiddleware:
+    """Counts search requests in flight, so a running index job yields to them (``api.jobs``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/search"):
+            return await self.app(scope, receive, send)
+        services = getattr(scope["app"].state, "services", None)
+        if services is None:
+            return await self.app(scope, receive, send)
+        with services.jobs.gate:
+            await self.app(scope, receive, send)
 
 
 class TimeoutMiddleware:

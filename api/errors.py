@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from segsearch.errors import SegsearchError
+
 PROBLEM = "application/problem+json"
 log = logging.getLogger("segsearch.api")
 
@@ -53,6 +55,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return problem(422, "Invalid request", _validation_detail(exc), request.url.path)
+
+    @app.exception_handler(SegsearchError)
+    async def _unavailable(request: Request, exc: SegsearchError):
+        # models or stores the server cannot use (weights missing offline, a store gone): the
+        # request was fine, the service is not ready for it
+        return problem(503, "Service unavailable", str(exc), request.url.path, {"Retry-After": "30"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

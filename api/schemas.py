@@ -143,3 +143,47 @@ class SegmentResponse(BaseModel):
     masks: list[MaskOut]
     overlay_png_b64: str | None = None
     cached_embedding: bool
+
+
+class IndexJobRequest(BaseModel):
+    """Paths as the server sees them (absolute: files, folders or globs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(..., min_length=1, max_length=10_000)
+    force: bool = Field(False, description="Re-index images even if already indexed.")
+
+
+class JobProgress(BaseModel):
+    files_total: int | None = None
+    files_done: int = 0
+    indexed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    segments: int = 0
+    stages: dict[str, float] = Field(default_factory=dict, description="Seconds per pipeline stage.")
+
+
+class Job(BaseModel):
+    job_id: str
+    kind: Literal["index", "repair"]
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    request: dict
+    progress: JobProgress
+    summary: dict | None = Field(None, description="The run summary, as `segsearch index --json` prints it.")
+    error: str | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class Info(BaseModel):
+    data: str
+    library: dict = Field(description="The models and settings this library was indexed with.")
+    counts: dict[str, int]
+    vectors: int
+    collection: str | None
+    last_run: dict | None
+    size_bytes: dict[str, int]
+    ready: bool
+    problem: str | None = None

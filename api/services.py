@@ -24,22 +24,50 @@ from segsearch.api.errors import ProblemError
 
 
 class Services:
+    """Opens the stores, then takes its models from the library's record (``segsearch.library``):
+    a server started with no model flags serves what the data directory was indexed with."""
+
     def __init__(self, settings: Settings, *, embedder=None, sam=None):
+        from segsearch import library
+
+        self.vectors: VectorIndex = open_vector_index(settings)  # first: the lock stops a second process early
+        try:
+            self.catalog = Catalog.open(settings.sql_url)
+            settings = library.resolve(settings, self.catalog, "serve", collections=self.vectors.collections())
+        except BaseException:
+            self.vectors.close()
+            raise
         self.settings = settings
-        self.catalog = Catalog.open(settings.sql_url)
-        self.vectors: VectorIndex = open_vector_index(settings)
         self.clip_spec = embedder.spec if embedder is not None else get_clip_spec(settings.clip, settings.clip_arch)
         self.collection = collection_name(self.clip_spec.fingerprint)
         self._embedder = embedder
         self._sam = sam
+        self._sam_spec = None
         self._load_lock = threading.Lock()
         self.model_lock = threading.Lock()  # one shared model instance; torch calls serialised
         self.embeddings = EmbeddingCache(capacity=16)
         self.ready = False
+        self.load_error: str | None = None  # why the models are not loaded (readyz, 503 bodies)
+        from segsearch.api.jobs import Jobs
+
+        self.jobs = Jobs(self)
 
     def load(self) -> None:
-        self.embedder  # noqa: B018 - load CLIP up front so the first query is fast
+        """Load CLIP up front so the first query is fast; a failure is kept, not raised: the server
+        stays up and says what is missing (``/readyz``, 503 on search)."""
+        try:
+            self.embedder  # noqa: B018
+        except Exception as exc:  # noqa: BLE001
+            self.load_error = f"CLIP model {self.clip_spec.name} is unavailable: {exc}"
+            raise
+        self.load_error = None
         self.ready = True
+
+    @property
+    def sam_spec(self):
+        if self._sam_spec is None:
+            self._sam_spec = get_sam_spec(self.settings.sam)
+        return self._sam_spec
 
     @property
     def embedder(self):
@@ -59,7 +87,7 @@ class Services:
                 from segsearch.models.sam import load_sam
 
                 s = self.settings
-                self._sam = load_sam(get_sam_spec(s.sam), s.checkpoints, device=s.resolved_device(),
+                self._sam = load_sam(self.sam_spec, s.checkpoints, device=s.resolved_device(),
                                      offline=s.offline)
             return self._sam
 
@@ -71,6 +99,7 @@ class Services:
         return _text_vector_cached(self, " ".join(text.split()))
 
     def close(self) -> None:
+        self.jobs.stop()
         self.vectors.close()
         self.catalog.close()
 

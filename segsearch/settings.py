@@ -5,14 +5,38 @@ Precedence: CLI flags (passed as init kwargs) > environment (``SEGSEARCH_*``) > 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+DEFAULT_DATA = Path("segsearch-data")
+CONFIG_NAME = "segsearch.toml"  # in the data directory: that library's settings
+# Environment variables with our prefix that are not settings (test harness switches).
+NOT_SETTINGS = {"SEGSEARCH_REQUIRE_PG", "SEGSEARCH_TEST_PG_URL", "SEGSEARCH_TEST_SECONDS_PER_IMAGE"}
+
+
+def user_config_file() -> Path:
+    """``$XDG_CONFIG_HOME/segsearch/config.toml`` (``~/.config/segsearch/config.toml``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "segsearch" / "config.toml"
+
+
+def user_data_dir() -> Path:
+    """Where the demo keeps its library: ``$XDG_DATA_HOME/segsearch`` (``~/.local/share/segsearch``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "segsearch"
 
 
 def _default_checkpoints() -> Path:
@@ -26,10 +50,23 @@ CropMode = Literal["masked", "box", "blur"]
 
 
 class Settings(BaseSettings):
+    """Precedence: init kwargs (CLI flags) > ``SEGSEARCH_*`` environment > ``<data>/segsearch.toml``
+    > the user's ``config.toml`` > defaults. A value from any of the first four is *explicit*
+    (``model_fields_set``), and only explicit model settings override a library's record."""
+
     model_config = SettingsConfigDict(env_prefix="SEGSEARCH_", extra="ignore")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        data = init_settings.init_kwargs.get("data") or os.environ.get("SEGSEARCH_DATA") or DEFAULT_DATA
+        files = [Path(data).expanduser() / CONFIG_NAME, user_config_file()]
+        tomls = [TomlConfigSettingsSource(settings_cls, toml_file=f) for f in files if f.is_file()]
+        return (init_settings, env_settings, *tomls)
+
     # --- where things live -------------------------------------------------------------
-    data: Path = Field(Path("segsearch-data"), description="Data directory (SQLite file, embedded vectors).")
+    data: Path = Field(DEFAULT_DATA, description="Data directory (SQLite file, embedded vectors).")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data>/segsearch.db")
     vector_backend: Literal["embedded", "server"] = "embedded"
     qdrant_url: str | None = Field(
@@ -144,3 +181,18 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def unknown_env_vars(environ=None) -> list[str]:
+    """``SEGSEARCH_*`` variables that name no setting (a typo would otherwise be ignored silently),
+    each with the closest setting when there is one."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = {f"SEGSEARCH_{name.upper()}" for name in Settings.model_fields}
+    out = []
+    for key in sorted(environ):
+        if key.upper().startswith("SEGSEARCH_") and key.upper() not in known | NOT_SETTINGS:
+            close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+            out.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    return out

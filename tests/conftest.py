@@ -98,11 +98,13 @@ def make_models(tiny_sam, tiny_embedder):
 
 @pytest.fixture
 def index(make_models):
-    """index(settings, paths, force=False, models=None) -> RunSummary, through the CLI's runner."""
+    """index(settings, paths, force=False, reindex=False, models=None) -> RunSummary, through the
+    CLI's runner."""
     from segsearch.cli import run_index
 
-    def _index(settings, paths, *, force=False, models=None):
-        return run_index(settings, [str(p) for p in paths], force=force, models=models or make_models(settings))
+    def _index(settings, paths, *, force=False, reindex=False, models=None):
+        return run_index(settings, [str(p) for p in paths], force=force, reindex=reindex,
+                         models=models or make_models(settings))
 
     return _index
 

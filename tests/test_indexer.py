@@ -11,6 +11,7 @@ from PIL import Image
 
 import pg
 import tiny
+from segsearch.errors import ConfigError
 from segsearch.identity import collection_name
 from segsearch.indexer.pipeline import Indexer
 from segsearch.masks import decode_rle
@@ -257,7 +258,9 @@ def test_model_switch_creates_new_collection(settings, index, stores, make_model
     index(settings, [lib])
     settings_b = settings.model_copy(update={"clip": "clip-test-tiny-b"})
     models_b = make_models(settings_b, embedder=tiny_embedder_b)
-    r = index(settings_b, [lib], models=models_b)
+    with pytest.raises(ConfigError, match="indexed with SAM sam-test-tiny and CLIP clip-test-tiny.*--reindex"):
+        index(settings_b, [lib], models=models_b)  # the library remembers: switching is explicit
+    r = index(settings_b, [lib], models=models_b, reindex=True)
     assert r.indexed == 2  # a different pipeline: everything redone
     catalog, vectors = stores()
     coll_a = collection_name(tiny.TINY_CLIP.fingerprint)
@@ -272,7 +275,7 @@ def test_model_switch_creates_new_collection(settings, index, stores, make_model
 def test_amg_settings_change_reindexes(settings, index, tmp_path):
     library(tmp_path / "lib", 1)
     index(settings, [tmp_path / "lib"])
-    r = index(settings.model_copy(update={"points_per_side": 3}), [tmp_path / "lib"])
+    r = index(settings.model_copy(update={"points_per_side": 3}), [tmp_path / "lib"], reindex=True)
     assert r.indexed == 1
     r = index(settings.model_copy(update={"points_per_side": 3, "points_per_batch": 4}), [tmp_path / "lib"])
     assert r.skipped == 1  # batch size is not part of the result

@@ -134,6 +134,33 @@ class RunRow(Base):
     failures: Mapped[list | None] = mapped_column(JSON)
 
 
+class LibraryRow(Base):
+    """What a data directory was indexed with (``segsearch.library``): one JSON value per key."""
+
+    __tablename__ = "library"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class JobRow(Base):
+    """An index job handed to a running server (``segsearch.api.jobs``)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|completed|failed|cancelled
+    request: Mapped[dict] = mapped_column(JSON)
+    progress: Mapped[dict | None] = mapped_column(JSON)
+    summary: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (the API) never block the indexer
@@ -426,3 +453,47 @@ class Catalog:
         with self.Session() as s:
             return s.get(RunRow, run_id)
 
+    def has_indexed(self) -> bool:
+        with self.Session() as s:
+            return s.scalar(select(ImageRow.id).where(ImageRow.status == "indexed").limit(1)) is not None
+
+    def last_run(self) -> RunRow | None:
+        with self.Session() as s:
+            return s.scalar(select(RunRow).order_by(RunRow.id.desc()).limit(1))
+
+    # --- the library record -----------------------------------------------------------------
+    def library(self) -> dict[str, dict]:
+        with self.Session() as s:
+            return {r.key: r.value for r in s.scalars(select(LibraryRow))}
+
+    def set_library(self, values: dict[str, dict]) -> None:
+        """Replace the recorded keys given (one transaction)."""
+        with self.Session.begin() as s:
+            for key, value in values.items():
+                row = s.get(LibraryRow, key)
+                if row is None:
+                    s.add(LibraryRow(key=key, value=value, updated_at=utcnow()))
+                else:
+                    row.value, row.updated_at = value, utcnow()
+
+    # --- jobs -----------------------------------------------------------------------------------
+    def add_job(self, job_id: str, kind: str, request: dict) -> JobRow:
+        with self.Session.begin() as s:
+            row = JobRow(id=job_id, kind=kind, status="queued", request=request, created_at=utcnow())
+            s.add(row)
+            return row
+
+    def update_job(self, job_id: str, **values) -> None:
+        with self.Session.begin() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        with self.Session() as s:
+            return s.get(JobRow, job_id)
+
+    def jobs(self, statuses: Sequence[str] | None = None, limit: int = 100) -> list[JobRow]:
+        with self.Session() as s:
+            q = select(JobRow).order_by(JobRow.created_at)
+            if statuses:
+                q = q.where(JobRow.status.in_(list(statuses)))
+            return list(s.scalars(q.limit(limit)))

@@ -1,0 +1,85 @@
+"""Routes that manage the library rather than query it: index jobs, info, doctor."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from segsearch import library
+
+from segsearch.api import schemas
+from segsearch.api.errors import ProblemError
+from segsearch.api.services import Services, get_services, require_api_key
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+NOT_FOUND = {404: {"model": schemas.Problem, "description": "Unknown job"}}
+
+
+def _job(services: Services, job_id: str) -> dict:
+    job = services.jobs.get(job_id)
+    if job is None:
+        raise ProblemError(404, "Job not found", f"no job with id {job_id!r}")
+    return job
+
+
+@router.post("/jobs/index", response_model=schemas.Job, status_code=202, responses={422: {"model": schemas.Problem}})
+def submit_index_job(body: schemas.IndexJobRequest, services: Services = Depends(get_services)):
+    """Index files, folders or globs (paths as the server sees them) in the background. Poll
+    ``GET /v1/jobs/{id}``; ``DELETE`` cancels."""
+    import glob
+    import os
+
+    for p in body.paths:  # a missing path is the caller's error, said now
+        if not os.path.isabs(p):
+            raise ProblemError(422, "Invalid request", f"paths must be absolute (as the server sees them): {p}")
+        if not (os.path.lexists(p) or glob.has_magic(p)):
+            raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {p}")
+    job = services.jobs.submit("index", {"paths": body.paths, "force": body.force})
+    return JSONResponse(schemas.Job(**job).model_dump(), status_code=202,
+                        headers={"Location": f"/v1/jobs/{job['job_id']}"})
+
+
+@router.post("/jobs/repair", response_model=schemas.Job, status_code=202)
+def submit_repair_job(services: Services = Depends(get_services)):
+    """``segsearch doctor --repair`` as a job: find drift and fix it."""
+    job = services.jobs.submit("repair", {})
+    return JSONResponse(schemas.Job(**job).model_dump(), status_code=202,
+                        headers={"Location": f"/v1/jobs/{job['job_id']}"})
+
+
+@router.get("/jobs", response_model=list[schemas.Job])
+def list_jobs(services: Services = Depends(get_services)):
+    return services.jobs.list()
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.Job, responses=NOT_FOUND)
+def get_job(job_id: str, services: Services = Depends(get_services)):
+    """Progress (files done/total, segments, failures, seconds per stage) and, once finished, the
+    run summary."""
+    return _job(services, job_id)
+
+
+@router.delete("/jobs/{job_id}", response_model=schemas.Job, responses=NOT_FOUND)
+def cancel_job(job_id: str, services: Services = Depends(get_services)):
+    """Cancel a queued or running job. Images already written stay indexed."""
+    _job(services, job_id)
+    return services.jobs.cancel(job_id)
+
+
+@router.get("/info", response_model=schemas.Info)
+def info(services: Services = Depends(get_services)):
+    """The library: its recorded models, counts, last run and size on disk."""
+    d = library.info(services.settings, services.catalog, services.vectors)
+    return {**d, "ready": services.ready, "problem": services.load_error}
+
+
+@router.get("/doctor")
+def doctor(services: Services = Depends(get_services)) -> dict:
+    """``segsearch doctor``: drift between SQL records and vectors (see ``segsearch.indexer.doctor``)."""
+    from segsearch.identity import pipeline_fingerprint
+    from segsearch.indexer.doctor import check
+
+    s = services.settings
+    fp = pipeline_fingerprint(services.sam_spec.fingerprint, services.clip_spec.fingerprint, s.amg_params(),
+                              s.crop_params())
+    return {"found": check(services.catalog, services.vectors, fp).to_dict()}

@@ -1,0 +1,250 @@
+"""Index jobs: the running server owns the store, so indexing while serving means handing the
+work to it.
+
+``segsearch index`` on a data directory whose embedded store is held by ``segsearch serve`` posts
+``POST /v1/jobs/index`` and follows ``GET /v1/jobs/{id}`` (``segsearch.client``); ``serve
+--watch`` posts jobs for changed folders. One job runs at a time, on one background thread, with
+the server's own stores and models (CLIP shared with queries, SAM shared with ``/v1/segment``),
+through the same pipeline and consistency protocol as ``segsearch index``.
+
+Jobs are rows in SQL (migration 0003). A job queued or running when the server stops is queued
+again when it starts: images already written stay indexed, the ones in flight were left
+``pending`` and are redone, so a restart costs at most the images in flight.
+
+Queries come first: before each image's SAM pass and each CLIP batch the job waits (at most
+``QUERY_YIELD_S``) while search requests are in flight, so an index job does not starve search.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from segsearch.errors import SegsearchError
+from segsearch.store.sql import utcnow
+
+log = logging.getLogger("segsearch.jobs")
+
+# A job pauses before each SAM image and CLIP batch while queries are in flight, but never longer
+# than this per pause: long enough for a search to finish (tens of ms), short enough that a steady
+# stream of queries still lets indexing progress.
+QUERY_YIELD_S = 0.5
+# How often a running job's progress is written to SQL (GET reads the live copy in between).
+PROGRESS_EVERY_S = 1.0
+FINAL = ("completed", "failed", "cancelled")
+
+
+class QueryGate:
+    """Counts query requests in flight; the index job waits for it to drain."""
+
+    def __init__(self):
+        self._n = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self):
+        with self._cond:
+            self._n += 1
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._n -= 1
+            if self._n == 0:
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float = QUERY_YIELD_S) -> None:
+        with self._cond:
+            if self._n:
+                self._cond.wait_for(lambda: self._n == 0, timeout=timeout)
+
+
+class _Polite:
+    """Wraps a model so each heavy call first lets in-flight queries finish."""
+
+    def __init__(self, inner, gate: QueryGate):
+        self._inner, self._gate = inner, gate
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def generate(self, rgb):
+        self._gate.wait_idle()
+        return self._inner.generate(rgb)
+
+    def embed_images(self, images):
+        self._gate.wait_idle()
+        return self._inner.embed_images(images)
+
+
+def _iso(t) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+class Jobs:
+    def __init__(self, services):
+        self.services = services
+        self.gate = QueryGate()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cancel: set[str] = set()
+        self._live: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._models = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        catalog = self.services.catalog
+        for job in catalog.jobs(["running"]):  # the server stopped while it ran: run it again
+            catalog.update_job(job.id, status="queued")
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="segsearch-jobs", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        with self._lock:
+            self._cancel.update(self._live)  # leaves them for the next start (status set back below)
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+
+    # --- API ---------------------------------------------------------------------------------------
+    def submit(self, kind: str, request: dict) -> dict:
+        job_id = str(uuid.uuid4())
+        self.services.catalog.add_job(job_id, kind, request)
+        self._wake.set()
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict | None:
+        row = self.services.catalog.get_job(job_id)
+        if row is None:
+            return None
+        with self._lock:
+            live = dict(self._live.get(job_id) or {})
+        progress = {**(row.progress or {}), **live}
+        return {"job_id": row.id, "kind": row.kind, "status": row.status, "request": row.request,
+                "progress": progress, "summary": row.summary, "error": row.error,
+                "created_at": _iso(row.created_at), "started_at": _iso(row.started_at),
+                "finished_at": _iso(row.finished_at)}
+
+    def list(self) -> list[dict]:
+        return [self.get(j.id) for j in self.services.catalog.jobs(limit=100)]
+
+    def cancel(self, job_id: str) -> dict | None:
+        row = self.services.catalog.get_job(job_id)
+        if row is None:
+            return None
+        if row.status == "queued":
+            self.services.catalog.update_job(job_id, status="cancelled", finished_at=utcnow())
+        elif row.status == "running":
+            with self._lock:
+                self._cancel.add(job_id)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.services.catalog.get_job(job_id).status == "running":
+                time.sleep(0.05)
+        return self.get(job_id)
+
+    # --- the worker thread ----------------------------------------------------------------------------
+    def models(self):
+        """The job's models: the server's CLIP and SAM instances, behind the query gate."""
+        if self._models is None:
+            from segsearch.indexer.amg import make_mask_generator
+            from segsearch.indexer.pipeline import Models
+
+            s = self.services.settings
+            gen = make_mask_generator(s.amg, self.services.sam, **s.amg_params())
+            self._models = Models(s, sam_spec=self.services.sam_spec, clip_spec=self.services.clip_spec,
+                                  mask_generator=_Polite(gen, self.gate),
+                                  embedder=_Polite(self.services.embedder, self.gate))
+        return self._models
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            queued = self.services.catalog.jobs(["queued"], limit=1)
+            if not queued:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                self._run(queued[0])
+            except Exception:  # noqa: BLE001 - the worker must outlive any one job
+                log.exception("index job %s crashed", queued[0].id)
+
+    def _run(self, job) -> None:
+        from segsearch.indexer.run import Stop, index_paths
+
+        catalog = self.services.catalog
+        catalog.update_job(job.id, status="running", started_at=utcnow(), error=None)
+        progress = {"files_total": None, "files_done": 0, "indexed": 0, "skipped": 0, "failed": 0,
+                    "segments": 0, "stages": {}}
+        with self._lock:
+            self._live[job.id] = progress
+        last_write = [time.monotonic()]
+        indexer_ref: list = []
+
+        def on_start(total: int) -> None:
+            progress["files_total"] = total
+
+        def on_image(outcome, _path) -> None:
+            progress["files_done"] += 1
+            progress[outcome.status] = progress.get(outcome.status, 0) + 1
+            progress["segments"] += outcome.segments
+            if indexer_ref:
+                progress["stages"] = {k: round(v, 3) for k, v in indexer_ref[0].stages.items()}
+            if job.id in self._cancel:
+                raise Stop()
+            if time.monotonic() - last_write[0] > PROGRESS_EVERY_S:
+                catalog.update_job(job.id, progress=dict(progress))
+                last_write[0] = time.monotonic()
+
+        status, summary, error = "completed", None, None
+        try:
+            if job.kind == "repair":
+                summary = self._repair()
+            else:
+                from segsearch.indexer.run import forget_paths
+
+                req = job.request
+                forgotten = forget_paths(catalog, self.services.vectors, req.get("removed") or [])
+                paths = [Path(p) for p in req.get("paths") or [] if os.path.lexists(p) or glob.has_magic(p)]
+                summary = dict(forgotten)
+                if paths:
+                    result = index_paths(self.services.settings, catalog, self.services.vectors, paths,
+                                         force=bool(req.get("force")), models=self.models(), on_start=on_start,
+                                         progress=on_image, indexer_hook=indexer_ref.append)
+                    summary.update(result.to_dict())
+                    progress["stages"] = summary["stages"]
+        except Stop:
+            status = "queued" if self._stop.is_set() else "cancelled"
+        except FileNotFoundError as exc:
+            status, error = "failed", str(exc)
+        except SegsearchError as exc:
+            status, error = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("index job %s failed", job.id)
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._live.pop(job.id, None)
+                self._cancel.discard(job.id)
+            catalog.update_job(job.id, status=status, progress=progress, summary=summary, error=error,
+                               finished_at=utcnow() if status in FINAL else None)
+
+    def _repair(self) -> dict:
+        from segsearch.indexer.doctor import check, repair
+        from segsearch.indexer.pipeline import Indexer
+
+        s, models = self.services.settings, self.models()
+        found = check(self.services.catalog, self.services.vectors, models.fingerprint)
+        out = {"found": found.to_dict()}
+        if found.total:
+            out["repair"] = repair(found, Indexer(s, self.services.catalog, self.services.vectors, models))
+            out["after"] = check(self.services.catalog, self.services.vectors, models.fingerprint).to_dict()
+        return out

@@ -1,0 +1,67 @@
+"""One index run over paths, on stores someone else opened: the entry point shared by
+``segsearch index`` (its own process) and a server's index jobs (``segsearch.api.jobs``).
+
+It resolves the models against the library's record (``segsearch.library``), records them on a
+library's first index (or an explicit ``--reindex``), discovers the files and runs the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from segsearch import library
+from segsearch.settings import Settings
+
+from segsearch.indexer.discover import discover
+from segsearch.indexer.pipeline import Indexer, Models, Outcome, RunSummary
+
+
+class Stop(Exception):
+    """Raised by a progress callback to end a run early (a cancelled job). Images already
+    written stay indexed; the ones in flight stay pending and the next run redoes them."""
+
+
+def index_paths(settings: Settings, catalog, vectors, paths: Iterable[str | Path], *, force: bool = False,
+                reindex: bool = False, models: Models | None = None,
+                on_start: Callable[[int], None] | None = None,
+                progress: Callable[[Outcome, Path], None] | None = None,
+                indexer_hook: Callable[[Indexer], None] | None = None) -> RunSummary:
+    files = list(discover(paths))  # a missing path is the user's error: before anything else
+    settings = library.resolve(settings, catalog, "index", reindex=reindex)
+    models = models or Models(settings)
+    library.record_for_run(catalog, settings)
+    if on_start is not None:
+        on_start(len(files))
+    indexer = Indexer(settings, catalog, vectors, models)
+    if indexer_hook is not None:
+        indexer_hook(indexer)
+    return indexer.run_paths(files, force=force, progress=progress)
+
+
+def forget_paths(catalog, vectors, paths: Iterable[str]) -> dict:
+    """Files deleted from the library (``serve --watch``): their paths are dropped, and an image
+    left with no path loses its segments and vectors. A path that exists again is kept."""
+    import os
+
+    done = {"paths_removed": 0, "images_removed": 0}
+    for p in paths:
+        known = catalog.lookup_path(str(p))
+        if known is None or os.path.exists(p):
+            continue
+        iid = known[0].image_id
+        catalog.delete_path(str(p))
+        done["paths_removed"] += 1
+        left = catalog.image_paths(iid)
+        refs: dict[str, list[str]] = {}
+        for sid, coll in catalog.segment_refs(iid):
+            refs.setdefault(coll, []).append(sid)
+        if left:
+            for coll in refs:
+                vectors.set_image_paths(coll, iid, left)
+            continue
+        for coll, ids in refs.items():
+            vectors.delete(coll, ids)
+        catalog.delete_image(iid)
+        done["images_removed"] += 1
+    return done
