@@ -214,7 +214,7 @@ class Jobs:
                 req = job.request
                 forgotten = forget_paths(catalog, self.services.vectors, req.get("removed") or [])
                 paths = [Path(p) for p in req.get("paths") or [] if os.path.lexists(p) or glob.has_magic(p)]
-                summary = dict(forgotten)
+                summary = dict(forgotten) if req.get("removed") else {}
                 if paths:
                     result = index_paths(self.services.settings, catalog, self.services.vectors, paths,
                                          force=bool(req.get("force")), models=self.models(), on_start=on_start,

@@ -576,24 +576,28 @@ def _write_demo_scenes(folder: Path, seeds) -> dict[str, list[str]]:
 # --- models -----------------------------------------------------------------------------------------
 @models_app.command("list")
 def models_list(json_out: Json = False):
-    """Registered models, where their weights come from, and whether they are here already."""
-    from segsearch.models.registry import Weights, list_specs
-    from segsearch.models.weights import local_path
+    """Registered models: licence, relative cost, where the weights come from, whether their hash is
+    pinned, and whether they are here already."""
+    from segsearch.models.registry import get_spec, list_specs
+    from segsearch.models.weights import is_present
 
     settings = make_settings()
     rows = list_specs()
     for r in rows:
-        r["present"] = bool(r["file"]) and local_path(Weights(r["file"], r["sha256"], r["url"]),
-                                                      settings.checkpoints).exists()
+        spec = get_spec(r["name"])
+        r["present"] = spec.weights is not None and is_present(spec.weights, settings.checkpoints)
     if json_out:
         typer.echo(json.dumps(rows))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("name", "kind", "present", "file", "description")
+    t = Table("name", "kind", "here", "licence", "cost", "dim", "weights", "hash", "description")
     for r in rows:
-        t.add_row(r["name"], r["kind"], "yes" if r["present"] else "no", r["file"] or "-", r["description"])
+        where = r["hub_repo"] or ("bundled" if r["bundled"] else (r["url"] or "-").rsplit("/", 1)[-1])
+        t.add_row(r["name"], r["kind"], "yes" if r["present"] else "no", r["licence"] or "-", r["cost"] or "-",
+                  str(r["dim"] or "-"), where, r["pin"],
+                  r["description"] + (f" (needs {r['needs']})" if r["needs"] else ""))
     Console().print(t)
 
 

@@ -41,16 +41,30 @@ def create_clip(spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offli
         pretrained = str(ensure_weights(spec.weights, checkpoints, offline=offline))
     else:
         torch.manual_seed(spec.seed)
+    # A local file carries no pretrained tag, so open_clip would preprocess with OpenAI's defaults:
+    # give it the tag's own mean/std/resize (SigLIP and PE use other values).
+    pre = {}
+    if spec.pretrained_tag:
+        cfg = open_clip.get_pretrained_cfg(spec.model_name, spec.pretrained_tag)
+        pre = {k_out: cfg[k_in] for k_in, k_out in (("mean", "image_mean"), ("std", "image_std"),
+                                                    ("interpolation", "image_interpolation"),
+                                                    ("resize_mode", "image_resize_mode")) if cfg.get(k_in)}
     model, _, preprocess = open_clip.create_model_and_transforms(
         name,
         pretrained=pretrained,
         device=device,
         force_quick_gelu=spec.quick_gelu,
-        # TorchScript archives (OpenAI releases) cannot be read with weights_only; the file's
-        # SHA-256 was verified just above, so it is the official release.
+        # TorchScript archives (OpenAI's original releases) cannot be read with weights_only; the
+        # file's SHA-256 was verified just above.
         weights_only=not spec.jit_archive,
+        **pre,
     )
-    tokenizer = open_clip.get_tokenizer(name)
+    try:
+        tokenizer = open_clip.get_tokenizer(name)
+    except ImportError as exc:
+        from segsearch.errors import ConfigError
+
+        raise ConfigError(f"CLIP model {spec.name} needs {spec.needs or 'more packages'}: {exc}") from exc
     return model.eval(), preprocess, tokenizer
 
 

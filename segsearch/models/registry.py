@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segsearch.errors import ConfigError
+from segsearch.models.hub import HubWeights
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class SamSpec:
     weights: Weights | None  # None: random init (tests, timing benchmarks)
     description: str = ""
     seed: int = 0
+    licence: str = ""
+    cost: str = ""  # relative compute per image, for `models list`
 
     @property
     def fingerprint(self) -> str:
@@ -77,18 +80,29 @@ class SamSpec:
 
 @dataclass(frozen=True)
 class ClipSpec:
+    """open_clip's pattern: an architecture name plus a pretrained tag (whose preprocessing,
+    mean/std/resize, is open_clip's own for that tag), with the weights' location pinned here."""
+
     name: str
     model_name: str  # open_clip architecture name
-    weights: Weights | None  # None: random init
+    weights: Weights | HubWeights | None  # None: random init
     model_cfg: dict | None = None  # custom open_clip config (small bundled/test models)
     quick_gelu: bool = False
-    jit_archive: bool = False  # OpenAI releases are TorchScript archives
+    jit_archive: bool = False  # a TorchScript archive (OpenAI's original .pt releases, user files)
     description: str = ""
     seed: int = 0
+    pretrained_tag: str | None = None  # open_clip tag: preprocessing as open_clip defines it for that tag
+    dim: int | None = None
+    licence: str = ""
+    cost: str = ""  # relative image-encoder compute, for `models list`
+    needs: str = ""  # extra packages the model needs beyond segsearch's dependencies
 
     @property
     def fingerprint(self) -> str:
-        if self.weights:
+        if isinstance(self.weights, HubWeights):
+            origin = hashlib.sha256(self.weights.identity.encode()).hexdigest() if not self.weights.sha256 \
+                else self.weights.sha256
+        elif self.weights:
             origin = self.weights.sha256
         else:
             origin = f"random{self.seed}-{_digest(self.model_cfg or self.model_name)}"
@@ -122,27 +136,45 @@ def register_clip(spec: ClipSpec) -> ClipSpec:
 
 # --- official checkpoints -------------------------------------------------------------------
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-for _name, _arch, _file, _sha, _size, _params in [
+# Cost: image-encoder compute relative to ViT-B (the decoder is the same for all three).
+for _name, _arch, _file, _sha, _size, _params, _cost in [
     ("sam-vit-b", "vit_b", "sam_vit_b_01ec64.pth",
-     "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383, "91M"),
+     "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383, "91M", "1x"),
     ("sam-vit-l", "vit_l", "sam_vit_l_0b3195.pth",
-     "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607, "308M"),
+     "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607, "308M", "3x"),
     ("sam-vit-h", "vit_h", "sam_vit_h_4b8939.pth",
-     "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879, "636M"),
+     "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879, "636M", "6x"),
 ]:
     register_sam(SamSpec(_name, sam_config(_arch), Weights(_file, _sha, _SAM_URL + _file, _size),
-                         f"Segment Anything {_arch} (Meta, {_params} params)"))
+                         f"Segment Anything {_arch} (Meta, {_params} params)", licence="Apache-2.0", cost=_cost))
 
-# OpenAI CLIP releases: the SHA-256 is the URL's directory name (open_clip checks it the same way).
-_OPENAI = "https://openaipublic.azureedge.net/clip/models/"
-for _name, _arch, _sha in [
-    ("clip-vit-b-32", "ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
-    ("clip-vit-b-16", "ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"),
-    ("clip-vit-l-14", "ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+# CLIP models users pick in 2026, from the Hugging Face Hub (open_clip 3.x fetches its `openai` tags there
+# too: OpenAI's CDN answers 404 since 2025-10). OpenAI weights need QuickGELU (the `-quickgelu` configs).
+# Pinned where a public source shows the commit and the file's SHA-256; otherwise trust on first use
+# (segsearch.models.hub), and `models list` says so. Cost: image-encoder compute relative to ViT-B/32.
+# clip-vit-b-32's pin: revision a6f597a3… and open_clip_model.safetensors 605,143,284 bytes,
+# SHA-256 e6d1bd77…, as several public projects record them (HfApi model_info + downloaded file).
+for _name, _arch, _tag, _repo, _file, _rev, _sha, _size, _dim, _lic, _cost, _needs, _what in [
+    ("clip-vit-b-32", "ViT-B-32-quickgelu", "openai", "timm/vit_base_patch32_clip_224.openai",
+     "open_clip_model.safetensors", "a6f597a30f7b82c51704746581f9a4e41421e878",
+     "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31", 605_143_284, 512, "MIT", "1x", "",
+     "OpenAI CLIP ViT-B/32, QuickGELU"),
+    ("clip-vit-b-16", "ViT-B-16-quickgelu", "openai", "timm/vit_base_patch16_clip_224.openai",
+     "open_clip_model.safetensors", None, None, None, 512, "MIT", "4x", "", "OpenAI CLIP ViT-B/16, QuickGELU"),
+    ("clip-vit-l-14", "ViT-L-14-quickgelu", "openai", "timm/vit_large_patch14_clip_224.openai",
+     "open_clip_model.safetensors", None, None, None, 768, "MIT", "18x", "", "OpenAI CLIP ViT-L/14, QuickGELU"),
+    ("siglip2-vit-b-16", "ViT-B-16-SigLIP2", "webli", "timm/ViT-B-16-SigLIP2", "open_clip_model.safetensors",
+     None, None, None, 768, "Apache-2.0", "5x", "transformers, sentencepiece (its tokenizer)",
+     "Google SigLIP 2 ViT-B/16 (WebLI)"),
+    ("datacomp-vit-l-14", "ViT-L-14", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K",
+     "open_clip_pytorch_model.bin", None, None, None, 768, "MIT", "18x", "", "DataComp-XL CLIP ViT-L/14 (LAION)"),
+    ("pe-core-b-16", "PE-Core-B-16", "meta", "timm/PE-Core-B-16", "open_clip_model.safetensors", None, None, None,
+     1024, "Apache-2.0", "4x", "", "Meta Perception Encoder PE-Core-B/16"),
 ]:
     register_clip(ClipSpec(
-        _name, _arch, Weights(f"openai-{_arch}.pt", _sha, f"{_OPENAI}{_sha}/{_arch}.pt"),
-        quick_gelu=True, jit_archive=True, description=f"OpenAI CLIP {_arch} (open_clip '{_arch}', 'openai')"))
+        _name, _arch, HubWeights(_repo, _file, _rev, _sha, _size), quick_gelu=_arch.endswith("quickgelu"),
+        pretrained_tag=_tag, dim=_dim, licence=_lic, cost=_cost, needs=_needs,
+        description=f"{_what} (open_clip '{_arch}', '{_tag}')"))
 
 
 # --- bundled small models trained by this repo on the shapes world (training/) ------------------------
@@ -159,12 +191,14 @@ CLIP_SHAPES_TINY_CFG = {
 
 register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
     "sam-shapes-tiny.pt", "c3bedf10ed0910889b6bed51d84adae52cc2928f972e2c4c593c8f2c71de68e3"),
-    "bundled: tiny SAM trained on the shapes world (training/train_sam.py)"))
+    "bundled: tiny SAM trained on the shapes world (training/train_sam.py); knows only coloured shapes",
+    licence="Apache-2.0", cost="0.002x"))
 
 register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
     "clip-shapes-tiny.pt", "7d1cee5ed18675027501c4824d91327750b971ce39c956bb12372e43f5c83320"),
     model_cfg=CLIP_SHAPES_TINY_CFG,
-    description="bundled: tiny CLIP trained on shapes-world crops (training/train_clip.py)"))
+    description="bundled: tiny CLIP trained on shapes-world crops (training/train_clip.py); knows only coloured "
+                "shapes", dim=64, licence="Apache-2.0", cost="0.01x"))
 
 
 # --- lookup ---------------------------------------------------------------------------------
@@ -219,14 +253,28 @@ def list_specs() -> list[dict]:
     for kind, reg in (("sam", _SAM), ("clip", _CLIP)):
         for spec in reg.values():
             w = spec.weights
+            hub = isinstance(w, HubWeights)
+            if w is None:
+                pin = "random init"
+            elif hub:
+                pin = w.pin_status
+            else:
+                pin = "pinned (SHA-256 in the registry)" if w.url else "bundled (SHA-256 in the registry)"
             rows.append({
                 "name": spec.name,
                 "kind": kind,
                 "description": spec.description,
                 "file": w.filename if w else None,
                 "url": w.url if w else None,
+                "hub_repo": w.repo if hub else None,
+                "revision": w.revision if hub else None,
                 "sha256": w.sha256 if w else None,
                 "size": w.size if w else None,
-                "bundled": bool(w and not w.url),
+                "pin": pin,
+                "dim": getattr(spec, "dim", None),
+                "licence": spec.licence,
+                "cost": spec.cost,
+                "needs": getattr(spec, "needs", ""),
+                "bundled": bool(w and not hub and not w.url),
             })
     return rows

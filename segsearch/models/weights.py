@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from segsearch.errors import ChecksumMismatch, WeightsUnavailable
+from segsearch.models.hub import HubWeights
 from segsearch.models.registry import Weights
 from segsearch.settings import BUNDLED_CHECKPOINTS
 
@@ -39,9 +40,10 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _is_verified(path: Path, sha256: str) -> bool:
+def is_verified(path: Path, sha256: str, stamp: Path | None = None) -> bool:
+    """True when ``path`` has ``sha256``; a stamp (size, mtime, hash) saves re-hashing next time."""
     st = path.stat()
-    stamp = _stamp_path(path)
+    stamp = stamp or _stamp_path(path)
     try:
         data = json.loads(stamp.read_text())
         if data == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}:
@@ -51,6 +53,7 @@ def _is_verified(path: Path, sha256: str) -> bool:
     if sha256_file(path) != sha256:
         return False
     try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}))
     except OSError:
         pass  # read-only checkpoints folder: verify again next time
@@ -69,18 +72,38 @@ def local_path(weights: Weights, checkpoints: Path) -> Path:
     return candidate
 
 
+def is_present(weights: Weights | HubWeights, checkpoints: Path) -> bool:
+    """Whether a copy is here already (not verified; no network)."""
+    if isinstance(weights, HubWeights):
+        from huggingface_hub import try_to_load_from_cache
+
+        from segsearch.models.hub import expected, placed_path
+
+        if placed_path(weights, checkpoints).is_file():
+            return True
+        found = try_to_load_from_cache(weights.repo, weights.filename,
+                                       revision=expected(weights, checkpoints)[0] or "main")
+        return isinstance(found, str)
+    return local_path(weights, checkpoints).exists()
+
+
 def ensure_weights(
-    weights: Weights,
+    weights: Weights | HubWeights,
     checkpoints: Path,
     *,
     offline: bool = False,
     progress: bool = True,
     timeout: float = 60.0,
 ) -> Path:
-    """Return the path of a verified copy of ``weights``, downloading it if needed."""
+    """Return the path of a verified copy of ``weights``, downloading it if needed (a plain URL,
+    or the Hugging Face Hub: ``segsearch.models.hub``)."""
+    if isinstance(weights, HubWeights):
+        from segsearch.models.hub import ensure_hub_weights
+
+        return ensure_hub_weights(weights, checkpoints, offline=offline, timeout=timeout)
     path = local_path(weights, checkpoints)
     if path.exists():
-        if _is_verified(path, weights.sha256):
+        if is_verified(path, weights.sha256):
             return path
         if weights.url is None:
             raise ChecksumMismatch(
