@@ -28,3 +28,34 @@ TINY_CLIP_B = register_clip(ClipSpec("clip-test-tiny-b", "segsearch-test-tiny-b"
 # AMG settings that let a random-init SAM produce masks at all, on a small prompt grid.
 TINY_AMG = {"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0,
             "stability_score_thresh": 0.0, "box_nms_thresh": 0.7, "min_segment_area": 16}
+
+# CLIP models served by the loopback fake hub (tests/fake_hub.py): the bundled clip-shapes-tiny
+# weights in a hub repo, pinned, unpinned (trust on first use), with a wrong pin, private, missing.
+from segsearch.models.hub import HubWeights  # noqa: E402
+from segsearch.models.registry import CLIP_SHAPES_TINY_CFG, get_clip_spec  # noqa: E402
+
+HUB_REPO = "segsearch-test/clip-shapes-tiny"
+HUB_FILE = "open_clip_pytorch_model.bin"
+HUB_COMMIT = "5e65ea2c" * 5
+HUB_SHA256 = get_clip_spec("clip-shapes-tiny").weights.sha256
+# A file larger than huggingface_hub's 10 MB download chunk, so a cut download has something to resume.
+HUB_BIG_FILE = "big.bin"
+
+
+def hub_big_bytes() -> bytes:
+    import numpy as np
+
+    return np.random.RandomState(0).bytes(24 << 20)
+
+
+HUB_BIG_SHA256 = __import__("hashlib").sha256(hub_big_bytes()).hexdigest()
+for _name, _repo, _file, _rev, _sha in [
+    ("clip-hub-test", HUB_REPO, HUB_FILE, HUB_COMMIT, HUB_SHA256),
+    ("clip-hub-tofu", HUB_REPO, HUB_FILE, None, None),
+    ("clip-hub-badsha", HUB_REPO, HUB_FILE, HUB_COMMIT, "0" * 64),
+    ("clip-hub-private", "segsearch-test/private", HUB_FILE, None, None),
+    ("clip-hub-nofile", HUB_REPO, "no_such_file.bin", HUB_COMMIT, HUB_SHA256),
+    ("clip-hub-big", HUB_REPO, HUB_BIG_FILE, HUB_COMMIT, HUB_BIG_SHA256),
+]:
+    register_clip(ClipSpec(_name, "segsearch-shapes-tiny", HubWeights(_repo, _file, _rev, _sha),
+                           model_cfg=CLIP_SHAPES_TINY_CFG, description="shapes CLIP on the fake hub"))
