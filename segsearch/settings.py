@@ -18,7 +18,17 @@ from pydantic_settings import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+def _bundled_checkpoints() -> Path:
+    """Where the bundled ``*-tiny.pt`` models are: package data of ``segsearch.checkpoints``
+    (folder ``checkpoints/`` in a source checkout, ``site-packages/segsearch/checkpoints`` in a wheel)."""
+    from importlib.resources import files
+
+    return Path(str(files("segsearch.checkpoints")))
+
+
+BUNDLED_CHECKPOINTS = _bundled_checkpoints()
 
 
 DEFAULT_DATA = Path("segsearch-data")
@@ -40,10 +50,12 @@ def user_data_dir() -> Path:
 
 
 def _default_checkpoints() -> Path:
-    # In a source checkout weights go next to the bundled ones; an installed wheel uses the cache.
-    if BUNDLED_CHECKPOINTS.is_dir():
-        return BUNDLED_CHECKPOINTS
-    return Path.home() / ".cache" / "segsearch" / "checkpoints"
+    # In a source checkout downloaded weights go next to the bundled ones (checkpoints/, ignored by
+    # git); an installed package never writes into site-packages: it uses the user's cache.
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "checkpoints").is_dir():
+        return REPO_ROOT / "checkpoints"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "segsearch" / "checkpoints"
 
 
 CropMode = Literal["masked", "box", "blur"]
