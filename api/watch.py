@@ -39,7 +39,6 @@ class Watcher:
             from segsearch.errors import ConfigError
 
             raise ConfigError(f"--watch: not a folder: {', '.join(missing)}")
-        self.services.jobs.submit("index", {"paths": self.folders, "force": False, "source": "watch"})
         self._thread.start()
 
     def stop(self) -> None:
@@ -49,9 +48,15 @@ class Watcher:
     def _run(self) -> None:
         from watchfiles import Change, watch
 
+        caught_up = False
         try:
+            # yield_on_timeout: the first (empty) yield says the watch is in place; only then is the
+            # catch-up job submitted, so a file written at any moment is seen by one or the other
             for changes in watch(*self.folders, stop_event=self._stop, debounce=DEBOUNCE_MS, recursive=True,
-                                 raise_interrupt=False):
+                                 raise_interrupt=False, yield_on_timeout=True, rust_timeout=500):
+                if not caught_up:
+                    self.services.jobs.submit("index", {"paths": self.folders, "force": False, "source": "watch"})
+                    caught_up = True
                 added = sorted({p for c, p in changes if c != Change.deleted and _wanted(p) and Path(p).is_file()})
                 removed = sorted({p for c, p in changes if c == Change.deleted and _wanted(p)})
                 if added or removed:
