@@ -3,6 +3,12 @@ N concurrent clients for a fixed time, mixed text search and crop fetches.
 
     python bench/load.py                                # 100k segments, 16 clients, 60 s
     python bench/load.py --segments 200000 --clients 32 --seconds 120 --json
+    python bench/load.py --index-job                    # idle, then the same load while an index job runs
+
+With ``--index-job`` the load runs twice in one run, against the same server: idle, then while the
+server indexes new photos (``POST /v1/jobs/index`` on batches of fresh scenes, one after another
+for the whole phase). It reports both phases and the search p95 ratio (target: within 2x of idle),
+plus the images the job indexed meanwhile.
 
 The store: a few shapes-world scenes indexed for real with the bundled models, then replicated
 (symlinked files, new image and segment ids, the real masks and boxes, vectors jittered around
@@ -114,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--crop-share", type=float, default=0.3, help="share of requests that fetch a crop")
     ap.add_argument("--workdir", type=Path, default=None, help="reuse a store built earlier here")
+    ap.add_argument("--index-job", action="store_true", help="also measure the load while an index job runs")
+    ap.add_argument("--job-batch", type=int, default=40, help="fresh scenes per index job")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -129,8 +137,8 @@ def main(argv=None) -> int:
         marker.write_text(json.dumps({"data": str(data), "captions": captions}))
 
     port = free_port()
-    env = dict(os.environ, SEGSEARCH_DATA=str(data), SEGSEARCH_SAM="sam-shapes-tiny", SEGSEARCH_CLIP="clip-shapes-tiny",
-               SEGSEARCH_OFFLINE="1", SEGSEARCH_PORT=str(port))
+    # no model settings: the server takes them from the library's record, as a user's would
+    env = dict(os.environ, SEGSEARCH_DATA=str(data), SEGSEARCH_OFFLINE="1", SEGSEARCH_PORT=str(port))
     server = subprocess.Popen([sys.executable, "-m", "segsearch", "serve"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -148,59 +156,131 @@ def main(argv=None) -> int:
             time.sleep(0.5)
         stats = httpx.get(base + "/v1/stats", timeout=10).json()
 
-        lat: dict[str, list[float]] = {"search": [], "crop": []}
-        errors: list[str] = []
-        lock = threading.Lock()
-        stop_at = time.perf_counter() + args.seconds
-
-        def client(seed: int):
-            rng = random.Random(seed)
-            seen: list[str] = []
-            with httpx.Client(base_url=base, timeout=30) as c:
-                while time.perf_counter() < stop_at:
-                    kind = "crop" if seen and rng.random() < args.crop_share else "search"
-                    t = time.perf_counter()
-                    try:
-                        if kind == "search":
-                            q = f"{rng.choice(['a', 'the', 'a photo of a', 'one'])} {rng.choice(captions)}"
-                            r = c.post("/v1/search", json={"text": q, "top_k": 10, "group_by_image": rng.random() < 0.2})
-                            if r.status_code == 200:
-                                seen = [h["segment_id"] for h in r.json()["hits"]][:10] or seen
-                        else:
-                            r = c.get(f"/v1/segments/{rng.choice(seen)}/crop.jpg")
-                        ok = r.status_code == 200
-                        err = None if ok else f"{kind} {r.status_code}"
-                    except httpx.HTTPError as exc:
-                        err = f"{kind} {type(exc).__name__}"
-                    dt = time.perf_counter() - t
-                    with lock:
-                        lat[kind].append(dt)
-                        if err:
-                            errors.append(err)
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        t0 = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - t0
+        phases = {"idle": run_load(base, captions, args)}
+        if args.index_job:
+            phases["indexing"] = run_load(base, captions, args, job=IndexJobs(base, work, args.job_batch))
     finally:
         server.terminate()
         server.wait(timeout=30)
 
+    report = {"segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
+              "clients": args.clients, **phases["idle"]}
+    if args.index_job:
+        report = {"segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
+                  "clients": args.clients, "phases": phases,
+                  "search_p95_ratio_indexing_vs_idle": round(phases["indexing"]["search"]["p95_ms"]
+                                                             / phases["idle"]["search"]["p95_ms"], 2)}
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0 if not any(p["errors"] for p in phases.values()) else 1
+
+
+class IndexJobs:
+    """Keeps the server busy indexing: batches of fresh scenes, one job after another."""
+
+    def __init__(self, base: str, work: Path, batch: int):
+        self.base, self.work, self.batch = base, work, batch
+        self.indexed, self.jobs, self.errors = 0, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._next_seed = 0
+
+    def _scenes(self) -> Path:
+        from PIL import Image
+
+        from segsearch.shapes import DEMO_SEEDS, make_scene
+
+        folder = self.work / f"job-{os.getpid()}-{self.jobs:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.batch):
+            seed = DEMO_SEEDS[50_000 + self._next_seed]
+            self._next_seed += 1
+            Image.fromarray(make_scene(seed).image).save(folder / f"scene-{seed}.png")
+        return folder
+
+    def _run(self) -> None:
+        import httpx
+
+        folder = self._scenes()
+        with httpx.Client(base_url=self.base, timeout=30) as c:
+            while not self._stop.is_set():
+                job = c.post("/v1/jobs/index", json={"paths": [str(folder)]}).json()
+                self.jobs += 1
+                folder = self._scenes()  # the next batch, made while this one runs
+                while True:
+                    j = c.get(f"/v1/jobs/{job['job_id']}").json()
+                    if j["status"] in ("completed", "failed", "cancelled"):
+                        break
+                    if self._stop.is_set():
+                        c.delete(f"/v1/jobs/{job['job_id']}")
+                    time.sleep(0.2)
+                self.indexed += j["progress"].get("indexed", 0)
+                if j["status"] == "failed":
+                    self.errors.append(j.get("error"))
+
+    def start(self) -> None:
+        self._thread.start()
+        time.sleep(1.0)  # the job is running before the clients start
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        return {"jobs": self.jobs, "images_indexed": self.indexed, "job_errors": self.errors[:3]}
+
+
+def run_load(base: str, captions: list[str], args, job: IndexJobs | None = None) -> dict:
+    import httpx
+
+    if job is not None:
+        job.start()
+    lat: dict[str, list[float]] = {"search": [], "crop": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + args.seconds
+
+    def client(seed: int):
+        rng = random.Random(seed)
+        seen: list[str] = []
+        with httpx.Client(base_url=base, timeout=30) as c:
+            while time.perf_counter() < stop_at:
+                kind = "crop" if seen and rng.random() < args.crop_share else "search"
+                t = time.perf_counter()
+                try:
+                    if kind == "search":
+                        q = f"{rng.choice(['a', 'the', 'a photo of a', 'one'])} {rng.choice(captions)}"
+                        r = c.post("/v1/search", json={"text": q, "top_k": 10, "group_by_image": rng.random() < 0.2})
+                        if r.status_code == 200:
+                            seen = [h["segment_id"] for h in r.json()["hits"]][:10] or seen
+                    else:
+                        r = c.get(f"/v1/segments/{rng.choice(seen)}/crop.jpg")
+                    ok = r.status_code == 200
+                    err = None if ok else f"{kind} {r.status_code}"
+                except httpx.HTTPError as exc:
+                    err = f"{kind} {type(exc).__name__}"
+                dt = time.perf_counter() - t
+                with lock:
+                    lat[kind].append(dt)
+                    if err:
+                        errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
     n = sum(len(v) for v in lat.values())
-    report = {
-        "segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
-        "clients": args.clients, "seconds": round(wall, 1), "requests": n, "errors": len(errors),
+    out = {
+        "seconds": round(wall, 1), "requests": n, "errors": len(errors),
         "error_kinds": sorted(set(errors))[:10], "throughput_rps": round(n / wall, 1),
         "all": {"p50_ms": pct(lat["search"] + lat["crop"], 50), "p95_ms": pct(lat["search"] + lat["crop"], 95),
                 "p99_ms": pct(lat["search"] + lat["crop"], 99)},
         **{k: {"requests": len(v), "p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}
            for k, v in lat.items()},
     }
-    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
-    return 0 if not errors else 1
+    if job is not None:
+        out["index_job"] = job.stop()
+    return out
 
 
 if __name__ == "__main__":

@@ -161,71 +161,26 @@ def _server(settings):
     return ServerClient.find(settings)
 
 
-MODEL_FLAGS = ("sam", "clip", "clip_arch", "points_per_side", "pred_iou_thresh", "stability_score_thresh",
-               "box_nms_thresh", "crop_n_layers", "min_mask_region_area", "crop_mode", "crop_padding",
-               "min_segment_area")
-
-
-def _check_server_models(server, settings, *, reindex: bool = False) -> None:
-    """The server indexes with its library's models: asking it for others is a usage error."""
-    from segsearch import library
-    from segsearch.errors import ConfigError
-
-    given = settings.model_fields_set & set(MODEL_FLAGS)
-    if not given and not reindex:
-        return
-    rec = library.Recorded(**{k: v for k, v in server.info()["library"].items()})
-    recalled = library.recalled(rec)
-    differ = [k for k in given if k in recalled and str(recalled[k]) != str(getattr(settings, k))
-              and not (k in ("sam", "clip") and _same_model(k, getattr(settings, k), rec))]
-    if differ or reindex:
-        raise ConfigError(
-            f"segsearch serve (at {server.url}) holds this data directory and indexes with {library.describe(rec)}"
-            + (f"; asked for {', '.join(f'{k}={getattr(settings, k)}' for k in sorted(differ))}" if differ else "")
-            + ". Stop the server to switch models (`segsearch index PATHS --reindex`), or drop those flags.")
-
-
-def _same_model(kind: str, name: str, rec) -> bool:
-    from segsearch.models import get_clip_spec, get_sam_spec
-
-    entry = rec.sam if kind == "sam" else rec.clip
-    try:
-        spec = get_sam_spec(name) if kind == "sam" else get_clip_spec(name)
-    except SegsearchError:
-        return False
-    return spec.fingerprint == entry.get("fingerprint")
-
-
 def _index_on_server(server, settings, paths, *, force, reindex, show_progress) -> dict:
     """Hand an index run to the server that holds the data directory; same output as a local run."""
-    import glob
-    import os
-
     from segsearch.indexer.discover import discover
 
-    _check_server_models(server, settings, reindex=reindex)
-    files = list(discover(paths))  # the user's mistakes are found here, as in a local run
-    absolute = [os.path.abspath(os.path.expanduser(p)) if not glob.has_magic(p) else
-                os.path.join(os.getcwd(), os.path.expanduser(p)) for p in paths]
-    job = server.submit_index(absolute, force)
+    for _ in discover(paths):  # the user's mistakes (a missing path) are found here, as in a local run
+        pass
     if not show_progress:
-        job = server.wait(job["job_id"])
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        return server.index(settings, paths, force=force, reindex=reindex)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("[bold]indexing (server)"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[segments]} segments"), TimeRemainingColumn()) as bar:
-            task = bar.add_task("index", total=len(files), segments=0)
+    with Progress(TextColumn("[bold]indexing (server)"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[segments]} segments"), TimeRemainingColumn()) as bar:
+        task = bar.add_task("index", total=None, segments=0)
 
-            def on_progress(j):
-                p = j["progress"]
-                bar.update(task, completed=p.get("files_done", 0), total=p.get("files_total") or len(files),
-                           segments=p.get("segments", 0))
+        def on_progress(j):
+            p = j["progress"]
+            bar.update(task, completed=p.get("files_done", 0), total=p.get("files_total"),
+                       segments=p.get("segments", 0))
 
-            job = server.wait(job["job_id"], on_progress)
-    if job["status"] != "completed":
-        raise SegsearchError(f"the server's index job {job['job_id']} {job['status']}: {job.get('error') or ''}".strip())
-    return job["summary"]
+        return server.index(settings, paths, force=force, reindex=reindex, on_progress=on_progress)
 
 
 def run_index(settings, paths, *, force=False, reindex=False, show_progress=False, models=None):
@@ -282,7 +237,7 @@ def doctor(
                                  vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline)
         server = _server(settings)
         if server is not None:
-            _check_server_models(server, settings)
+            server.check_models(settings)
             if repair:
                 job = server.wait(server.submit_repair()["job_id"])
                 if job["status"] != "completed":
@@ -349,7 +304,7 @@ def search(
                                  vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline)
         server = _server(settings)
         if server is not None:
-            hits = _search_on_server(server, settings, query, image, top_k=top_k, kind=kind, path_prefix=path_prefix)
+            hits = server.search_hits(settings, query, image, top_k=top_k, kind=kind, path_prefix=path_prefix)
         else:
             hits = [h.to_dict() for h in run_search(settings, query, image, top_k=top_k, kind=kind,
                                                     path_prefix=path_prefix)]
@@ -363,30 +318,6 @@ def search(
     for h in hits:
         x, y, w, h_ = h["bbox"]
         typer.echo(f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}  box=({x},{y},{w},{h_})  {h['segment_id']}")
-
-
-def _search_on_server(server, settings, query, image, *, top_k, kind, path_prefix) -> list[dict]:
-    import base64
-
-    from segsearch.errors import ConfigError
-
-    if "clip" in settings.model_fields_set:
-        _check_server_models(server, settings)
-    if kind not in (None, "object", "image"):
-        raise ConfigError("--kind must be 'object' or 'image'")
-    body: dict = {"top_k": top_k, "filters": {"kind": kind,
-                                              "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}}
-    if image is not None:
-        try:
-            body["image_b64"] = base64.b64encode(Path(image).read_bytes()).decode()
-        except OSError as exc:
-            raise ConfigError(f"cannot use --image {image}: {exc}") from exc
-    else:
-        body["text"] = query
-    keys = ("segment_id", "image_id", "image_path", "kind", "bbox", "area", "area_frac", "score", "predicted_iou",
-            "stability_score")
-    return [{**{k: h.get(k) for k in keys}, "paths": [h["image_path"]] if h.get("image_path") else []}
-            for h in server.search(body)["hits"]]
 
 
 def run_search(settings, query, image, *, top_k=10, kind=None, path_prefix=None):

@@ -25,6 +25,25 @@ ANNOUNCEMENT = "server.json"
 STARTUP_WAIT_S = 60.0
 
 
+# Settings that decide what a library's segments are (what the server's record fixes).
+MODEL_FIELDS = ("sam", "clip", "clip_arch", "points_per_side", "pred_iou_thresh", "stability_score_thresh",
+                "box_nms_thresh", "crop_n_layers", "min_mask_region_area", "crop_mode", "crop_padding",
+                "min_segment_area")
+HIT_FIELDS = ("segment_id", "image_id", "image_path", "kind", "bbox", "area", "area_frac", "score", "predicted_iou",
+              "stability_score")
+
+
+def _same_model(kind: str, name: str, rec) -> bool:
+    from segsearch.models import get_clip_spec, get_sam_spec
+
+    entry = rec.sam if kind == "sam" else rec.clip
+    try:
+        spec = get_sam_spec(name) if kind == "sam" else get_clip_spec(name)
+    except SegsearchError:
+        return False
+    return spec.fingerprint == entry.get("fingerprint")
+
+
 def announce(settings: Settings) -> Path:
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     if ":" in host and not host.startswith("["):
@@ -129,6 +148,61 @@ class ServerClient:
 
     def search(self, body: dict) -> dict:
         return self._call("POST", "/v1/search", json=body)
+
+    # --- what the CLI hands over ------------------------------------------------------------------
+    def check_models(self, settings: Settings, *, reindex: bool = False) -> None:
+        """The server indexes and searches with its library's models: asking it for others (or to
+        switch) is a usage error."""
+        from segsearch import library
+
+        given = settings.model_fields_set & set(MODEL_FIELDS)
+        if not given and not reindex:
+            return
+        rec = library.Recorded(**self.info()["library"])
+        recalled = library.recalled(rec)
+        differ = [k for k in given if k in recalled and str(recalled[k]) != str(getattr(settings, k))
+                  and not (k in ("sam", "clip") and _same_model(k, getattr(settings, k), rec))]
+        if differ or reindex:
+            asked = f"; asked for {', '.join(f'{k}={getattr(settings, k)}' for k in sorted(differ))}" if differ else ""
+            raise ConfigError(
+                f"segsearch serve (at {self.url}) holds this data directory and works with {library.describe(rec)}"
+                f"{asked}. Stop the server to switch models (`segsearch index PATHS --reindex`), or drop those flags.")
+
+    def index(self, settings: Settings, paths: list[str], *, force: bool = False, reindex: bool = False,
+              on_progress=None) -> dict:
+        """``segsearch index`` through the server: the run summary, as a local run returns it.
+        ``paths`` as the user gave them (relative to this process's folder)."""
+        import glob
+
+        self.check_models(settings, reindex=reindex)
+        absolute = [os.path.join(os.getcwd(), os.path.expanduser(p)) if glob.has_magic(p) else
+                    os.path.abspath(os.path.expanduser(p)) for p in paths]
+        job = self.wait(self.submit_index(absolute, force)["job_id"], on_progress)
+        if job["status"] != "completed":
+            raise SegsearchError(f"the server's index job {job['job_id']} {job['status']}: "
+                                 f"{job.get('error') or ''}".strip())
+        return job["summary"]
+
+    def search_hits(self, settings: Settings, query: str | None, image, *, top_k: int, kind: str | None,
+                    path_prefix: str | None) -> list[dict]:
+        """``segsearch search`` through the server, hits shaped as a local search prints them."""
+        import base64
+
+        if "clip" in settings.model_fields_set:
+            self.check_models(settings)
+        if kind not in (None, "object", "image"):
+            raise ConfigError("--kind must be 'object' or 'image'")
+        body: dict = {"top_k": top_k, "filters": {
+            "kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}}
+        if image is not None:
+            try:
+                body["image_b64"] = base64.b64encode(Path(image).read_bytes()).decode()
+            except OSError as exc:
+                raise ConfigError(f"cannot use --image {image}: {exc}") from exc
+        else:
+            body["text"] = query
+        return [{**{k: h.get(k) for k in HIT_FIELDS}, "paths": [h["image_path"]] if h.get("image_path") else []}
+                for h in self.search(body)["hits"]]
 
     def wait(self, job_id: str, on_progress=None, poll_s: float = 0.3) -> dict:
         """Follow a job until it ends; Ctrl-C cancels it on the server."""
