@@ -12,7 +12,8 @@ again when it starts: images already written stay indexed, the ones in flight we
 ``pending`` and are redone, so a restart costs at most the images in flight.
 
 Queries come first: before each image's SAM pass and each CLIP batch the job waits (at most
-``QUERY_YIELD_S``) while search requests are in flight, so an index job does not starve search.
+``index_yield_s``, a setting) while search requests are in flight, so an index job does not
+starve search.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ from segsearch.store.sql import utcnow
 
 log = logging.getLogger("segsearch.jobs")
 
-# A job pauses before each SAM image and CLIP batch while queries are in flight, but never longer
-# than this per pause: long enough for a search to finish (tens of ms), short enough that a steady
-# stream of queries still lets indexing progress.
-QUERY_YIELD_S = 0.5
 # How often a running job's progress is written to SQL (GET reads the live copy in between).
 PROGRESS_EVERY_S = 1.0
 FINAL = ("completed", "failed", "cancelled")
@@ -56,27 +53,32 @@ class QueryGate:
             if self._n == 0:
                 self._cond.notify_all()
 
-    def wait_idle(self, timeout: float = QUERY_YIELD_S) -> None:
+    def wait_idle(self, timeout: float) -> None:
         with self._cond:
-            if self._n:
+            if self._n and timeout > 0:
                 self._cond.wait_for(lambda: self._n == 0, timeout=timeout)
 
 
 class _Polite:
-    """Wraps a model so each heavy call first lets in-flight queries finish."""
+    """Wraps a model so each heavy call first lets in-flight queries finish, and stops there when
+    the job was cancelled (a clean boundary: nothing half-recorded)."""
 
-    def __init__(self, inner, gate: QueryGate):
-        self._inner, self._gate = inner, gate
+    def __init__(self, inner, jobs: Jobs):
+        self._inner, self._jobs = inner, jobs
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
+    def _before(self) -> None:
+        self._jobs.check_cancelled()
+        self._jobs.gate.wait_idle(self._jobs.services.settings.index_yield_s)
+
     def generate(self, rgb):
-        self._gate.wait_idle()
+        self._before()
         return self._inner.generate(rgb)
 
     def embed_images(self, images):
-        self._gate.wait_idle()
+        self._before()
         return self._inner.embed_images(images)
 
 
@@ -94,6 +96,7 @@ class Jobs:
         self._live: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._models = None
+        self._running: str | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -151,6 +154,12 @@ class Jobs:
                 time.sleep(0.05)
         return self.get(job_id)
 
+    def check_cancelled(self) -> None:
+        from segsearch.indexer.run import Stop
+
+        if self._running is not None and (self._running in self._cancel or self._stop.is_set()):
+            raise Stop()
+
     # --- the worker thread ----------------------------------------------------------------------------
     def models(self):
         """The job's models: the server's CLIP and SAM instances, behind the query gate."""
@@ -161,8 +170,7 @@ class Jobs:
             s = self.services.settings
             gen = make_mask_generator(s.amg, self.services.sam, **s.amg_params())
             self._models = Models(s, sam_spec=self.services.sam_spec, clip_spec=self.services.clip_spec,
-                                  mask_generator=_Polite(gen, self.gate),
-                                  embedder=_Polite(self.services.embedder, self.gate))
+                                  mask_generator=_Polite(gen, self), embedder=_Polite(self.services.embedder, self))
         return self._models
 
     def _loop(self) -> None:
@@ -186,6 +194,7 @@ class Jobs:
                     "segments": 0, "stages": {}}
         with self._lock:
             self._live[job.id] = progress
+        self._running = job.id
         last_write = [time.monotonic()]
         indexer_ref: list = []
 
@@ -198,8 +207,8 @@ class Jobs:
             progress["segments"] += outcome.segments
             if indexer_ref:
                 progress["stages"] = {k: round(v, 3) for k, v in indexer_ref[0].stages.items()}
-            if job.id in self._cancel:
-                raise Stop()
+            if outcome.status != "indexed":  # recorded one by one (a written group is recorded whole)
+                self.check_cancelled()
             if time.monotonic() - last_write[0] > PROGRESS_EVERY_S:
                 catalog.update_job(job.id, progress=dict(progress))
                 last_write[0] = time.monotonic()
@@ -231,6 +240,7 @@ class Jobs:
             log.exception("index job %s failed", job.id)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
+            self._running = None
             with self._lock:
                 self._live.pop(job.id, None)
                 self._cancel.discard(job.id)

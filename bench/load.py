@@ -121,7 +121,9 @@ def main(argv=None) -> int:
     ap.add_argument("--crop-share", type=float, default=0.3, help="share of requests that fetch a crop")
     ap.add_argument("--workdir", type=Path, default=None, help="reuse a store built earlier here")
     ap.add_argument("--index-job", action="store_true", help="also measure the load while an index job runs")
-    ap.add_argument("--job-batch", type=int, default=40, help="fresh scenes per index job")
+    ap.add_argument("--job-batch", type=int, default=8, help="fresh scenes per index job (one write group)")
+    ap.add_argument("--yield-s", type=float, default=None,
+                    help="the server's SEGSEARCH_INDEX_YIELD_S (default: the setting's default; 0 = never yield)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -139,6 +141,8 @@ def main(argv=None) -> int:
     port = free_port()
     # no model settings: the server takes them from the library's record, as a user's would
     env = dict(os.environ, SEGSEARCH_DATA=str(data), SEGSEARCH_OFFLINE="1", SEGSEARCH_PORT=str(port))
+    if args.yield_s is not None:
+        env["SEGSEARCH_INDEX_YIELD_S"] = str(args.yield_s)
     server = subprocess.Popen([sys.executable, "-m", "segsearch", "serve"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -159,6 +163,10 @@ def main(argv=None) -> int:
         phases = {"idle": run_load(base, captions, args)}
         if args.index_job:
             phases["indexing"] = run_load(base, captions, args, job=IndexJobs(base, work, args.job_batch))
+            alone = IndexJobs(base, work, args.job_batch, first_seed=10_000)
+            alone.start()
+            time.sleep(args.seconds)
+            phases["job_alone"] = {"seconds": args.seconds, "index_job": alone.stop()}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -166,30 +174,33 @@ def main(argv=None) -> int:
     report = {"segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
               "clients": args.clients, **phases["idle"]}
     if args.index_job:
+        job, alone = phases["indexing"]["index_job"], phases["job_alone"]["index_job"]
         report = {"segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
                   "clients": args.clients, "phases": phases,
                   "search_p95_ratio_indexing_vs_idle": round(phases["indexing"]["search"]["p95_ms"]
-                                                             / phases["idle"]["search"]["p95_ms"], 2)}
+                                                             / phases["idle"]["search"]["p95_ms"], 2),
+                  "index_images_per_s_under_load_vs_alone": [job["images_per_s"], alone["images_per_s"]]}
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
-    return 0 if not any(p["errors"] for p in phases.values()) else 1
+    return 0 if not any(p.get("errors") for p in phases.values()) else 1
 
 
 class IndexJobs:
     """Keeps the server busy indexing: batches of fresh scenes, one job after another."""
 
-    def __init__(self, base: str, work: Path, batch: int):
+    def __init__(self, base: str, work: Path, batch: int, first_seed: int = 0):
         self.base, self.work, self.batch = base, work, batch
         self.indexed, self.jobs, self.errors = 0, 0, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._next_seed = 0
+        self._next_seed = first_seed
+        self._t0 = 0.0
 
     def _scenes(self) -> Path:
         from PIL import Image
 
         from segsearch.shapes import DEMO_SEEDS, make_scene
 
-        folder = self.work / f"job-{os.getpid()}-{self.jobs:04d}"
+        folder = self.work / f"job-{os.getpid()}-{self._next_seed:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         for _ in range(self.batch):
             seed = DEMO_SEEDS[50_000 + self._next_seed]
@@ -218,13 +229,17 @@ class IndexJobs:
                     self.errors.append(j.get("error"))
 
     def start(self) -> None:
+        self._t0 = time.perf_counter()
         self._thread.start()
         time.sleep(1.0)  # the job is running before the clients start
 
     def stop(self) -> dict:
+        """Images committed while the phase ran (a job cut at the end keeps its written groups)."""
+        seconds = time.perf_counter() - self._t0
         self._stop.set()
         self._thread.join(timeout=120)
-        return {"jobs": self.jobs, "images_indexed": self.indexed, "job_errors": self.errors[:3]}
+        return {"jobs": self.jobs, "images_indexed": self.indexed, "images_per_s": round(self.indexed / seconds, 3),
+                "job_errors": self.errors[:3]}
 
 
 def run_load(base: str, captions: list[str], args, job: IndexJobs | None = None) -> dict:

@@ -91,6 +91,13 @@ class _Heartbeat:
             self._thread.join(timeout=5)
 
 
+class Stop(BaseException):
+    """Ends a run early from inside it (a cancelled server job, raised before an image's model
+    work or after an outcome is recorded). A BaseException, like KeyboardInterrupt, so that the
+    per-image error handling cannot take it for a failure of the image. Images already written
+    stay indexed; the ones in flight stay pending and the next run redoes them."""
+
+
 @dataclass
 class Failure:
     path: str
@@ -265,7 +272,7 @@ class Indexer:
                 self.vectors.optimize()  # embedded store: build/refresh the HNSW index once per run
                 self._time("optimize", time.perf_counter() - t0)
             status = "completed"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stop):
             status = "interrupted"
             raise
         finally:

@@ -14,12 +14,9 @@ from segsearch import library
 from segsearch.settings import Settings
 
 from segsearch.indexer.discover import discover
-from segsearch.indexer.pipeline import Indexer, Models, Outcome, RunSummary
+from segsearch.indexer.pipeline import Indexer, Models, Outcome, RunSummary, Stop
 
-
-class Stop(Exception):
-    """Raised by a progress callback to end a run early (a cancelled job). Images already
-    written stay indexed; the ones in flight stay pending and the next run redoes them."""
+__all__ = ["Stop", "forget_paths", "index_paths"]
 
 
 def index_paths(settings: Settings, catalog, vectors, paths: Iterable[str | Path], *, force: bool = False,

@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    index_yield_s: float = Field(
+        0.5, ge=0, le=10, description="A server's index job waits up to this long before each image and CLIP "
+                                      "batch while searches are in flight (0: never yields).")
 
     @field_validator("data", "checkpoints", mode="after")
     @classmethod
