@@ -416,8 +416,13 @@ class Indexer:
             return Outcome("failed", error=str(read.decoded))
         try:
             return self.prepare(path, iid, read.decoded)
-        except (SegsearchError, MemoryError):
+        except SegsearchError:
             raise  # configuration/storage problems stop the run
+        except MemoryError:  # this image is too much for this machine: it fails alone, the run goes on
+            msg = (f"out of memory while processing this {read.decoded.width}x{read.decoded.height} image "
+                   "(it fails alone; the rest of the run goes on)")
+            self.fail(iid, msg)
+            return Outcome("failed", error=msg)
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
             msg = f"processing error: {type(exc).__name__}: {exc}"
             self.fail(iid, msg)
@@ -506,9 +511,9 @@ class Indexer:
             else:
                 vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
                 self._time("clip", time.perf_counter() - t0)
-        except (SegsearchError, MemoryError):
+        except SegsearchError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - MemoryError included: the group fails, the run goes on
             msg = f"processing error: {type(exc).__name__}: {exc}"
             for g in group:
                 self.fail(g.image_id, msg)
