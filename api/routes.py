@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from segsearch.errors import ImageError, ImageTooLarge, SegsearchError
-from segsearch.images import DecodedImage, decode_image
+from segsearch.images import DecodedImage, check_sam_view, decode_image
 from segsearch.masks import encode_rle, mask_box_xywh
 from segsearch.store.vectors import SearchFilter
 
@@ -50,8 +50,12 @@ def decode_upload(data: bytes, services: Services) -> DecodedImage:
 
 
 def b64decode(text: str) -> bytes:
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or ";base64" not in head:
+            raise ProblemError(422, "Invalid request", "image_b64 data URL must be data:<type>;base64,<data>")
     try:
-        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ProblemError(422, "Invalid request", "image_b64 is not valid base64") from None
 
@@ -60,8 +64,8 @@ def parse_box(text: str | None, width: int | None = None, height: int | None = N
     if text is None or text == "":
         return None
     try:
-        box = [int(round(float(v))) for v in text.replace(" ", "").split(",")]
-    except ValueError:
+        box = [int(round(float(v))) for v in text.replace(" ", "").split(",")] if len(text) <= 200 else []
+    except (ValueError, OverflowError):  # not numbers, nan, inf, or past float range
         box = []
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0 or min(box[:2]) < 0:
         raise ProblemError(422, "Invalid request", "box must be 'x,y,w,h' with positive width and height")
@@ -242,12 +246,17 @@ def segment_overlay(segment_id: str, services: Services = Depends(get_services))
 
 
 # --- interactive segmentation ----------------------------------------------------------------------
+MAX_PROMPT_CHARS = 8192  # 64 points of two numbers each fit many times over; bounds the parse
+
+
 def _json_list(text: str | None, name: str):
     if text is None or text == "":
         return None
+    if len(text) > MAX_PROMPT_CHARS or text.count("[") > 2 * 64 + 2:  # also bounds nesting depth
+        raise ProblemError(422, "Invalid request", f"{name} is too long or too deeply nested")
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProblemError(422, "Invalid request", f"{name} must be JSON") from None
 
 
@@ -276,6 +285,10 @@ def segment(
             raise ProblemError(404, "Image not found", f"no image with id {image_id!r}")
         rgb, key = _source(services, image_id), image_id
     h, w = rgb.shape[:2]
+    try:
+        check_sam_view(w, h, int(services.sam_spec.config["image_size"]))
+    except ImageError as exc:
+        raise ProblemError(422, "Image cannot be segmented", str(exc)) from None
     pts = _json_list(points, "points")
     lbs = _json_list(labels, "labels")
     b = parse_box(box, w, h)
@@ -286,7 +299,7 @@ def segment(
         try:
             coords = np.asarray(pts, np.float32).reshape(-1, 2)
             lab = np.asarray(lbs if lbs is not None else [1] * len(coords), np.int64).reshape(-1)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise ProblemError(422, "Invalid request", "points must be [[x, y], ...], labels [0|1, ...]") from None
         if len(coords) == 0 or len(coords) > 64 or len(lab) != len(coords) or not set(lab.tolist()) <= {0, 1}:
             raise ProblemError(422, "Invalid request", "1-64 points, one label (0 or 1) per point")

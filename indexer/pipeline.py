@@ -40,7 +40,7 @@ import numpy as np
 
 from segsearch.errors import ImageError, SegsearchError
 from segsearch.identity import collection_name, image_id, pipeline_fingerprint, segment_id
-from segsearch.images import DecodedImage, decode_image
+from segsearch.images import DecodedImage, check_sam_view, decode_image
 from segsearch.masks import MaskSet, encode_rle
 from segsearch.settings import Settings
 from segsearch.store.sql import Catalog, as_utc, utcnow
@@ -418,6 +418,9 @@ class Indexer:
             return self.prepare(path, iid, read.decoded)
         except SegsearchError:
             raise  # configuration/storage problems stop the run
+        except ImageError as exc:  # the image itself cannot be processed (e.g. too thin for SAM)
+            self.fail(iid, str(exc))
+            return Outcome("failed", error=str(exc))
         except MemoryError:  # this image is too much for this machine: it fails alone, the run goes on
             msg = (f"out of memory while processing this {read.decoded.width}x{read.decoded.height} image "
                    "(it fails alone; the rest of the run goes on)")
@@ -482,6 +485,7 @@ class Indexer:
         mask_generator, embedder = self.models.mask_generator, self.models.embedder  # load before any write
         if time.perf_counter() - t0 > 0.01:
             self._time("load_models", time.perf_counter() - t0)
+        check_sam_view(decoded.width, decoded.height, int(self.models.sam_spec.config["image_size"]))
         self.catalog.mark_pending(iid, fp, collection)
         t0 = time.perf_counter()
         masks = mask_generator.generate(decoded.rgb)

@@ -117,3 +117,12 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def check_sam_view(width: int, height: int, input_size: int) -> None:
+    """SAM resizes the longer side to its input size (1024 px for Meta's models); an image so thin
+    that its shorter side would round to no pixel at all cannot be segmented: say so."""
+    short, long = min(width, height), max(width, height)
+    if int(short * input_size / long + 0.5) < 1:
+        raise ImageError(f"image is {width}x{height}: too thin to segment (its shorter side would be under one "
+                         f"pixel at SAM's {input_size}-px input; aspect ratio {long / short:.0f}:1)")

@@ -236,6 +236,31 @@ def test_bad_input_corpus_gets_4xx_never_5xx(client):
         assert r.status_code < 500, (kind, "segment", r.status_code, r.text[:200])
 
 
+@pytest.mark.parametrize("data, needle", [
+    ({"box": "1,1,inf,5"}, "box"), ({"box": "nan,1,5,5"}, "box"), ({"box": "1,1," + "9" * 400 + ",5"}, "box"),
+    ({"points": "[[1e999, 2]]"}, "points"), ({"points": "[[1, 2]]", "labels": "[" + "9" * 30 + "]"}, "labels"),
+    ({"points": "[" * 50_000}, "points"), ({"points": "[[1, 2]]", "labels": "[" * 50_000}, "labels"),
+])
+def test_malformed_prompts_are_422(client, data, needle):
+    r = client.post("/v1/segment", files={"file": ("a.png", png_bytes(scene()), "image/png")}, data=data)
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text[:200]
+    assert needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("size", [(1, 3000), (10, 20000)])
+def test_images_too_thin_for_sam_are_422(client, size):
+    w, h = size
+    r = client.post("/v1/segment", files={"file": ("a.png", png_bytes(np.zeros((h, w, 3), np.uint8)), "image/png")},
+                    data={"points": "[[0, 5]]"})
+    assert r.status_code == 422 and f"{w}x{h}" in r.json()["detail"] and "too thin" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("b64", ["data:zz", "data:image/png,abc", "not base64!"])
+def test_bad_base64_is_422(client, b64):
+    r = client.post("/v1/search", json={"image_b64": b64})
+    assert r.status_code == 422 and "image_b64" in r.json()["detail"]
+
+
 def test_slow_request_times_out_without_stalling_others(settings, tiny_embedder, tiny_sam, monkeypatch):
     import time
 
