@@ -13,6 +13,7 @@ from segsearch import __version__
 from segsearch.settings import Settings
 
 from segsearch.api import admin, errors, routes
+from segsearch.api.guard import Guard
 from segsearch.api.services import Services
 
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(QueryGateMiddleware)
+    app.add_middleware(Guard, settings=settings)  # outermost: key and body size before anything reads
     app.openapi = lambda: _openapi_with_problems(app)
 
     @app.get("/healthz", tags=["health"])

@@ -16,9 +16,9 @@ log = logging.getLogger("segsearch.api")
 
 
 class ProblemError(Exception):
-    def __init__(self, status: int, title: str, detail: str | None = None):
+    def __init__(self, status: int, title: str, detail: str | None = None, headers: dict | None = None):
         super().__init__(detail or title)
-        self.status, self.title, self.detail = status, title, detail
+        self.status, self.title, self.detail, self.headers = status, title, detail, headers
 
 
 def problem(status: int, title: str, detail: str | None = None, instance: str | None = None,
@@ -42,7 +42,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError):
-        return problem(exc.status, exc.title, exc.detail, request.url.path)
+        return problem(exc.status, exc.title, exc.detail, request.url.path, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

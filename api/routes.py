@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-from functools import lru_cache
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -130,9 +129,10 @@ def search(body: schemas.SearchRequest, services: Services = Depends(get_service
     if body.text:
         vector = services.text_vector(body.text)
     elif body.image_b64:
-        decoded = decode_upload(b64decode(body.image_b64), services)
-        with services.model_lock:
-            vector = services.embedder.embed_images([decoded.pil()])[0]
+        with services.work.slot():
+            decoded = decode_upload(b64decode(body.image_b64), services)
+            with services.model_lock:
+                vector = services.embedder.embed_images([decoded.pil()])[0]
     else:
         get_segment_row(services, body.segment_id)
         point = services.vectors.retrieve(services.collection, [body.segment_id]).get(body.segment_id)
@@ -157,13 +157,14 @@ def search_image(
     services: Services = Depends(get_services),
 ):
     """Search with an uploaded image, optionally only a box of it."""
-    decoded = decode_upload(file.file.read(services.settings.max_upload_bytes + 1), services)
-    b = parse_box(box, decoded.width, decoded.height)
-    pil = decoded.pil()
-    if b:
-        pil = pil.crop((b[0], b[1], min(b[0] + b[2], decoded.width), min(b[1] + b[3], decoded.height)))
-    with services.model_lock:
-        vector = services.embedder.embed_images([pil])[0]
+    with services.work.slot():
+        decoded = decode_upload(file.file.read(services.settings.max_upload_bytes + 1), services)
+        b = parse_box(box, decoded.width, decoded.height)
+        pil = decoded.pil()
+        if b:
+            pil = pil.crop((b[0], b[1], min(b[0] + b[2], decoded.width), min(b[1] + b[3], decoded.height)))
+        with services.model_lock:
+            vector = services.embedder.embed_images([pil])[0]
     return run_search(services, vector, top_k, offset, SearchFilter(kind=kind), None, group_by_image, 3)
 
 
@@ -211,9 +212,17 @@ def _source(services: Services, image_id: str) -> np.ndarray:
     raise ProblemError(404, "Source image unavailable", "the indexed file was moved, deleted or changed")
 
 
-@lru_cache(maxsize=512)
 def _rendered(services: Services, segment_id: str, what: str) -> bytes:
     # segment ids are derived from image content + pipeline, so one id always has the same mask
+    cached = services.renders.get((segment_id, what))
+    if cached is None:
+        with services.work.slot():
+            cached = _render(services, segment_id, what)
+        services.renders.put((segment_id, what), cached)
+    return cached
+
+
+def _render(services: Services, segment_id: str, what: str) -> bytes:
     row = get_segment_row(services, segment_id)
     if what in ("mask", "overlay") and row.rle is None:
         raise ProblemError(404, "No mask", "whole-image segments have no mask")
@@ -273,6 +282,11 @@ def segment(
     services: Services = Depends(get_services),
 ):
     """Point/box prompts on one image -> masks. The image embedding is cached by content."""
+    with services.work.slot():
+        return _segment(file, image_id, points, labels, box, multimask_output, overlay, services)
+
+
+def _segment(file, image_id, points, labels, box, multimask_output, overlay, services: Services):
     if (file is None) == (image_id is None):
         raise ProblemError(422, "Invalid request", "give exactly one of file or image_id")
     if file is not None:

@@ -46,6 +46,10 @@ class Services:
         self._load_lock = threading.Lock()
         self.model_lock = threading.Lock()  # one shared model instance; torch calls serialised
         self.embeddings = EmbeddingCache(capacity=16)
+        from segsearch.api.guard import ByteLRU, WorkSlots
+
+        self.work = WorkSlots(settings.max_concurrent_work, settings.max_queued_work, settings.request_timeout_s)
+        self.renders = ByteLRU(settings.render_cache_bytes)
         self.ready = False
         self.load_error: str | None = None  # why the models are not loaded (readyz, 503 bodies)
         from segsearch.api.jobs import Jobs

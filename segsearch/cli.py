@@ -428,8 +428,10 @@ def serve(
 
         typer.echo(f"segsearch serving {Path(settings.data).resolve()} on http://{settings.host}:{settings.port}",
                    err=True)
+        # idle keep-alive connections close after 5 s; a request's headers may take at most 64 KiB
         uvicorn.run(create_app(settings, announce=True, watch=folders), host=settings.host, port=settings.port,
-                    log_config=None)
+                    log_config=None, timeout_keep_alive=5, h11_max_incomplete_event_size=64 << 10,
+                    timeout_graceful_shutdown=10)
     except SegsearchError as exc:
         _fail(exc)
 

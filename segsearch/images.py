@@ -93,18 +93,26 @@ def decode_image(data: bytes, *, max_pixels: int = 100_000_000) -> DecodedImage:
     return DecodedImage(rgb=rgb, format=fmt)
 
 
+# Rows converted per step for 32-bit integer and float images (a block of 256 rows of a 20,000 px
+# wide image is 20 MB of float32): the conversion never holds a float copy of the whole image.
+TO_RGB_ROWS = 256
+
+
 def to_rgb(im: Image.Image) -> np.ndarray:
     """Any PIL mode to (H, W, 3) uint8. Transparency is composited over white;
     high-bit-depth images are rescaled, not clipped."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im)
+        g = np.empty(a.shape, np.uint8)
         if mode.startswith("I;16"):
-            a = a / 257.0
+            np.floor_divide(a, 257, out=g, casting="unsafe")  # 0..65535 -> 0..255, integers only
         else:
             lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        g = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+            scale = 255.0 / (hi - lo) if hi > lo else 0.0
+            for r in range(0, a.shape[0], TO_RGB_ROWS):  # float32 a block of rows at a time: memory ~ the image
+                block = (a[r : r + TO_RGB_ROWS].astype(np.float32) - np.float32(lo)) * np.float32(scale)
+                g[r : r + TO_RGB_ROWS] = np.clip(np.nan_to_num(block), 0, 255).astype(np.uint8)
         return np.repeat(g[:, :, None], 3, axis=2)
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")

@@ -49,6 +49,17 @@ def user_data_dir() -> Path:
     return Path(base) / "segsearch"
 
 
+def _default_work_slots() -> int:
+    """One heavy API job per core, and at most one per 3 GiB of memory (a 100 MP upload decodes to
+    300 MB and its SAM/CLIP work costs several times that)."""
+    cores = os.cpu_count() or 1
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem_gib = 8.0
+    return max(1, min(cores, int(mem_gib // 3)))
+
+
 def _default_checkpoints() -> Path:
     # In a source checkout downloaded weights go next to the bundled ones (checkpoints/, ignored by
     # git); an installed package never writes into site-packages: it uses the user's cache.
@@ -158,6 +169,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    max_concurrent_work: int = Field(
+        default_factory=lambda: _default_work_slots(), ge=1,
+        description="Image decodes, renders and model calls of the API running at once (default: by memory "
+                    "and cores).")
+    max_queued_work: int = Field(16, ge=0, description="Requests that may wait for a work slot; more get 503.")
+    render_cache_bytes: int = Field(64 << 20, ge=0, description="Rendered crops/masks/overlays kept, in bytes.")
     index_yield_s: float = Field(
         0.5, ge=0, le=10, description="A server's index job waits up to this long before each image and CLIP "
                                       "batch while searches are in flight (0: never yields).")
