@@ -41,6 +41,11 @@ class FastAMG:
     LOW_RES_ERR = 0.12
     INPUT_ERR = 0.02
     BOUNDS_CHUNK = 16  # candidates per step of the box-bound computations (cache-sized)
+    # Full-resolution float32 logits held at once when masks are upsampled (survivors, and the
+    # stability scores decided at full resolution): 256 MB. A 1 MP image upsamples 32 candidates per
+    # step as before; a 48 MP one, one at a time (a batch of 32 was 6 GB). Results are identical:
+    # each candidate is interpolated on its own either way.
+    UPSAMPLE_BYTES = 256 << 20
 
     def __init__(self, sam, points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
                  stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
@@ -174,8 +179,9 @@ class FastAMG:
             return MaskData()
 
         # Only the survivors go to full resolution, exactly as the reference interpolates them.
-        masks = torch.cat([self._upsample(data["low"][j : j + 32], crop_size) > thr
-                           for j in range(0, len(data["low"]), 32)])
+        step = self._upsample_step(crop_size)
+        masks = torch.cat([self._upsample(data["low"][j : j + step], crop_size) > thr
+                           for j in range(0, len(data["low"]), step)])
         del data["low"]
         # (crop-edge masks were already dropped in _nms, on these same exact boxes)
         orig_h, orig_w = orig_size
@@ -208,8 +214,9 @@ class FastAMG:
             band2 = (stab - t).abs() < self.INPUT_ERR
             band2 &= band
             idx = band2.nonzero().flatten()
-            for j in range(0, len(idx), 32):
-                sel = idx[j : j + 32]
+            step = self._upsample_step(crop_size)
+            for j in range(0, len(idx), step):
+                sel = idx[j : j + step]
                 stab[sel] = calculate_stability_score(self._upsample(low[sel], crop_size), thr, off)
         return stab
 
@@ -391,6 +398,10 @@ class FastAMG:
             if len(yy):
                 out[i] = torch.tensor([x0 + int(xx[0]), y0 + int(yy[0]), x0 + int(xx[-1]), y0 + int(yy[-1])])
         return out
+
+    def _upsample_step(self, crop_size) -> int:
+        """Candidates upsampled together: at most 32, and at most UPSAMPLE_BYTES of float32 logits."""
+        return int(max(1, min(32, self.UPSAMPLE_BYTES // (4 * crop_size[0] * crop_size[1]))))
 
     def _upsample(self, low, crop_size):
         return self.sam.postprocess_masks(low[:, None], self.predictor.input_size, crop_size)[:, 0]

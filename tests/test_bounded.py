@@ -98,3 +98,21 @@ def test_an_image_that_runs_out_of_memory_fails_alone(settings, index, make_mode
     assert (r.indexed, r.failed) == (2, 1)
     assert r.failures[0].path.endswith("huge.png") and "out of memory" in r.failures[0].error
     assert "333x100" in r.failures[0].error
+
+
+def test_a_48_mp_photo_indexes_under_2_5_gib(tmp_path):
+    """Memory follows what SAM sees (its 512-1024 px input), not the photo's 48 MP: full-resolution
+    masks are only made for survivors, a bounded number at a time."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.fromarray(make_scene(DEMO_SEEDS[5]).image).resize((8000, 6000), Image.BICUBIC).save(
+        lib / "photo-48mp.jpg", quality=92)
+    r = subprocess.run([sys.executable, "-c", PEAK, "index", str(lib), "--data", str(tmp_path / "data"),
+                        "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny", "--points-per-side", "16",
+                        "--pred-iou-thresh", "0.7", "--stability-score-thresh", "0.6", "--json"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["indexed"] == 1 and summary["segments"] >= 2
+    peak_kib = int(r.stderr.strip().splitlines()[-1].removeprefix("peak_kib="))
+    assert peak_kib < 2.5 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
