@@ -108,11 +108,10 @@ def test_a_48_mp_photo_indexes_under_2_5_gib(tmp_path):
     Image.fromarray(make_scene(DEMO_SEEDS[5]).image).resize((8000, 6000), Image.BICUBIC).save(
         lib / "photo-48mp.jpg", quality=92)
     r = subprocess.run([sys.executable, "-c", PEAK, "index", str(lib), "--data", str(tmp_path / "data"),
-                        "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny", "--points-per-side", "16",
-                        "--pred-iou-thresh", "0.7", "--stability-score-thresh", "0.6", "--json"],
-                       capture_output=True, text=True, timeout=900)
+                        "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny", "--points-per-side", "8", "--json"],
+                       capture_output=True, text=True, timeout=900)  # SAM's default thresholds, a sparse grid
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["indexed"] == 1 and summary["segments"] >= 2
+    assert summary["indexed"] == 1 and summary["segments"] >= 2  # (before the bound: 11.7 GB peak)
     peak_kib = int(r.stderr.strip().splitlines()[-1].removeprefix("peak_kib="))
     assert peak_kib < 2.5 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
