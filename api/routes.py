@@ -41,7 +41,8 @@ def decode_upload(data: bytes, services: Services) -> DecodedImage:
     if len(data) > s.max_upload_bytes:
         raise ProblemError(413, "Upload too large", f"{len(data):,} bytes; the limit is {s.max_upload_bytes:,}")
     try:
-        return decode_image(data, max_pixels=s.max_image_pixels)
+        return decode_image(data, max_pixels=min(s.max_image_pixels, s.max_upload_pixels),
+                            cap_name="SEGSEARCH_MAX_UPLOAD_PIXELS")
     except ImageTooLarge as exc:
         raise ProblemError(413, "Image too large", str(exc)) from None
     except ImageError as exc:

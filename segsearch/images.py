@@ -51,7 +51,8 @@ class DecodedImage:
         return Image.fromarray(self.rgb)
 
 
-def decode_image(data: bytes, *, max_pixels: int = 100_000_000) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int = 100_000_000,
+                 cap_name: str = "SEGSEARCH_MAX_IMAGE_PIXELS") -> DecodedImage:
     """Decode ``data``; raises ``ImageError`` with a human-readable reason on any problem."""
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -73,7 +74,7 @@ def decode_image(data: bytes, *, max_pixels: int = 100_000_000) -> DecodedImage:
             if w * h > max_pixels:
                 raise ImageTooLarge(
                     f"image is {w}x{h} = {w * h:,} pixels, above the cap of {max_pixels:,} "
-                    "(SEGSEARCH_MAX_IMAGE_PIXELS; guards against decompression bombs)"
+                    f"({cap_name}; checked from the header, before decoding)"
                 )
             im.seek(0)  # first frame of GIF/WebP/TIFF animations
             im.load()

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="When set, every /v1 route requires it.")
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(
+        50_000_000, ge=1, description="Largest image an API request may decode (checked from its header): a "
+                                      "/v1/segment call costs ~20 bytes per pixel, so 50 MP is ~1 GB of work.")
     request_timeout_s: float = Field(30.0, gt=0)
     max_concurrent_work: int = Field(
         default_factory=lambda: _default_work_slots(), ge=1,

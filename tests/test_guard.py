@@ -149,3 +149,108 @@ def test_slots_and_caches_are_bounded():
     assert cache.size <= 1000 and cache.get(9) is not None and cache.get(0) is None
     cache.put("huge", b"x" * 2000)  # larger than the whole cache: not kept
     assert cache.get("huge") is None
+
+
+def test_parallel_hostile_uploads_and_retries_stay_bounded(tmp_path):
+    """Eight clients for 15 s: tiny files that decode to 100 MP, a 16-bit PNG, a 1x100000 strip, and
+    overlays of a 20 MP photo, retrying whenever told to (503, Retry-After) with a 1 s request
+    timeout. Every answer is 2xx, 4xx or 503, no connection is reset, and the server's RSS stays
+    under 3.5 GiB (two work slots on a 2-core machine: ~1 GB of work each, plus the models)."""
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import write
+
+    import tiny
+
+    cli = [sys.executable, str(__import__("pathlib").Path(__file__).parent / "cli_with_tiny_models.py")]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")},
+           "SEGSEARCH_DATA": str(tmp_path / "data"), "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+           "SEGSEARCH_OFFLINE": "1", "SEGSEARCH_REQUEST_TIMEOUT_S": "1"}
+    photo = np.zeros((4000, 5000, 3), np.uint8)
+    photo[1000:3000, 1000:4000] = (220, 30, 30)
+    write(tmp_path / "lib" / "photo-20mp.png", b"")
+    Image.fromarray(photo).save(tmp_path / "lib" / "photo-20mp.png")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny.TINY_AMG.items()]
+    r = subprocess.run([*cli, "index", str(tmp_path / "lib"), "--sam", "sam-test-tiny", "--clip", "clip-test-tiny",
+                        *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+    def encoded(a, fmt, **kw):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    webp = encoded(np.zeros((6103, 16383, 3), np.uint8), "WEBP", lossless=True)  # a few KB, 100 MP
+    png16 = encoded(np.full((6000, 8000), 40000, np.uint16), "PNG")  # 16-bit, 48 MP
+    strip = encoded(np.zeros((1, 100_000, 3), np.uint8), "PNG")
+    assert max(len(webp), len(png16), len(strip)) < 1_000_000
+
+    port = _free_port()
+    server = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        segments = [h["segment_id"] for h in httpx.post(base + "/v1/search", json={"text": "x", "top_k": 20,
+                                                                                     "filters": {"kind": "object"}}).json()["hits"]]
+        assert segments
+        peak, stop = [0], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_kib(server.pid))
+                time.sleep(0.02)
+
+        statuses, failures = [], []
+
+        def client(seed):
+            rng = random.Random(seed)
+            end = time.monotonic() + 15
+            with httpx.Client(base_url=base, timeout=60) as c:
+                while time.monotonic() < end:
+                    kind = rng.choice(["webp", "png16", "strip", "overlay", "segment"])
+                    try:
+                        if kind == "overlay":
+                            r = c.get(f"/v1/segments/{rng.choice(segments)}/overlay.jpg?x={rng.random()}")
+                        elif kind == "segment":
+                            r = c.post("/v1/segment", files={"file": ("a.webp", webp)}, data={"points": "[[5, 5]]"})
+                        else:
+                            data = {"webp": webp, "png16": png16, "strip": strip}[kind]
+                            r = c.post("/v1/search/image", files={"file": ("q", data)})
+                        statuses.append(r.status_code)
+                        if r.status_code == 503:
+                            time.sleep(float(r.headers.get("retry-after", 1)) / 4)  # an eager client
+                    except httpx.HTTPError as exc:
+                        failures.append(f"{kind}: {type(exc).__name__}: {exc}")
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(2)  # work abandoned by timed-out requests finishes within its slots
+        stop.set()
+        sampler.join()
+        assert server.poll() is None  # still up
+        assert failures == []  # no resets, no transport errors
+        assert statuses and all(s < 500 or s == 503 for s in statuses), sorted(set(statuses))
+        assert any(s == 200 for s in statuses)
+        print(f"server peak RSS {peak[0] / 1024:.0f} MiB, answers {sorted(set(statuses))}, {len(statuses)} requests")
+        assert peak[0] < 3.5 * 1024 * 1024, f"server peak RSS {peak[0] / 1024:.0f} MiB"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
