@@ -16,7 +16,7 @@ KEY = "fuzz-key-1234"
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory, tiny_sam, tiny_embedder):
+def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
     from segsearch.cli import run_index
     from segsearch.indexer.amg import make_mask_generator
     from segsearch.indexer.pipeline import Models
@@ -35,9 +35,14 @@ def api_schema(tmp_path_factory, tiny_sam, tiny_embedder):
     app = create_app(s, services=services)
     from fastapi.testclient import TestClient
 
-    with TestClient(app):  # runs the lifespan (services loaded) for the whole module
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+    with TestClient(app, headers={"X-API-Key": KEY}) as client:  # lifespan runs for the whole module
+        yield app, client
     services.close()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_app):
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app[0])
 
 
 def test_no_server_errors_and_responses_match_schema(api_schema):
@@ -59,3 +64,47 @@ def test_no_server_errors_and_responses_match_schema(api_schema):
             case.call_and_validate(headers={"X-API-Key": KEY}, excluded_checks=[positive_data_acceptance])
 
         run()
+
+
+def test_hostile_prompt_values_get_4xx(fuzz_app):
+    """Values the schema allows as strings but code must still refuse cleanly: non-finite and
+    enormous numbers, deep nesting, broken data URLs (schemathesis' generators missed these)."""
+    import io
+    import json
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    client = fuzz_app[1]
+    number = st.one_of(st.sampled_from(["inf", "-inf", "nan", "1e999", "-1e999", "9" * 400, "1e-400", "", "0x1f"]),
+                       st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                       st.integers(min_value=-(10**40), max_value=10**40).map(str))
+    box = st.lists(number, max_size=6).map(",".join)
+    nested = st.integers(1, 60_000).map(lambda n: "[" * n + "1" + "]" * (n % 3))
+    points = st.one_of(nested, st.lists(st.lists(number, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"),
+                                        max_size=70).map(lambda xs: "[" + ",".join(xs) + "]"))
+    labels = st.one_of(nested, st.lists(number, max_size=70).map(lambda xs: "[" + ",".join(xs) + "]"))
+    data_url = st.one_of(st.text(max_size=40).map(lambda t: "data:" + t),
+                         st.binary(max_size=60).map(lambda b: "data:image/png;base64," + b.hex()))
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "PNG")
+    png = buf.getvalue()
+
+    @given(box=st.none() | box, points=st.none() | points, labels=st.none() | labels)
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def segment(box, points, labels):
+        form = {k: v for k, v in (("box", box), ("points", points), ("labels", labels)) if v is not None}
+        r = client.post("/v1/segment", files={"file": ("a.png", png, "image/png")}, data=form)
+        assert r.status_code < 500, (form, r.status_code, r.text[:200])
+
+    @given(b64=data_url)
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def search(b64):
+        r = client.post("/v1/search", content=json.dumps({"image_b64": b64}),
+                        headers={"content-type": "application/json"})
+        assert r.status_code < 500, (b64[:80], r.status_code, r.text[:200])
+
+    segment()
+    search()
