@@ -69,3 +69,31 @@ def test_several_processes_opening_a_new_database_at_once(sql_url):
     with c.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() is not None
     c.close()
+
+
+def test_several_indexers_record_the_library_at_once(sql_url):
+    """Indexers started together on a new library all record its models (the same ones) at the
+    same instant: none may fail on another's row (seen once in CI: a UniqueViolation)."""
+    import threading
+
+    catalogs = [Catalog.open(sql_url) for _ in range(4)]
+    start, errors = threading.Barrier(4), []
+
+    def record(c, i):
+        start.wait()
+        try:
+            for _ in range(5):
+                c.set_library({"sam": {"name": "sam-x", "writer": i}, "clip": {"name": "clip-x"}})
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(c, i)) for i, c in enumerate(catalogs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rec = catalogs[0].library()
+    assert rec["clip"] == {"name": "clip-x"} and rec["sam"]["writer"] in range(4)
+    for c in catalogs:
+        c.close()

@@ -385,11 +385,7 @@ class Catalog:
         now = utcnow()
         expires = now + dt.timedelta(seconds=lease_s)
         table = ClaimRow.__table__
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table).values(image_id=image_id, worker=worker, claimed_at=now, expires_at=expires)
+        stmt = self._insert()(table).values(image_id=image_id, worker=worker, claimed_at=now, expires_at=expires)
         stmt = stmt.on_conflict_do_update(
             index_elements=[table.c.image_id],
             set_={"worker": worker, "claimed_at": now, "expires_at": expires},
@@ -467,14 +463,24 @@ class Catalog:
             return {r.key: r.value for r in s.scalars(select(LibraryRow))}
 
     def set_library(self, values: dict[str, dict]) -> None:
-        """Replace the recorded keys given (one transaction)."""
-        with self.Session.begin() as s:
+        """Replace the recorded keys given, in one transaction. An upsert: several indexers starting
+        together on a new database all record (the same) models without colliding."""
+        table = LibraryRow.__table__
+        insert = self._insert()
+        now = utcnow()
+        with self.engine.begin() as conn:
             for key, value in values.items():
-                row = s.get(LibraryRow, key)
-                if row is None:
-                    s.add(LibraryRow(key=key, value=value, updated_at=utcnow()))
-                else:
-                    row.value, row.updated_at = value, utcnow()
+                stmt = insert(table).values(key=key, value=value, updated_at=now)
+                conn.execute(stmt.on_conflict_do_update(index_elements=[table.c.key],
+                                                        set_={"value": stmt.excluded.value, "updated_at": now}))
+
+    def _insert(self):
+        """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
 
     # --- jobs -----------------------------------------------------------------------------------
     def add_job(self, job_id: str, kind: str, request: dict) -> JobRow:
