@@ -240,6 +240,8 @@ class Jobs:
             log.exception("index job %s failed", job.id)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
+            if self._stop.is_set() and status != "completed":
+                status, error = "queued", None  # the server is stopping: run it again at the next start
             self._running = None
             with self._lock:
                 self._live.pop(job.id, None)
