@@ -26,14 +26,16 @@ def _job(services: Services, job_id: str) -> dict:
 def submit_index_job(body: schemas.IndexJobRequest, services: Services = Depends(get_services)):
     """Index files, folders or globs (paths as the server sees them) in the background. Poll
     ``GET /v1/jobs/{id}``; ``DELETE`` cancels."""
-    import glob
     import os
 
-    for p in body.paths:  # a missing path is the caller's error, said now
-        if not os.path.isabs(p):
-            raise ProblemError(422, "Invalid request", f"paths must be absolute (as the server sees them): {p}")
-        if not (os.path.lexists(p) or glob.has_magic(p)):
-            raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {p}")
+    from segsearch.indexer.discover import missing_inputs
+
+    relative = [p for p in body.paths if not os.path.isabs(p)]
+    if relative:
+        raise ProblemError(422, "Invalid request", f"paths must be absolute (as the server sees them): {relative[0]}")
+    missing = missing_inputs(body.paths)  # the caller's error, said now rather than in the job
+    if missing:
+        raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {missing[0]}")
     job = services.jobs.submit("index", {"paths": body.paths, "force": body.force})
     return JSONResponse(schemas.Job(**job).model_dump(), status_code=202,
                         headers={"Location": f"/v1/jobs/{job['job_id']}"})

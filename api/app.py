@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from segsearch import __version__
+from segsearch.errors import SegsearchError
 from segsearch.settings import Settings
 
 from segsearch.api import admin, errors, routes
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             announced = write_announcement(svc.settings)
         try:
             await run_in_threadpool(svc.load)
+        except SegsearchError as exc:  # weights missing offline and the like: said, not a traceback
+            errors.log.warning("not ready: %s (/readyz says so)", exc)
         except Exception:  # noqa: BLE001 - stay up and report not-ready instead of crashing
             errors.log.exception("model loading failed; /readyz will say so")
         svc.jobs.start()

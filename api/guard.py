@@ -41,8 +41,20 @@ def body_cap(path: str, max_upload_bytes: int) -> int:
     return SMALL_BODY
 
 
-def key_matches(given: str, expected: str) -> bool:
-    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+def key_problem(x_api_key: str | None, authorization: str | None, expected: str | None) -> ProblemError | None:
+    """Why a request's key (``X-API-Key`` or a Bearer token) is refused, or None. The one check, used
+    by ``Guard`` before the body and by the routes' dependency (which documents it in OpenAPI)."""
+    if not expected:
+        return None
+    given = x_api_key or ""
+    if not given and (authorization or "").lower().startswith("bearer "):
+        given = authorization[7:]
+    if not given:
+        return ProblemError(401, "API key required", "send it as the X-API-Key header or a Bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()):
+        return ProblemError(403, "Invalid API key")
+    return None
 
 
 class Guard:
@@ -69,18 +81,11 @@ class Guard:
             await problem(status, title, detail, scope.get("path"), headers)(scope, receive, secured_send)
 
         path = scope.get("path", "")
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        expected = self.settings.api_key
-        if expected and path.startswith("/v1"):
-            given = headers.get(b"x-api-key", b"").decode("latin-1")
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            if not given and auth.lower().startswith("bearer "):
-                given = auth[7:]
-            if not given:
-                return await refuse(401, "API key required", "send it as the X-API-Key header or a Bearer token",
-                                    {"WWW-Authenticate": "Bearer"})
-            if not key_matches(given, expected):
-                return await refuse(403, "Invalid API key")
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if path.startswith("/v1"):
+            bad = key_problem(headers.get(b"x-api-key"), headers.get(b"authorization"), self.settings.api_key)
+            if bad is not None:
+                return await refuse(bad.status, bad.title, bad.detail, bad.headers)
         cap = body_cap(path, self.settings.max_upload_bytes)
         length = headers.get(b"content-length")
         if length is not None:

@@ -18,9 +18,7 @@ starve search.
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 import threading
 import time
 import uuid
@@ -222,7 +220,10 @@ class Jobs:
 
                 req = job.request
                 forgotten = forget_paths(catalog, self.services.vectors, req.get("removed") or [])
-                paths = [Path(p) for p in req.get("paths") or [] if os.path.lexists(p) or glob.has_magic(p)]
+                from segsearch.indexer.discover import missing_inputs
+
+                gone = set(missing_inputs(req.get("paths") or []))  # vanished since the job was queued
+                paths = [Path(p) for p in req.get("paths") or [] if p not in gone]
                 summary = dict(forgotten) if req.get("removed") else {}
                 if paths:
                     result = index_paths(self.services.settings, catalog, self.services.vectors, paths,

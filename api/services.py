@@ -3,8 +3,6 @@ and the FastAPI dependencies that hand them out."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -152,13 +150,8 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def require_api_key(request: Request, key: str | None = Depends(_api_key_header)) -> None:
-    expected = request.app.state.services.settings.api_key
-    if not expected:
-        return
-    if not key:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:] if auth.lower().startswith("bearer ") else None
-    if not key:
-        raise ProblemError(401, "API key required", "send it as the X-API-Key header or a Bearer token")
-    if not hmac.compare_digest(hashlib.sha256(key.encode()).digest(), hashlib.sha256(expected.encode()).digest()):
-        raise ProblemError(403, "Invalid API key")
+    from segsearch.api.guard import key_problem
+
+    bad = key_problem(key, request.headers.get("authorization"), request.app.state.services.settings.api_key)
+    if bad is not None:
+        raise bad

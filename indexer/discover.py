@@ -47,3 +47,10 @@ def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
             if a not in seen:
                 seen.add(a)
                 yield a
+
+
+def missing_inputs(inputs: Iterable[str | Path]) -> list[str]:
+    """The inputs ``discover`` would refuse (neither an existing path nor a glob), found without
+    walking any folder: for checks before work is handed on (CLI to server, server to its job)."""
+    return [str(raw) for raw in inputs
+            if not (os.path.lexists(os.path.expanduser(str(raw))) or glob.has_magic(str(raw)))]

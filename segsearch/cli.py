@@ -163,10 +163,11 @@ def _server(settings):
 
 def _index_on_server(server, settings, paths, *, force, reindex, show_progress) -> dict:
     """Hand an index run to the server that holds the data directory; same output as a local run."""
-    from segsearch.indexer.discover import discover
+    from segsearch.indexer.discover import missing_inputs
 
-    for _ in discover(paths):  # the user's mistakes (a missing path) are found here, as in a local run
-        pass
+    missing = missing_inputs(paths)  # the user's mistakes are found here, with a local run's message
+    if missing:
+        raise FileNotFoundError(f"no such file, folder or glob match: {missing[0]}")
     if not show_progress:
         return server.index(settings, paths, force=force, reindex=reindex)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -114,25 +114,20 @@ def _from_last_run(catalog) -> dict:
 
 
 def record_for_run(catalog, settings: Settings) -> None:
-    """Before an index run with (resolved) ``settings``: record them unless the record says so already."""
+    """Before an index run with (resolved) ``settings``: write the record (a library's first index,
+    or an explicit --reindex) unless it says so already. Each entry is computed once (a user's
+    checkpoint file is hashed to name it)."""
+    stored = catalog.library()
     current = read(catalog)
-    if (current.sam.get("fingerprint") != sam_entry(settings)["fingerprint"] or current.amg != amg_entry(settings)
-            or current.clip.get("fingerprint") != clip_entry(settings)["fingerprint"]
-            or current.crop != crop_entry(settings) or not catalog.library()):
-        record(catalog, settings)
-
-
-def record(catalog, settings: Settings) -> Recorded:
-    """Write the record for ``settings`` (first index, or an explicit --reindex)."""
-    current = read(catalog)
-    clip = clip_entry(settings)
+    entries = {"sam": sam_entry(settings), "clip": clip_entry(settings), "amg": amg_entry(settings),
+               "crop": crop_entry(settings)}
+    if stored and all(stored.get(k) == v for k, v in entries.items()):
+        return
+    clip = entries["clip"]  # every CLIP model with a collection here, the new one last
     clips = [c for c in current.clips if c.get("collection") != clip["collection"]]
     if current.clip and current.clip.get("collection") != clip["collection"] and current.clip not in clips:
         clips.append(current.clip)
-    clips.append(clip)
-    catalog.set_library({"sam": sam_entry(settings), "clip": clip, "amg": amg_entry(settings),
-                         "crop": crop_entry(settings), "clips": {"models": clips}})
-    return read(catalog)
+    catalog.set_library({**entries, "clips": {"models": [*clips, clip]}})
 
 
 def recalled(rec: Recorded) -> dict:
