@@ -172,11 +172,8 @@ class ServerClient:
               on_progress=None) -> dict:
         """``segsearch index`` through the server: the run summary, as a local run returns it.
         ``paths`` as the user gave them (relative to this process's folder)."""
-        import glob
-
         self.check_models(settings, reindex=reindex)
-        absolute = [os.path.join(os.getcwd(), os.path.expanduser(p)) if glob.has_magic(p) else
-                    os.path.abspath(os.path.expanduser(p)) for p in paths]
+        absolute = [os.path.abspath(os.path.expanduser(p)) for p in paths]  # globs too: the server expands them
         job = self.wait(self.submit_index(absolute, force)["job_id"], on_progress)
         if job["status"] != "completed":
             raise SegsearchError(f"the server's index job {job['job_id']} {job['status']}: "
