@@ -1,7 +1,10 @@
 """Mask-generation speed: the reference engine (official SamAutomaticMaskGenerator) vs the fast
 engine on the same images, model and settings, in one run, plus how well their masks agree.
 
-    python bench/amg.py                              # bundled sam-shapes-tiny, 10 held-out scenes
+    python bench/amg.py                              # bundled sam-shapes-tiny, 10 held-out scenes,
+                                                     # SAM's default parameters, 1 thread and all cores
+    python bench/amg.py --params shapes              # the shapes demo's parameters (16x16, stability 0.6)
+    python bench/amg.py --params my.json             # any parameters (JSON object of generator kwargs)
     python bench/amg.py --model sam-vit-b --images 1 # real-size ViT-B, random weights (timing only)
     python bench/amg.py --device cuda --json
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -26,10 +30,13 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="sam-shapes-tiny", help="registered SAM name")
     ap.add_argument("--images", type=int, default=10, help="held-out shapes-world scenes to run")
     ap.add_argument("--size", default=None, help="WxH: render every scene at this size (e.g. 1024x768)")
+    ap.add_argument("--params", default="defaults",
+                    help="defaults (SAM's, what `segsearch index` runs with no flags) | shapes | FILE.json")
     ap.add_argument("--points-per-side", type=int, default=None)
     ap.add_argument("--min-mask-region-area", type=int, default=None, help="small-region clean-up (px)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--threads", default="1,all",
+                    help="comma-separated torch CPU thread counts, each timed in this run ('all' = every core)")
     ap.add_argument("--random-weights", action="store_true", help="do not load a checkpoint")
     ap.add_argument("--skip-reference", action="store_true", help="time the fast engine only")
     ap.add_argument("--json", action="store_true")
@@ -45,8 +52,11 @@ def main(argv=None) -> int:
     from segsearch.settings import Settings
     from segsearch.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    all_cores = torch.get_num_threads()
+    threads = [all_cores if t == "all" else int(t) for t in args.threads.split(",")]
+    if args.device.startswith("cuda"):
+        threads = [all_cores]  # the GPU does the work: one CPU setting is enough
+    threads = list(dict.fromkeys(threads))
     spec = get_sam_spec(args.model)
     settings = Settings()
     weights = "random"
@@ -56,7 +66,12 @@ def main(argv=None) -> int:
     else:
         sam = load_sam(spec, settings.checkpoints, device=args.device, offline=True)
         weights = spec.weights.filename
-    params = dict(SHAPES_AMG) if args.model == "sam-shapes-tiny" else settings.amg_params()
+    if args.params == "defaults":  # the class defaults, not whatever this shell's SEGSEARCH_* say
+        params = {k: Settings.model_fields[k].default for k in settings.amg_params()}
+    elif args.params == "shapes":
+        params = dict(SHAPES_AMG)
+    else:
+        params = json.loads(Path(args.params).read_text())
     if args.points_per_side:
         params["points_per_side"] = args.points_per_side
     if args.min_mask_region_area is not None:
@@ -82,32 +97,46 @@ def main(argv=None) -> int:
                 stages[k] = stages.get(k, 0.0) + v
         return out, secs / len(images), {k: v / len(images) for k, v in stages.items()}
 
-    fast, fast_s, stages = timed("fast")
-    result = {
-        "model": args.model, "weights": weights, "device": args.device, "threads": torch.get_num_threads(),
-        "images": len(images), "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
-        "params": params, "fast_s_per_image": round(fast_s, 4),
-        "fast_stages_s_per_image": {k: round(v, 4) for k, v in stages.items()},
-        "fast_masks": sum(len(m) for m in fast),
-    }
-    if not args.skip_reference:
+    def one(n_threads: int) -> dict:
+        torch.set_num_threads(n_threads)
+        fast, fast_s, stages = timed("fast")
+        r = {"threads": n_threads, "fast_s_per_image": round(fast_s, 4),
+             "fast_stages_s_per_image": {k: round(v, 4) for k, v in stages.items()},
+             "fast_masks": sum(len(m) for m in fast)}
+        if args.skip_reference:
+            return r
         ref, ref_s, _ = timed("reference")
         best = []
         for a, b in zip(ref, fast):
             if len(a):
                 best.extend(iou_matrix(a.masks, b.masks).max(1) if len(b) else np.zeros(len(a)))
         n_ref = sum(len(m) for m in ref)
-        result.update({
+        r.update({
             "reference_s_per_image": round(ref_s, 4), "speedup": round(ref_s / fast_s, 2),
             "reference_masks": n_ref,
             "matched_miou": round(float(np.mean(best)), 4) if best else None,
-            "count_ratio": round(result["fast_masks"] / n_ref, 4) if n_ref else None,
+            "count_ratio": round(r["fast_masks"] / n_ref, 4) if n_ref else None,
         })
+        return r
+
+    runs = [one(t) for t in threads]
+    result = {
+        "model": args.model, "weights": weights, "device": args.device, "params_name": args.params,
+        "images": len(images), "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
+        "params": params, "runs": runs,
+    }
+    if len(runs) > 1:
+        result["fast_thread_scaling"] = round(runs[0]["fast_s_per_image"] / runs[-1]["fast_s_per_image"], 2)
     if args.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
-            print(f"{k:24s} {v}")
+            if k != "runs":
+                print(f"{k:24s} {v}")
+        for r in runs:
+            print(f"-- {r['threads']} thread(s)")
+            for k, v in r.items():
+                print(f"   {k:24s} {v}")
     return 0
 
 
