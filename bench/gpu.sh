@@ -27,6 +27,7 @@ else
   python -c "import segsearch" 2>/dev/null || pip install -q .
   py=python
 fi
+cd bench  # import the installed package, not the source tree's segsearch/ (it lacks indexer/, api/)
 if ! $py -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "bench/gpu.sh: torch sees no CUDA device" >&2
   exit 1
@@ -37,7 +38,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # Random weights pass almost nothing through SAM's default gates (predicted IoU 0.88, stability
 # 0.95), so one ViT-B run also uses open gates: every candidate reaches post-processing.
 echo '{"points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.5, "box_nms_thresh": 0.7, "crop_n_layers": 0, "min_mask_region_area": 0}' > "$tmp/open-gates.params"
-cd bench  # scripts import the installed package, not the source tree
 run() {  # run NAME LIMIT_S SCRIPT ARGS...: the script's --json output, or why it failed
   local name=$1 limit=$2
   shift 2
