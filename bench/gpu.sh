@@ -32,7 +32,7 @@ if ! $py -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   echo "bench/gpu.sh: torch sees no CUDA device" >&2
   exit 1
 fi
-$py -c "import segsearch.cli, segsearch.api.app, open_clip, segment_anything, qdrant_edge, pycocotools.mask, torch
+$py -c "import segsearch.cli, segsearch.indexer.pipeline, open_clip, segment_anything, qdrant_edge, pycocotools.mask, torch
 print('imports ok: torch', torch.__version__, 'open_clip', open_clip.__version__)" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$tmp/nvidia-smi.txt" 2>&1
 # Random weights pass almost nothing through SAM's default gates (predicted IoU 0.88, stability
