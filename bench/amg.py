@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     from segsearch.indexer.amg import make_mask_generator
     from segsearch.models.registry import get_sam_spec
     from segsearch.models.sam import build_sam_model, load_sam
+    from segsearch.models.weights import WeightsUnavailable
     from segsearch.quality import iou_matrix
     from segsearch.settings import Settings
     from segsearch.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
@@ -59,13 +60,16 @@ def main(argv=None) -> int:
     threads = list(dict.fromkeys(threads))
     spec = get_sam_spec(args.model)
     settings = Settings()
-    weights = "random"
-    if args.random_weights or spec.weights is None or not (settings.checkpoints / spec.weights.filename).exists():
+    weights, sam = "random", None
+    if not args.random_weights and spec.weights is not None:
+        try:  # bundled (package data) or downloaded weights, wherever the product would find them
+            sam = load_sam(spec, settings.checkpoints, device=args.device, offline=True)
+            weights = spec.weights.filename
+        except WeightsUnavailable:
+            pass
+    if sam is None:
         torch.manual_seed(0)
         sam = build_sam_model(spec.config).to(args.device).eval()
-    else:
-        sam = load_sam(spec, settings.checkpoints, device=args.device, offline=True)
-        weights = spec.weights.filename
     if args.params == "defaults":  # the class defaults, not whatever this shell's SEGSEARCH_* say
         params = {k: Settings.model_fields[k].default for k in settings.amg_params()}
     elif args.params == "shapes":

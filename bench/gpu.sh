@@ -41,6 +41,7 @@ echo '{"points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.0, "s
 run() {  # run NAME LIMIT_S SCRIPT ARGS...: the script's --json output, or why it failed
   local name=$1 limit=$2
   shift 2
+  case " ${GPU_SH_ONLY:-$name} " in *" $name "*) ;; *) return ;; esac  # GPU_SH_ONLY="index query": a rerun
   echo "== $name: $*" >&2
   local t0=$SECONDS
   trap 'echo "   $name: $((SECONDS - t0)) s" >&2' RETURN

@@ -173,7 +173,8 @@ class FastAMG:
 
         # NMS on the exact full-resolution boxes, computed from the low-resolution logits only
         # over each mask's bounding region (not the whole image).
-        keep = self._nms(data["low"], data["iou_preds"], crop_box, orig_size, crop_size)
+        # (on the CPU: a few branchy decisions per candidate, which a GPU would serialize anyway)
+        keep = self._nms(data["low"].cpu(), data["iou_preds"].cpu(), crop_box, orig_size, crop_size)
         data.filter(keep)
         if len(keep) == 0:
             return MaskData()
