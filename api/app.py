@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             svc.jobs.stop()
 
     app = FastAPI(title="segsearch", version=__version__, lifespan=lifespan,
-                  description="Search photo libraries at the level of individual objects (SAM + CLIP + Qdrant).")
+                  description="Search photo libraries at the level of individual objects (SAM + CLIP + Qdrant).",
+                  generate_unique_id_function=lambda route: route.name)  # operationIds: search, get_segment, ...
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])

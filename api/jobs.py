@@ -24,7 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
-from segsearch.errors import SegsearchError
+from segsearch.errors import SegsearchError, Stop
+from segsearch.runtime import Models
 from segsearch.store.sql import utcnow
 
 log = logging.getLogger("segsearch.jobs")
@@ -55,29 +56,6 @@ class QueryGate:
         with self._cond:
             if self._n and timeout > 0:
                 self._cond.wait_for(lambda: self._n == 0, timeout=timeout)
-
-
-class _Polite:
-    """Wraps a model so each heavy call first lets in-flight queries finish, and stops there when
-    the job was cancelled (a clean boundary: nothing half-recorded)."""
-
-    def __init__(self, inner, jobs: Jobs):
-        self._inner, self._jobs = inner, jobs
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def _before(self) -> None:
-        self._jobs.check_cancelled()
-        self._jobs.gate.wait_idle(self._jobs.services.settings.index_yield_s)
-
-    def generate(self, rgb):
-        self._before()
-        return self._inner.generate(rgb)
-
-    def embed_images(self, images):
-        self._before()
-        return self._inner.embed_images(images)
 
 
 def _iso(t) -> str | None:
@@ -153,22 +131,22 @@ class Jobs:
         return self.get(job_id)
 
     def check_cancelled(self) -> None:
-        from segsearch.indexer.run import Stop
-
         if self._running is not None and (self._running in self._cancel or self._stop.is_set()):
             raise Stop()
 
     # --- the worker thread ----------------------------------------------------------------------------
-    def models(self):
+    def before_model_call(self) -> None:
+        """Before each heavy model call of a job: stop there when the job was cancelled (a clean
+        boundary: nothing half-recorded), else let in-flight queries finish first."""
+        self.check_cancelled()
+        self.gate.wait_idle(self.services.settings.index_yield_s)
+
+    def models(self) -> Models:
         """The job's models: the server's CLIP and SAM instances, behind the query gate."""
         if self._models is None:
-            from segsearch.indexer.amg import make_mask_generator
-            from segsearch.indexer.pipeline import Models
-
-            s = self.services.settings
-            gen = make_mask_generator(s.amg, self.services.sam, **s.amg_params())
-            self._models = Models(s, sam_spec=self.services.sam_spec, clip_spec=self.services.clip_spec,
-                                  mask_generator=_Polite(gen, self), embedder=_Polite(self.services.embedder, self))
+            svc = self.services
+            self._models = Models(svc.settings, sam_spec=svc.sam_spec, clip_spec=svc.clip_spec, sam=svc.sam,
+                                  embedder=svc.embedder, guard=self.before_model_call)
         return self._models
 
     def _loop(self) -> None:
@@ -184,8 +162,7 @@ class Jobs:
                 log.exception("index job %s crashed", queued[0].id)
 
     def _run(self, job) -> None:
-        from segsearch.indexer.run import Stop, index_paths
-
+        library = self.services.library
         catalog = self.services.catalog
         catalog.update_job(job.id, status="running", started_at=utcnow(), error=None)
         progress = {"files_total": None, "files_done": 0, "indexed": 0, "skipped": 0, "failed": 0,
@@ -216,19 +193,14 @@ class Jobs:
             if job.kind == "repair":
                 summary = self._repair()
             else:
-                from segsearch.indexer.run import forget_paths
-
                 req = job.request
-                forgotten = forget_paths(catalog, self.services.vectors, req.get("removed") or [])
-                from segsearch.indexer.discover import missing_inputs
-
-                gone = set(missing_inputs(req.get("paths") or []))  # vanished since the job was queued
+                forgotten = library.forget(req.get("removed") or [])
+                gone = set(library.missing_inputs(req.get("paths") or []))  # vanished since the job was queued
                 paths = [Path(p) for p in req.get("paths") or [] if p not in gone]
                 summary = dict(forgotten) if req.get("removed") else {}
                 if paths:
-                    result = index_paths(self.services.settings, catalog, self.services.vectors, paths,
-                                         force=bool(req.get("force")), models=self.models(), on_start=on_start,
-                                         progress=on_image, indexer_hook=indexer_ref.append)
+                    result = library.index(paths, force=bool(req.get("force")), models=self.models(),
+                                           on_start=on_start, progress=on_image, indexer_hook=indexer_ref.append)
                     summary.update(result.to_dict())
                     progress["stages"] = summary["stages"]
         except Stop:
@@ -251,13 +223,4 @@ class Jobs:
                                finished_at=utcnow() if status in FINAL else None)
 
     def _repair(self) -> dict:
-        from segsearch.indexer.doctor import check, repair
-        from segsearch.indexer.pipeline import Indexer
-
-        s, models = self.services.settings, self.models()
-        found = check(self.services.catalog, self.services.vectors, models.fingerprint)
-        out = {"found": found.to_dict()}
-        if found.total:
-            out["repair"] = repair(found, Indexer(s, self.services.catalog, self.services.vectors, models))
-            out["after"] = check(self.services.catalog, self.services.vectors, models.fingerprint).to_dict()
-        return out
+        return self.services.library.doctor(repair=True, models=self.models())

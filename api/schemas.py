@@ -64,6 +64,13 @@ class Links(BaseModel):
     overlay: str | None
     image: str
 
+    @classmethod
+    def of(cls, segment_id: str, image_id: str, kind: str) -> Links:
+        base = f"/v1/segments/{segment_id}"
+        has_mask = kind == "object"
+        return cls(crop=f"{base}/crop.jpg", mask=f"{base}/mask.png" if has_mask else None,
+                   overlay=f"{base}/overlay.jpg" if has_mask else None, image=f"/v1/images/{image_id}")
+
 
 class Hit(BaseModel):
     segment_id: str
@@ -78,6 +85,13 @@ class Hit(BaseModel):
     stability_score: float | None = None
     urls: Links
 
+    @classmethod
+    def of(cls, h) -> Hit:
+        """From a ``segsearch.search.Hit``."""
+        return cls(segment_id=h.segment_id, image_id=h.image_id, image_path=h.image_path, kind=h.kind,
+                   bbox=h.bbox, area=h.area, area_frac=h.area_frac, score=h.score, predicted_iou=h.predicted_iou,
+                   stability_score=h.stability_score, urls=Links.of(h.segment_id, h.image_id, h.kind))
+
 
 class Group(BaseModel):
     image_id: str
@@ -90,6 +104,15 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
     groups: list[Group] | None = None
     next_offset: int | None = None
+
+    @classmethod
+    def of(cls, page) -> SearchResponse:
+        """From a ``segsearch.search.SearchPage``."""
+        groups = None if page.groups is None else [
+            Group(image_id=g.image_id, image_path=g.image_path, score=g.score, hits=[Hit.of(h) for h in g.hits])
+            for g in page.groups]
+        hits = [h for g in groups for h in g.hits] if groups is not None else [Hit.of(h) for h in page.hits]
+        return cls(hits=hits, groups=groups, next_offset=page.next_offset)
 
 
 class Segment(BaseModel):
@@ -104,6 +127,13 @@ class Segment(BaseModel):
     stability_score: float | None
     rle: dict | None
     urls: Links
+
+    @classmethod
+    def of(cls, row) -> Segment:
+        """From a stored ``SegmentRow``."""
+        return cls(segment_id=row.id, image_id=row.image_id, kind=row.kind, mask_index=row.mask_index,
+                   bbox=row.bbox, area=int(row.area), area_frac=row.area_frac, predicted_iou=row.predicted_iou,
+                   stability_score=row.stability_score, rle=row.rle, urls=Links.of(row.id, row.image_id, row.kind))
 
 
 class Image(BaseModel):
@@ -187,3 +217,63 @@ class Info(BaseModel):
     size_bytes: dict[str, int]
     ready: bool
     problem: str | None = None
+
+
+# --- form fields of /v1/search/image and /v1/segment (multipart, so parsed here, not by pydantic) -------
+MAX_PROMPT_CHARS = 8192  # 64 points of two numbers each fit many times over; bounds the parse
+MAX_POINTS = 64
+
+
+def _invalid(detail: str):
+    from segsearch.api.errors import ProblemError
+
+    return ProblemError(422, "Invalid request", detail)
+
+
+def parse_box(text: str | None, width: int | None = None, height: int | None = None) -> list[int] | None:
+    """'x,y,w,h' -> [x, y, w, h] with positive size, inside a ``width`` x ``height`` image."""
+    if text is None or text == "":
+        return None
+    try:
+        box = [int(round(float(v))) for v in text.replace(" ", "").split(",")] if len(text) <= 200 else []
+    except (ValueError, OverflowError):  # not numbers, nan, inf, or past float range
+        box = []
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0 or min(box[:2]) < 0:
+        raise _invalid("box must be 'x,y,w,h' with positive width and height")
+    if width is not None and (box[0] >= width or box[1] >= height):
+        raise _invalid(f"box lies outside the {width}x{height} image")
+    return box
+
+
+def _json_list(text: str | None, name: str):
+    import json
+
+    if text is None or text == "":
+        return None
+    if len(text) > MAX_PROMPT_CHARS or text.count("[") > 2 * MAX_POINTS + 2:  # also bounds nesting depth
+        raise _invalid(f"{name} is too long or too deeply nested")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise _invalid(f"{name} must be JSON") from None
+
+
+def parse_points(points: str | None, labels: str | None, width: int, height: int):
+    """JSON points ``[[x, y], ...]`` and labels ``[1, 0, ...]`` -> (coords (N, 2) float32, labels
+    (N,) int64), or (None, None) when no points were given."""
+    import numpy as np
+
+    pts, lbs = _json_list(points, "points"), _json_list(labels, "labels")
+    if pts is None:
+        return None, None
+    try:
+        coords = np.asarray(pts, np.float32).reshape(-1, 2)
+        lab = np.asarray(lbs if lbs is not None else [1] * len(coords), np.int64).reshape(-1)
+    except (ValueError, TypeError, OverflowError):
+        raise _invalid("points must be [[x, y], ...], labels [0|1, ...]") from None
+    if len(coords) == 0 or len(coords) > MAX_POINTS or len(lab) != len(coords) or not set(lab.tolist()) <= {0, 1}:
+        raise _invalid(f"1-{MAX_POINTS} points, one label (0 or 1) per point")
+    if (not np.isfinite(coords).all() or (coords < 0).any() or (coords[:, 0] >= width).any()
+            or (coords[:, 1] >= height).any()):
+        raise _invalid(f"points must lie inside the {width}x{height} image")
+    return coords, lab

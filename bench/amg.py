@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     from segsearch.models.registry import get_sam_spec
     from segsearch.models.sam import build_sam_model, load_sam
     from segsearch.models.weights import WeightsUnavailable
-    from segsearch.quality import iou_matrix
+    from segsearch.eval.quality import iou_matrix
     from segsearch.settings import Settings
-    from segsearch.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+    from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
 
     all_cores = torch.get_num_threads()
     threads = [all_cores if t == "all" else int(t) for t in args.threads.split(",")]

@@ -38,9 +38,9 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
 
     import torch
 
-    from segsearch.cli import run_index
+    from segsearch import Library
     from segsearch.settings import Settings
-    from segsearch.shapes import SHAPES_AMG
+    from segsearch.eval.shapes import SHAPES_AMG
 
     if threads:
         torch.set_num_threads(threads)
@@ -56,21 +56,23 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    from segsearch.indexer.pipeline import Models
+    from segsearch.runtime import Models
 
     models = Models(settings)
-    summary = run_index(settings, files, models=models).to_dict()
+    with Library(settings=settings, models=models) as library:
+        summary = library.index(files).to_dict()
     stop.set()
     th.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
 
     # the slowest stage measured alone: SAM on (up to 20 of) the same images, nothing else running
     from segsearch.images import decode_image
+    from segsearch.indexer.amg import mask_generator_for
 
     sample_imgs = [decode_image(p.read_bytes()).rgb for p in files[:20]]
     t = time.perf_counter()
     for im in sample_imgs:
-        models.mask_generator.generate(im)
+        mask_generator_for(models).generate(im)
     sam_alone = (time.perf_counter() - t) / len(sample_imgs)
     secs = summary["seconds"]
     n = len(samples)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from segsearch.shapes import DEMO_SEEDS, make_scene
+    from segsearch.eval.shapes import DEMO_SEEDS, make_scene
 
     sizes = [int(v) for v in args.scenes.split(",")]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-index-"))

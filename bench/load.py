@@ -38,9 +38,10 @@ def build_store(work: Path, n_segments: int, n_real: int = 12) -> tuple[Path, li
     import numpy as np
     from PIL import Image
 
-    from segsearch.cli import open_stores, run_index
+    from segsearch import Library
+    from segsearch.runtime import open_stores
     from segsearch.settings import Settings
-    from segsearch.shapes import DEMO_SEEDS, SHAPES_AMG, make_scene
+    from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG, make_scene
     from segsearch.store.vectors import VectorPoint, path_dirs
 
     data, lib = work / "data", work / "lib"
@@ -51,7 +52,8 @@ def build_store(work: Path, n_segments: int, n_real: int = 12) -> tuple[Path, li
         Image.fromarray(sc.image).save(lib / f"scene-{k:03d}.png")
         captions.update(sc.captions)
     settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", offline=True, **SHAPES_AMG)
-    run_index(settings, [str(lib)])
+    with Library(settings=settings) as library:
+        library.index([str(lib)])
     catalog, vectors = open_stores(settings)
     try:
         coll = vectors.collections()[0]
@@ -198,7 +200,7 @@ class IndexJobs:
     def _scenes(self) -> Path:
         from PIL import Image
 
-        from segsearch.shapes import DEMO_SEEDS, make_scene
+        from segsearch.eval.shapes import DEMO_SEEDS, make_scene
 
         folder = self.work / f"job-{os.getpid()}-{self._next_seed:06d}"
         folder.mkdir(parents=True, exist_ok=True)

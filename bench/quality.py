@@ -40,9 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from segsearch.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
+    from segsearch.eval.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
     from segsearch.settings import Settings
-    from segsearch.shapes import SHAPES_AMG
+    from segsearch.eval.shapes import SHAPES_AMG
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"crop_mode": args.crop_mode}

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     from segsearch.models.clip import ClipEmbedder
     from segsearch.models.registry import get_clip_spec
     from segsearch.settings import Settings
-    from segsearch.shapes import COLORS, SHAPES
+    from segsearch.eval.shapes import COLORS, SHAPES
     from segsearch.store.vectors import EdgeVectorIndex, SearchFilter, ServerVectorIndex
 
     if args.threads:

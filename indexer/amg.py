@@ -63,6 +63,14 @@ def make_mask_generator(engine: str, sam, **params) -> MaskGenerator:
     return ENGINES[engine](sam, **params)
 
 
+def mask_generator_for(models):
+    """The automatic mask generator of ``models`` (``segsearch.runtime.Models``), built on first use
+    around its SAM with the settings' engine and parameters, then kept on ``models``."""
+    if models.mask_generator is None:
+        models.mask_generator = make_mask_generator(models.engine, models.sam, **models.settings.amg_params())
+    return models.mask_generator
+
+
 _ALLOCATOR_TUNED = False
 
 

@@ -80,7 +80,7 @@ def check(catalog, vectors, fingerprint: str) -> DriftReport:
 
 def repair(report: DriftReport, indexer) -> dict:
     """Fix what ``check`` found; returns what was done."""
-    catalog, vectors = indexer.catalog, indexer.vectors
+    catalog, vectors = indexer.stores.catalog, indexer.stores.vectors
     done = {"orphans_deleted": 0, "paths_removed": 0, "images_removed": 0, "images_reindexed": 0,
             "reindex_failed": 0}
     for coll, ids in report.orphan_vectors.items():
@@ -90,7 +90,7 @@ def repair(report: DriftReport, indexer) -> dict:
         catalog.delete_path(path)
         done["paths_removed"] += 1
     for iid in report.missing_files:
-        indexer.remove_image(iid)
+        indexer.writer.remove_image(iid)
         done["images_removed"] += 1
     redo = (set(report.missing_vectors) | set(report.stuck_pending) | set(report.stale_fingerprint)) - set(
         report.missing_files)

@@ -12,7 +12,8 @@
     groups (the same store code as
     the local engine)
 
-Only the driver talks to the stores, through ``Indexer.book`` and ``Indexer.write_group``, so the
+Only the driver talks to the stores, through the indexer's per-image surface (``look``,
+``begin_image``, ``mark_pending``, ``add``/``flush``, ``fail``), so the
 consistency protocol, claims (several drivers at once) and results are the local engine's: the
 same masks (same model and settings), the same deterministic segment ids, the same vectors up to
 float rounding of CLIP batches. Actors build their models from the driver's settings and specs.
@@ -20,7 +21,6 @@ float rounding of CLIP batches. Actors build their models from the driver's sett
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from segsearch.errors import ImageError
+from segsearch.identity import image_id
 from segsearch.settings import Settings
 
 
@@ -38,7 +39,7 @@ def _hash_batch(batch: dict) -> dict:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            ids.append(hashlib.sha256(data).hexdigest())
+            ids.append(image_id(data))
             sizes.append(len(data))
             errors.append("")
         except OSError as exc:
@@ -50,7 +51,7 @@ def _hash_batch(batch: dict) -> dict:
 
 
 def _models(settings: Settings, sam_spec, clip_spec):
-    from segsearch.indexer.pipeline import Models
+    from segsearch.runtime import Models
 
     return Models(settings, sam_spec=sam_spec, clip_spec=clip_spec)
 
@@ -64,9 +65,9 @@ class SamStage:
         self.image_size = image_size
 
     def __call__(self, batch: dict) -> dict:
-        from segsearch.identity import image_id
         from segsearch.images import decode_image
-        from segsearch.indexer.pipeline import build_segments
+        from segsearch.indexer.amg import mask_generator_for
+        from segsearch.indexer.writer import build_segments
 
         s = self.settings
         payloads = []
@@ -77,8 +78,7 @@ class SamStage:
                 if image_id(data) != iid:
                     raise ImageError("the file changed while it was being indexed")
                 decoded = decode_image(data, max_pixels=s.max_image_pixels)
-                masks = self.models.mask_generator.generate(decoded.rgb)
-                masks = masks.filter(masks.areas >= max(s.min_segment_area, 1))
+                masks = mask_generator_for(self.models).generate(decoded.rgb)
                 segments, crops = build_segments(iid, self.models.fingerprint, decoded, masks, s, self.image_size)
                 p = {"width": decoded.width, "height": decoded.height, "format": decoded.format,
                      "segments": segments, "crops": np.stack([np.asarray(c.convert("RGB")) for c in crops])}
@@ -136,18 +136,19 @@ def _init_ray(settings: Settings):
 
 def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
     """One pass of ``Indexer.run_paths`` on Ray: returns the images deferred to other indexers."""
-    from segsearch.indexer.pipeline import Deferred, Outcome, Prepared, Read
+    from segsearch.indexer.reader import Read
+    from segsearch.indexer.results import Deferred, Outcome
+    from segsearch.indexer.writer import Prepared
 
     s, models = indexer.settings, indexer.models
-    fp, collection = models.fingerprint, models.collection
 
     todo = []
     for path in paths:
-        pre = indexer.stat_skip(path, force)
-        if isinstance(pre, Outcome):
-            record(pre, path)
+        looked = indexer.look(path, force)
+        if isinstance(looked, Outcome):
+            record(looked, path)
         else:
-            todo.append((path, pre))
+            todo.append((path, looked))
     if not todo:
         return []  # nothing new: Ray is not even started
 
@@ -158,19 +159,19 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
         hashed[row["path"]] = (row["image_id"], int(row["size"]), row["error"])
 
     work, deferred = [], []
-    for path, (st, known) in todo:
+    for path, looked in todo:
         iid, size, error = hashed[str(path)]
         if error:
             record(Outcome("failed", error=error), path)
             continue
-        booked = indexer.book(path, Read(st, known, iid, size, None), force)
-        if booked is None:
-            indexer.catalog.mark_pending(iid, fp, collection)
+        begun = indexer.begin_image(path, Read(looked, iid, size, None), force)
+        if begun is None:
+            indexer.mark_pending(iid)
             work.append({"path": str(path), "image_id": iid})
-        elif isinstance(booked, Deferred):
-            deferred.append(booked)
+        elif isinstance(begun, Deferred):
+            deferred.append(begun)
         else:
-            record(booked, path)
+            record(begun, path)
     if not work:
         return deferred
 
@@ -184,15 +185,12 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
           .map_batches(ClipStage, fn_constructor_args=(s, models.sam_spec, models.clip_spec),
                        batch_size=s.ray_clip_batch, batch_format="numpy", concurrency=s.ray_clip_actors,
                        **per_actor))
-    group: list[Prepared] = []
     for row in ds.iter_rows():
         path, iid, p = Path(row["path"]), row["image_id"], pickle.loads(row["payload"])
         if "error" in p:
-            indexer.fail(iid, p["error"])
-            record(Outcome("failed", error=p["error"]), path)
+            record(indexer.fail(iid, p["error"]), path)
             continue
-        group.append(Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"]))
-        if indexer.group_full(group):
-            group = indexer.flush_group(group, record)
-    indexer.flush_group(group, record)
+        indexer.add(Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"]),
+                    record)
+    indexer.flush(record)
     return deferred

@@ -1,7 +1,7 @@
-"""One index run over paths, on stores someone else opened: the entry point shared by
-``segsearch index`` (its own process) and a server's index jobs (``segsearch.api.jobs``).
+"""One index run over paths, on stores someone else opened: what ``segsearch.Library.index``
+(and so ``segsearch index`` and a server's index jobs) runs.
 
-It resolves the models against the library's record (``segsearch.library``), records them on a
+It resolves the models against the library's record (``segsearch.record``), records them on a
 library's first index (or an explicit ``--reindex``), discovers the files and runs the pipeline.
 """
 
@@ -10,37 +10,38 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from segsearch import library
+from segsearch import record
+from segsearch.runtime import Models, Stores
 from segsearch.settings import Settings
 
 from segsearch.indexer.discover import discover
-from segsearch.indexer.pipeline import Indexer, Models, Outcome, RunSummary, Stop
+from segsearch.indexer.pipeline import Indexer
+from segsearch.indexer.results import Outcome, RunSummary
 
-__all__ = ["Stop", "forget_paths", "index_paths"]
 
-
-def index_paths(settings: Settings, catalog, vectors, paths: Iterable[str | Path], *, force: bool = False,
+def index_paths(settings: Settings, stores: Stores, paths: Iterable[str | Path], *, force: bool = False,
                 reindex: bool = False, models: Models | None = None,
                 on_start: Callable[[int], None] | None = None,
                 progress: Callable[[Outcome, Path], None] | None = None,
                 indexer_hook: Callable[[Indexer], None] | None = None) -> RunSummary:
     files = list(discover(paths))  # a missing path is the user's error: before anything else
-    settings = library.resolve(settings, catalog, "index", reindex=reindex)
+    settings = record.resolve(settings, stores.catalog, "index", reindex=reindex)
     models = models or Models(settings)
-    library.record_for_run(catalog, settings)
+    record.write(stores.catalog, settings)
     if on_start is not None:
         on_start(len(files))
-    indexer = Indexer(settings, catalog, vectors, models)
+    indexer = Indexer(settings, stores, models)
     if indexer_hook is not None:
         indexer_hook(indexer)
     return indexer.run_paths(files, force=force, progress=progress)
 
 
-def forget_paths(catalog, vectors, paths: Iterable[str]) -> dict:
+def forget_paths(stores: Stores, paths: Iterable[str]) -> dict:
     """Files deleted from the library (``serve --watch``): their paths are dropped, and an image
     left with no path loses its segments and vectors. A path that exists again is kept."""
     import os
 
+    catalog, vectors = stores.catalog, stores.vectors
     done = {"paths_removed": 0, "images_removed": 0}
     for p in paths:
         known = catalog.lookup_path(str(p))
@@ -62,3 +63,19 @@ def forget_paths(catalog, vectors, paths: Iterable[str]) -> dict:
         catalog.delete_image(iid)
         done["images_removed"] += 1
     return done
+
+
+def doctor(settings: Settings, stores: Stores, *, repair: bool = False, models: Models | None = None) -> dict:
+    """Drift between SQL and vectors for the library's recorded models; with ``repair``, fixed.
+    ``models``: already resolved ones (a server's), used as they are."""
+    from segsearch.indexer.doctor import check, repair as do_repair
+
+    if models is None:
+        settings = record.resolve(settings, stores.catalog, "doctor")
+        models = Models(settings)
+    found = check(stores.catalog, stores.vectors, models.fingerprint)
+    out = {"found": found.to_dict()}
+    if repair and found.total:
+        out["repair"] = do_repair(found, Indexer(settings, stores, models))
+        out["after"] = check(stores.catalog, stores.vectors, models.fingerprint).to_dict()
+    return out

@@ -153,19 +153,19 @@ class ServerClient:
     def check_models(self, settings: Settings, *, reindex: bool = False) -> None:
         """The server indexes and searches with its library's models: asking it for others (or to
         switch) is a usage error."""
-        from segsearch import library
+        from segsearch import record
 
         given = settings.model_fields_set & set(MODEL_FIELDS)
         if not given and not reindex:
             return
         rec = library.Recorded(**self.info()["library"])
-        recalled = library.recalled(rec)
+        recalled = record.recalled(rec)
         differ = [k for k in given if k in recalled and str(recalled[k]) != str(getattr(settings, k))
                   and not (k in ("sam", "clip") and _same_model(k, getattr(settings, k), rec))]
         if differ or reindex:
             asked = f"; asked for {', '.join(f'{k}={getattr(settings, k)}' for k in sorted(differ))}" if differ else ""
             raise ConfigError(
-                f"segsearch serve (at {self.url}) holds this data directory and works with {library.describe(rec)}"
+                f"segsearch serve (at {self.url}) holds this data directory and works with {record.describe(rec)}"
                 f"{asked}. Stop the server to switch models (`segsearch index PATHS --reindex`), or drop those flags.")
 
     def index(self, settings: Settings, paths: list[str], *, force: bool = False, reindex: bool = False,

@@ -37,3 +37,10 @@ class ImageError(ValueError):
 
 class ImageTooLarge(ImageError):
     """Pixel count above the configured cap (decompression-bomb guard)."""
+
+
+class Stop(BaseException):
+    """Ends an index run early from inside it (a cancelled server job, raised before an image's
+    model work or after an outcome is recorded). A BaseException, like KeyboardInterrupt, so that
+    the per-image error handling cannot take it for a failure of the image. Images already written
+    stay indexed; the ones in flight stay pending and the next run redoes them."""

@@ -1,232 +1,243 @@
-"""A library remembers its models.
+"""The Python API: ``from segsearch import Library``.
 
-A data directory records, at its first index, what it was indexed with (the ``library`` table,
-migration 0003): the SAM model, the automatic-mask-generation and crop settings, and the CLIP
-model, each model with its name, where it was loaded from and its SHA-256. Every command given no
-model flags (``index``, ``search``, ``serve``, ``doctor``, ``info``) then uses the recorded ones,
-so a library indexed with ``--sam sam-shapes-tiny --clip clip-shapes-tiny`` is searched with
-``clip-shapes-tiny`` without anyone repeating it.
+    from segsearch import Library
 
-Asking for something else is explicit:
+    with Library("~/photos-index") as lib:            # a data directory (created on first index)
+        lib.index(["~/Pictures"])                       # SAM masks -> crops -> CLIP -> stores
+        for hit in lib.search("red car", top_k=5):      # text; or image=..., or segment_id=...
+            print(hit.score, hit.image_path, hit.bbox)
 
-* ``index`` with models or settings other than the recorded ones stops (exit 2, naming what is
-  recorded) unless ``--reindex`` is given; then the record is replaced and the images given are
-  re-indexed (their pipeline fingerprint changes).
-* ``search`` / ``serve`` with ``--clip X`` work when X's vector collection exists (an earlier
-  model of this library), and otherwise list the models that have one.
-
-"Explicit" means set by a flag, an environment variable or a config file; a default never
-overrides the record (``Settings.model_fields_set``).
+A library remembers its models (``segsearch.record``): ``sam``/``clip`` are needed only when a
+new library should use other models than the defaults. The CLI (``segsearch ...``) and the HTTP
+API (``segsearch serve``) are thin layers over this class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
-from segsearch.errors import ConfigError
+from segsearch.errors import ConfigError, ImageError
+from segsearch.runtime import Models, Stores, open_stores
+from segsearch.search import SearchPage, Searcher, minus
 from segsearch.settings import Settings
+from segsearch.store.vectors import SearchFilter
 
-Purpose = Literal["index", "search", "serve", "doctor", "info"]
-
-AMG_FIELDS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-              "crop_n_layers", "min_mask_region_area")  # points_per_batch is speed only
-CROP_FIELDS = {"mode": "crop_mode", "padding": "crop_padding", "min_area": "min_segment_area"}
+if TYPE_CHECKING:  # pragma: no cover
+    from segsearch.search import Hit
 
 
-@dataclass
-class Recorded:
-    """The library table, as read (empty dicts when the data directory was never indexed)."""
-
-    sam: dict
-    clip: dict
-    amg: dict
-    crop: dict
-    clips: list  # every CLIP model this library has had a collection for, newest last
-
-    @property
-    def empty(self) -> bool:
-        return not (self.sam or self.clip)
-
-    def to_dict(self) -> dict:
-        return {"sam": self.sam, "clip": self.clip, "amg": self.amg, "crop": self.crop, "clips": self.clips}
-
-
-def _source(name_or_path: str) -> str:
-    """How a model is named in the record: a registered name as is, a file as its absolute path."""
-    p = Path(name_or_path).expanduser()
-    return str(p.resolve()) if p.is_file() else name_or_path
-
-
-def sam_entry(settings: Settings) -> dict:
-    from segsearch.models import get_sam_spec
-
-    spec = get_sam_spec(settings.sam)
-    return {"name": spec.name, "source": _source(settings.sam), "fingerprint": spec.fingerprint,
-            "sha256": spec.weights.sha256 if spec.weights else None}
-
-
-def clip_entry(settings: Settings) -> dict:
-    from segsearch.identity import collection_name
-    from segsearch.models import get_clip_spec
-
-    spec = get_clip_spec(settings.clip, settings.clip_arch)
-    return {"name": spec.name, "source": _source(settings.clip), "arch": settings.clip_arch,
-            "fingerprint": spec.fingerprint, "sha256": spec.weights.sha256 if spec.weights else None,
-            "collection": collection_name(spec.fingerprint)}
-
-
-def amg_entry(settings: Settings) -> dict:
-    return {k: getattr(settings, k) for k in AMG_FIELDS}
-
-
-def crop_entry(settings: Settings) -> dict:
-    return settings.crop_params()
-
-
-def read(catalog) -> Recorded:
-    """The record; a library indexed before the record existed is described by its last run."""
-    rec = catalog.library()
-    if not rec and catalog.has_indexed():
-        rec = _from_last_run(catalog)
-    return Recorded(rec.get("sam", {}), rec.get("clip", {}), rec.get("amg", {}), rec.get("crop", {}),
-                    rec.get("clips", {}).get("models", []))
-
-
-def _from_last_run(catalog) -> dict:
-    run = catalog.last_run()
-    if run is None or not isinstance(run.settings, dict):
-        return {}
-    s = run.settings
-    if str(s.get("sam", "")).startswith("file:") or str(s.get("clip", "")).startswith("file:"):
-        return {}  # a user file's path was not kept in the run: nothing reliable to recall
-    from segsearch.models import get_clip_spec, get_sam_spec
+def make_settings(**given: Any) -> Settings:
+    """Settings from the environment, config files and defaults, overridden by the values given
+    (``None`` means "not given", so the library's record still decides)."""
+    from pydantic import ValidationError
 
     try:
-        base = Settings(sam=s["sam"], clip=s["clip"],
-                        **{k: v for k, v in s.get("amg", {}).items() if k in AMG_FIELDS},
-                        **{CROP_FIELDS[k]: v for k, v in s.get("crop", {}).items() if k in CROP_FIELDS})
-        get_sam_spec(base.sam), get_clip_spec(base.clip)
-    except (KeyError, ConfigError, ValueError):
-        return {}
-    return {"sam": sam_entry(base), "clip": clip_entry(base), "amg": amg_entry(base), "crop": crop_entry(base)}
+        return Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
 
 
-def record_for_run(catalog, settings: Settings) -> None:
-    """Before an index run with (resolved) ``settings``: write the record (a library's first index,
-    or an explicit --reindex) unless it says so already. Each entry is computed once (a user's
-    checkpoint file is hashed to name it)."""
-    stored = catalog.library()
-    current = read(catalog)
-    entries = {"sam": sam_entry(settings), "clip": clip_entry(settings), "amg": amg_entry(settings),
-               "crop": crop_entry(settings)}
-    if stored and all(stored.get(k) == v for k, v in entries.items()):
-        return
-    clip = entries["clip"]  # every CLIP model with a collection here, the new one last
-    clips = [c for c in current.clips if c.get("collection") != clip["collection"]]
-    if current.clip and current.clip.get("collection") != clip["collection"] and current.clip not in clips:
-        clips.append(current.clip)
-    catalog.set_library({**entries, "clips": {"models": [*clips, clip]}})
+class Library:
+    """A photo library indexed at the level of objects: one data directory (or one SQL database
+    and Qdrant server), its stores open for the life of this object.
 
+    ``data_dir``, ``sam``, ``clip`` and any ``Settings`` field as a keyword (``device="cuda"``,
+    ``database_url=...``, ``points_per_side=16``) override the environment and config files.
+    ``settings``/``models``: ready-made ones (the server, tests and benchmarks share theirs)."""
 
-def recalled(rec: Recorded) -> dict:
-    """Settings fields that reproduce the record."""
-    out: dict = {}
-    if rec.sam:
-        out["sam"] = rec.sam["source"]
-    if rec.clip:
-        out["clip"] = rec.clip["source"]
-        out["clip_arch"] = rec.clip.get("arch", "ViT-B-32")
-    out.update({k: v for k, v in rec.amg.items() if k in AMG_FIELDS})
-    out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
-    return out
+    def __init__(self, data_dir: str | Path | None = None, sam: str | None = None, clip: str | None = None, *,
+                 settings: Settings | None = None, models: Models | None = None, stores: Stores | None = None,
+                 **settings_kw: Any):
+        given = {"data": data_dir, "sam": sam, "clip": clip, **settings_kw}
+        if settings is None:
+            settings = make_settings(**given)
+        elif any(v is not None for v in given.values()):
+            settings = make_settings(**{**settings.model_dump(include=settings.model_fields_set), **given})
+        self.settings = settings
+        self.stores = stores or open_stores(settings)
+        self._models = models
+        self._search_models: Models | None = None
 
+    # --- life cycle ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.stores.close()
 
-def describe(rec: Recorded) -> str:
-    parts = []
-    if rec.sam:
-        parts.append(f"SAM {rec.sam['name']}")
-    if rec.clip:
-        parts.append(f"CLIP {rec.clip['name']}")
-    return " and ".join(parts) or "nothing yet"
+    def __enter__(self) -> Library:
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-def resolve(settings: Settings, catalog, purpose: Purpose, *, reindex: bool = False,
-            collections: list[str] | None = None) -> Settings:
-    """``settings`` with every model setting the user did not give explicitly taken from the
-    library's record, after checking the explicit ones against it (see the module docstring).
+    @property
+    def catalog(self):
+        return self.stores.catalog
 
-    ``collections``: the vector collections that exist (search/serve accept an earlier CLIP model
-    whose collection is still there)."""
-    rec = read(catalog)
-    if rec.empty or (purpose == "index" and not catalog.has_indexed()):
-        return settings  # nothing indexed yet: the record (if any) is not binding; index records anew
-    explicit = settings.model_fields_set
-    keep = {k: v for k, v in recalled(rec).items() if k not in explicit}
-    resolved = settings.model_copy(update=keep)
-    if purpose == "info":
-        return resolved
+    @property
+    def vectors(self):
+        return self.stores.vectors
 
-    if purpose in ("search", "serve") and "clip" in explicit:
-        entry = clip_entry(resolved)
-        if entry["collection"] != rec.clip.get("collection"):
-            if collections is not None and entry["collection"] not in collections:
-                have = [c["name"] for c in rec.clips if c["collection"] in collections] or [rec.clip["name"]]
-                raise ConfigError(
-                    f"this library has no vectors for CLIP {entry['name']}: it holds vectors of "
-                    f"{', '.join(have)}. Search with one of those (or no --clip), or index with "
-                    f"`segsearch index PATHS --clip {settings.clip} --reindex`.")
-    if purpose in ("index", "doctor"):
-        changed = []
-        if "sam" in explicit and sam_entry(resolved)["fingerprint"] != rec.sam.get("fingerprint"):
-            changed.append(f"SAM {resolved.sam} (recorded: {rec.sam.get('name')})")
-        if "clip" in explicit and clip_entry(resolved)["fingerprint"] != rec.clip.get("fingerprint"):
-            changed.append(f"CLIP {resolved.clip} (recorded: {rec.clip.get('name')})")
-        for k in AMG_FIELDS:
-            if k in explicit and rec.amg and getattr(resolved, k) != rec.amg.get(k):
-                changed.append(f"{k} {getattr(resolved, k)} (recorded: {rec.amg.get(k)})")
-        for key, field in CROP_FIELDS.items():
-            if field in explicit and rec.crop and getattr(resolved, field) != rec.crop.get(key):
-                changed.append(f"{field} {getattr(resolved, field)} (recorded: {rec.crop.get(key)})")
-        if changed and not (purpose == "index" and reindex):
-            how = ("pass --reindex to re-index with them (the record is replaced), or drop those flags"
-                   if purpose == "index" else
-                   "doctor checks the library against its recorded models; drop those flags, or switch "
-                   "models with `segsearch index PATHS --reindex`")
-            raise ConfigError(f"this library was indexed with {describe(rec)}; asked for "
-                              f"{'; '.join(changed)}: {how}.")
-    return resolved
+    def resolve(self, purpose: str, *, reindex: bool = False) -> Settings:
+        """These settings with what the user did not give taken from the library's record."""
+        from segsearch import record
 
+        collections = self.vectors.collections() if purpose in ("search", "serve") else None
+        return record.resolve(self.settings, self.catalog, purpose, reindex=reindex, collections=collections)
 
-def _dir_size(path: Path) -> int:
-    import os
+    def models(self) -> Models:
+        """The models searches use (the record's CLIP; loaded on first use)."""
+        if self._models is not None:
+            return self._models
+        if self._search_models is None:
+            self._search_models = Models(self.resolve("search"))
+        return self._search_models
 
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
+    # --- indexing ------------------------------------------------------------------------------------
+    def index(self, paths: Iterable[str | Path], force: bool = False, *, reindex: bool = False,
+              on_start: Callable[[int], None] | None = None, progress: Callable | None = None,
+              models: Models | None = None, indexer_hook: Callable | None = None):
+        """Segment, embed and store every image under ``paths`` (files, folders, globs); unchanged
+        images are skipped unless ``force``. Returns the run summary (``RunSummary``: indexed,
+        skipped, failed with reasons, segments, seconds per stage). ``reindex`` switches a library
+        to the models given (otherwise other models than the recorded ones are refused)."""
+        from segsearch.indexer.run import index_paths
 
+        summary = index_paths(self.settings, self.stores, paths, force=force, reindex=reindex,
+                              models=models or self._models, on_start=on_start, progress=progress,
+                              indexer_hook=indexer_hook)
+        self._search_models = None  # a first index may have recorded the models
+        return summary
 
-def info(settings: Settings, catalog, vectors) -> dict:
-    """What ``segsearch info`` and ``GET /v1/info`` show: models, counts, last run, size on disk."""
-    rec = read(catalog)
-    collection = rec.clip.get("collection")
-    run = catalog.last_run()
-    last = None
-    if run is not None:
-        last = {"id": run.id, "status": run.status, "started_at": run.started_at.isoformat() if run.started_at else None,
-                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                "indexed": run.indexed, "skipped": run.skipped, "failed": run.failed, "segments": run.segments}
-    data = Path(settings.data)
-    sizes = {"vectors": _dir_size(settings.vectors_path) if settings.vector_backend == "embedded" else 0}
-    db = data / "segsearch.db"
-    sizes["sql"] = sum(p.stat().st_size for p in data.glob("segsearch.db*")) if settings.database_url is None and db.exists() else 0
-    sizes["total"] = _dir_size(data) if data.is_dir() else 0
-    return {"data": str(data.resolve()), "library": rec.to_dict(), "counts": catalog.counts(),
-            "vectors": vectors.count(collection) if collection else 0, "collection": collection,
-            "last_run": last, "size_bytes": sizes}
+    def forget(self, paths: Iterable[str]) -> dict:
+        """Drop deleted files (their images, if no other path has the same bytes)."""
+        from segsearch.indexer.run import forget_paths
+
+        return forget_paths(self.stores, paths)
+
+    @staticmethod
+    def missing_inputs(paths: Iterable[str]) -> list[str]:
+        """The paths (files, folders, globs) that name nothing, without walking folders."""
+        from segsearch.indexer.discover import missing_inputs
+
+        return missing_inputs(paths)
+
+    def doctor(self, repair: bool = False, *, models: Models | None = None) -> dict:
+        """Drift between SQL records and vectors (orphans, missing vectors, stuck or stale images,
+        vanished files); ``repair`` fixes it and checks again."""
+        from segsearch.indexer.run import doctor
+
+        return doctor(self.settings, self.stores, repair=repair, models=models or self._models)
+
+    # --- search --------------------------------------------------------------------------------------
+    def searcher(self) -> Searcher:
+        m = self.models()
+        return Searcher(self.catalog, self.vectors, m.embedder, m.collection)
+
+    def query_vector(self, text: str | None = None, *, image: Any = None, segment_id: str | None = None,
+                     negative_text: str | None = None):
+        """The CLIP vector of a query: a text, an image (path, bytes, PIL image or RGB array; the
+        whole image) or a stored segment ("more like this"), optionally minus a negative text."""
+        import numpy as np
+
+        if sum(x is not None for x in (text, image, segment_id)) != 1:
+            raise ConfigError("give exactly one of text, image or segment_id")
+        s = self.searcher()
+        if text is not None:
+            vector = s.text_vector(text)
+        elif image is not None:
+            vector = s.image_vector(self._pil(image))
+        else:
+            m = self.models()
+            point = self.vectors.retrieve(m.collection, [segment_id]).get(segment_id)
+            if point is None or segment_id not in self.catalog.get_segments([segment_id]):
+                raise KeyError(segment_id)
+            vector = np.asarray(point.vector, np.float32)
+        if negative_text:
+            vector = minus(vector, s.text_vector(negative_text))
+        return vector
+
+    def search(self, text: str | None = None, *, image: Any = None, segment_id: str | None = None,
+               top_k: int = 10, filters: SearchFilter | dict | None = None, negative_text: str | None = None,
+               offset: int = 0, score_threshold: float | None = None) -> list[Hit]:
+        """The ``top_k`` best segments for a text, an image or a stored segment. ``filters``: a
+        ``SearchFilter`` or a dict of its fields (``kind``, ``path_prefix``, ``image_ids``,
+        ``min_area``, ``max_area``)."""
+        return self.search_page(text, image=image, segment_id=segment_id, top_k=top_k, filters=filters,
+                                negative_text=negative_text, offset=offset, score_threshold=score_threshold).hits
+
+    def search_page(self, text: str | None = None, *, image: Any = None, segment_id: str | None = None,
+                    top_k: int = 10, filters: SearchFilter | dict | None = None, negative_text: str | None = None,
+                    offset: int = 0, score_threshold: float | None = None, group_by_image: bool = False,
+                    group_size: int = 3) -> SearchPage:
+        """``search`` with paging (``next_offset``) and, optionally, results grouped per image."""
+        vector = self.query_vector(text, image=image, segment_id=segment_id, negative_text=negative_text)
+        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        return self.searcher().page(vector, top_k=top_k, offset=offset, flt=flt, score_threshold=score_threshold,
+                                    group_by_image=group_by_image, group_size=group_size)
+
+    def _pil(self, image: Any):
+        from PIL import Image
+
+        from segsearch.images import decode_image
+
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        if hasattr(image, "shape"):
+            return Image.fromarray(image).convert("RGB")
+        try:
+            data = image if isinstance(image, bytes) else Path(image).expanduser().read_bytes()
+            return decode_image(data, max_pixels=self.settings.max_image_pixels).pil()
+        except (OSError, ImageError) as exc:
+            raise ConfigError(f"cannot use query image {image if not isinstance(image, bytes) else '(bytes)'}: "
+                              f"{exc}") from exc
+
+    # --- segments ------------------------------------------------------------------------------------
+    def segment(self, image: Any, *, points=None, labels=None, box=None, multimask: bool = True):
+        """Interactive segmentation: point prompts (``[[x, y], ...]``, labels 1 foreground / 0
+        background) and/or a box (``[x, y, w, h]``) on an image (path, bytes or RGB array) ->
+        ``(masks (N, H, W) bool, scores)``, best first. Loads SAM (the library's)."""
+        import hashlib
+
+        import numpy as np
+
+        from segsearch.models.sam import PromptSegmenter
+
+        rgb = np.asarray(self._pil(image))
+        m = self.models()
+        if not hasattr(self, "_segmenter"):
+            self._segmenter = PromptSegmenter(m.sam)
+        pts = None if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+        lab = None if pts is None else np.asarray(labels if labels is not None else [1] * len(pts), np.int64)
+        xyxy = None if box is None else [box[0], box[1], box[0] + box[2], box[1] + box[3]]
+        key = hashlib.sha256(rgb.tobytes()).hexdigest()
+        masks, scores, _ = self._segmenter.predict(key, rgb, points=pts, labels=lab, box_xyxy=xyxy,
+                                                   multimask=multimask)
+        order = np.argsort(-scores)
+        return masks[order], scores[order]
+
+    def info(self) -> dict:
+        """Recorded models and settings, counts, last run and size on disk (``segsearch info``)."""
+        from segsearch import record
+
+        return record.info(self.resolve("info"), self.catalog, self.vectors)
+
+    def export(self, dest: str | Path, *, kind: str | None = None) -> int:
+        """Write every indexed segment as one JSON line (segment and image ids, source paths, box,
+        area, SAM's scores, COCO RLE mask) to ``dest``; returns the number of lines."""
+        import json
+
+        n = 0
+        with open(Path(dest).expanduser(), "w") as out:
+            for image, rows in self.catalog.iter_indexed_segments():
+                paths = self.catalog.image_paths(image.id)
+                for r in rows:
+                    if kind is not None and r.kind != kind:
+                        continue
+                    out.write(json.dumps({
+                        "segment_id": r.id, "image_id": image.id, "paths": paths, "width": image.width,
+                        "height": image.height, "kind": r.kind, "bbox": r.bbox, "area": int(r.area),
+                        "area_frac": r.area_frac, "predicted_iou": r.predicted_iou,
+                        "stability_score": r.stability_score, "rle": r.rle}) + "\n")
+                    n += 1
+        return n

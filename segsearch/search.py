@@ -1,5 +1,6 @@
 """Search over stored segments: text or image query -> CLIP vector -> vector index -> hits joined
-with their SQL records. Shared by ``segsearch search`` and the API."""
+with their SQL records, as a flat page or grouped per image. Shared by the library API
+(``segsearch.Library.search``), ``segsearch search`` and the HTTP API."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from segsearch.store.sql import Catalog
 from segsearch.store.vectors import SearchFilter, VectorIndex
 
 PROMPT_TEMPLATE = "a photo of a {}."
+NEGATIVE_WEIGHT = 0.5  # "red car, not a toy": query - 0.5 * "toy"; 1.0 overshot into unrelated segments
+MAX_GROUP_FETCH = 5000  # segments fetched to fill grouped pages (bounds a deep page's cost)
 _PHRASE_STARTS = ("a ", "an ", "the ", "photo", "picture", "image", "this ", "my ", "some ")
 
 
@@ -39,6 +42,33 @@ class Hit:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Group:
+    """One image's best segments, for results grouped per image (ranked by the best one)."""
+
+    image_id: str
+    image_path: str | None
+    score: float
+    hits: list[Hit]
+
+
+@dataclass
+class SearchPage:
+    hits: list[Hit]
+    groups: list[Group] | None = None  # when grouped per image
+    next_offset: int | None = None  # offset of the next page, None on the last one
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def minus(vector: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """The query vector pushed away from a negative text's vector, unit length again."""
+    return unit(np.asarray(vector, np.float32) - NEGATIVE_WEIGHT * np.asarray(negative, np.float32))
 
 
 class Searcher:
@@ -77,3 +107,23 @@ class Searcher:
             if len(hits) >= want or len(raw) < fetch:
                 return hits[:want]
             fetch *= 2
+
+    def page(self, vector, *, top_k: int = 10, offset: int = 0, flt: SearchFilter | None = None,
+             score_threshold: float | None = None, group_by_image: bool = False, group_size: int = 3) -> SearchPage:
+        """One page of results: ``top_k`` hits from ``offset``, or, grouped, ``top_k`` images from
+        ``offset`` with up to ``group_size`` best segments each."""
+        if not group_by_image:
+            hits = self.search_vector(vector, top_k=top_k + 1, flt=flt, offset=offset, score_threshold=score_threshold)
+            return SearchPage(hits=hits[:top_k], next_offset=offset + top_k if len(hits) > top_k else None)
+        need = (offset + top_k + 1) * group_size * 4
+        hits = self.search_vector(vector, top_k=min(need, MAX_GROUP_FETCH), flt=flt, score_threshold=score_threshold)
+        groups: dict[str, list[Hit]] = {}
+        for h in hits:
+            g = groups.setdefault(h.image_id, [])
+            if len(g) < group_size:
+                g.append(h)
+        ordered = list(groups.values())
+        page = [Group(g[0].image_id, g[0].image_path, g[0].score, g) for g in ordered[offset : offset + top_k]]
+        more = len(ordered) > offset + top_k
+        return SearchPage(hits=[h for g in page for h in g.hits], groups=page,
+                          next_offset=offset + top_k if more else None)

@@ -87,7 +87,7 @@ def settings(tmp_path) -> Settings:
 def make_models(tiny_sam, tiny_embedder):
     """Models for a settings object, sharing the session's loaded networks."""
     from segsearch.indexer.amg import make_mask_generator
-    from segsearch.indexer.pipeline import Models
+    from segsearch.runtime import Models
 
     def _make(settings: Settings, *, embedder=None, mask_generator=None) -> Models:
         gen = mask_generator or make_mask_generator(settings.amg, tiny_sam, **settings.amg_params())
@@ -99,12 +99,12 @@ def make_models(tiny_sam, tiny_embedder):
 @pytest.fixture
 def index(make_models):
     """index(settings, paths, force=False, reindex=False, models=None) -> RunSummary, through the
-    CLI's runner."""
-    from segsearch.cli import run_index
+    library API."""
+    from segsearch import Library
 
     def _index(settings, paths, *, force=False, reindex=False, models=None):
-        return run_index(settings, [str(p) for p in paths], force=force, reindex=reindex,
-                         models=models or make_models(settings))
+        with Library(settings=settings, models=models or make_models(settings)) as library:
+            return library.index([str(p) for p in paths], force=force, reindex=reindex)
 
     return _index
 
@@ -112,7 +112,7 @@ def index(make_models):
 @pytest.fixture
 def stores(settings):
     """Open (catalog, vectors) on the settings' data dir; closed at teardown."""
-    from segsearch.cli import open_stores
+    from segsearch.runtime import open_stores
 
     opened = []
 

@@ -8,9 +8,9 @@ import tiny
 from segsearch.indexer.amg import ReferenceAMG, make_mask_generator
 from segsearch.models.registry import get_sam_spec
 from segsearch.models.sam import load_sam
-from segsearch.quality import iou_matrix
+from segsearch.eval.quality import iou_matrix
 from segsearch.settings import Settings
-from segsearch.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
 
 
 def agreement(ref, fast):

@@ -20,9 +20,9 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
     """One small library indexed once for the whole module (the API only reads it)."""
-    from segsearch.cli import run_index
+    from segsearch import Library
     from segsearch.indexer.amg import make_mask_generator
-    from segsearch.indexer.pipeline import Models
+    from segsearch.runtime import Models
 
     import tiny
 
@@ -35,7 +35,8 @@ def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
                         **tiny.TINY_AMG)
     models = Models(settings, sam_spec=tiny.TINY_SAM, embedder=tiny_embedder,
                     mask_generator=make_mask_generator(settings.amg, tiny_sam, **settings.amg_params()))
-    run_index(settings, [str(lib)], models=models)
+    with Library(settings=settings, models=models) as library:
+        library.index([str(lib)])
     return settings, lib
 
 

@@ -17,9 +17,9 @@ KEY = "fuzz-key-1234"
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
-    from segsearch.cli import run_index
+    from segsearch import Library
     from segsearch.indexer.amg import make_mask_generator
-    from segsearch.indexer.pipeline import Models
+    from segsearch.runtime import Models
 
     import tiny
 
@@ -30,7 +30,8 @@ def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
                  max_upload_bytes=200_000, max_image_pixels=4_000_000, api_key=KEY, **tiny.TINY_AMG)
     models = Models(s, sam_spec=tiny.TINY_SAM, embedder=tiny_embedder,
                     mask_generator=make_mask_generator(s.amg, tiny_sam, **s.amg_params()))
-    run_index(s, [str(root / "lib")], models=models)
+    with Library(settings=s, models=models) as library:
+        library.index([str(root / "lib")])
     services = Services(s, embedder=tiny_embedder, sam=tiny_sam)
     app = create_app(s, services=services)
     from fastapi.testclient import TestClient

@@ -145,7 +145,7 @@ def test_unreadable_deleted_and_changed_files(settings, index, stores, tmp_path,
     on, and the next run converges on what is on disk."""
     import builtins
 
-    from segsearch.indexer import pipeline
+    from segsearch.indexer.reader import Reader
 
     lib = tmp_path / "lib"
     locked = lib / "locked.png"
@@ -155,23 +155,23 @@ def test_unreadable_deleted_and_changed_files(settings, index, stores, tmp_path,
     for p, c in [(locked, (200, 0, 0)), (gone, (0, 200, 0)), (changing, (0, 0, 200)), (ok, (200, 200, 0))]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(png_bytes(scene(color=c)))
-    real_open, real_read = builtins.open, pipeline.Indexer._read
+    real_open, real_read = builtins.open, Reader.read
 
     def guarded_open(file, *a, **kw):
         if str(file) == str(locked):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *a, **kw)
 
-    def read_after_change(self, path, pre):
+    def read_after_change(self, path, looked, **kw):
         if path == gone and gone.exists():
             gone.unlink()  # deleted after discovery and stat, just before it is read
         if path == changing and not getattr(self, "_changed", False):
             self._changed = True
             changing.write_bytes(png_bytes(scene(color=(10, 240, 240), box=(5, 5, 30, 30))))  # rewritten mid-run
-        return real_read(self, path, pre)
+        return real_read(self, path, looked, **kw)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
-    monkeypatch.setattr(pipeline.Indexer, "_read", read_after_change)
+    monkeypatch.setattr(Reader, "read", read_after_change)
     r = index(settings, [lib])
     failures = {f.path: f.error for f in r.failures}
     assert "Permission denied" in failures[str(locked)]
@@ -179,7 +179,7 @@ def test_unreadable_deleted_and_changed_files(settings, index, stores, tmp_path,
     assert r.indexed == 2  # ok.png and the rewritten file (its new bytes)
 
     monkeypatch.setattr(builtins, "open", real_open)
-    monkeypatch.setattr(pipeline.Indexer, "_read", real_read)
+    monkeypatch.setattr(Reader, "read", real_read)
     again = index(settings, [lib])
     assert again.failed == 0 and again.indexed == 1  # the formerly unreadable file; nothing else redone
     catalog, _ = stores()

@@ -10,8 +10,8 @@ import numpy as np
 from conftest import png_bytes, scene, write
 from PIL import Image
 
-from segsearch.indexer.crops import MAX_CANVAS, cut_crop, whole_image
-from segsearch.shapes import DEMO_SEEDS, make_scene
+from segsearch.crops import MAX_CANVAS, cut_crop, whole_image
+from segsearch.eval.shapes import DEMO_SEEDS, make_scene
 
 # `segsearch ARGS` in this process, then its own peak RSS (KiB) on stderr's last line
 PEAK = """

@@ -29,7 +29,7 @@ def env_for(settings):
 
 
 def indexed_without_vectors(settings) -> set[str]:
-    from segsearch.cli import open_stores
+    from segsearch.runtime import open_stores
 
     catalog, vectors = open_stores(settings)
     try:

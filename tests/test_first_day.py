@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from segsearch.shapes import DEMO_SEEDS, HELDOUT_SEEDS, make_scene
+from segsearch.eval.shapes import DEMO_SEEDS, HELDOUT_SEEDS, make_scene
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]  # the README's pinned build

@@ -53,7 +53,7 @@ def library(root, n=3):
 def store_state(settings):
     """What a user could observe: image statuses, segment ids in SQL, point ids in the store.
     Opens and closes the stores (the embedded store admits one process/handle at a time)."""
-    from segsearch.cli import open_stores
+    from segsearch.runtime import open_stores
 
     catalog, vectors = open_stores(settings)
     coll = collection_name(tiny.TINY_CLIP.fingerprint)
@@ -301,8 +301,7 @@ def test_indexer_works_on_server_backend(settings, index, stores, tmp_path):
 def test_indexer_class_can_be_used_alone(settings, make_models, stores, tmp_path):
     """The pipeline object works without the CLI wrapper (for the API and engines)."""
     write(tmp_path / "x.png", png_bytes(scene()))
-    catalog, vectors = stores()
-    indexer = Indexer(settings, catalog, vectors, make_models(settings, mask_generator=RedMaskGenerator()))
+    indexer = Indexer(settings, stores(), make_models(settings, mask_generator=RedMaskGenerator()))
     outcome = indexer.index_file(tmp_path / "x.png")
     assert outcome.status == "indexed" and outcome.segments == 2
 

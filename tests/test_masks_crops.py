@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import scene
 
-from segsearch.indexer.crops import FILL, cut_crop, square_box, whole_image
+from segsearch.crops import FILL, cut_crop, square_box, whole_image
 from segsearch.masks import MaskSet, decode_rle, encode_rle, rle_area
 
 

@@ -6,9 +6,9 @@ import json
 from typer.testing import CliRunner
 
 from segsearch.cli import app
-from segsearch.quality import evaluate, shapes_eval_set
+from segsearch.eval.quality import evaluate, shapes_eval_set
 from segsearch.settings import Settings
-from segsearch.shapes import SHAPES_AMG
+from segsearch.eval.shapes import SHAPES_AMG
 
 
 def test_bundled_models_quality_floor(tmp_path):
@@ -24,7 +24,7 @@ def test_bundled_models_quality_floor(tmp_path):
 def test_validation_scenes_are_not_the_reported_ones(tmp_path):
     """Settings are tuned on the validation split; it must never share a scene with the held-out
     figures or with training."""
-    from segsearch.shapes import DEMO_SEEDS, HELDOUT_SEEDS, TRAIN_SEEDS, VALIDATION_SEEDS
+    from segsearch.eval.shapes import DEMO_SEEDS, HELDOUT_SEEDS, TRAIN_SEEDS, VALIDATION_SEEDS
 
     ranges = [TRAIN_SEEDS, HELDOUT_SEEDS, DEMO_SEEDS, VALIDATION_SEEDS]
     for i, a in enumerate(ranges):

@@ -12,7 +12,7 @@ from conftest import png_bytes, write
 from segsearch.identity import collection_name
 from segsearch.models import get_clip_spec
 from segsearch.settings import Settings
-from segsearch.shapes import SHAPES_AMG, make_scene
+from segsearch.eval.shapes import SHAPES_AMG, make_scene
 
 pytest.importorskip("ray")
 
@@ -36,7 +36,7 @@ def run(data, lib, *extra):
 
 
 def stored(data):
-    from segsearch.cli import open_stores
+    from segsearch.runtime import open_stores
 
     s = Settings(data=data, clip="clip-shapes-tiny")
     catalog, vectors = open_stores(s)

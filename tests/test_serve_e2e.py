@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from segsearch.settings import Settings
-from segsearch.shapes import DEMO_SEEDS, SHAPES_AMG
+from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -21,8 +21,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def indexed(tmp_path_factory):
     from PIL import Image
 
-    from segsearch.cli import run_index
-    from segsearch.shapes import make_scene
+    from segsearch import Library
+    from segsearch.eval.shapes import make_scene
 
     root = tmp_path_factory.mktemp("e2e")
     lib = root / "scenes"
@@ -30,7 +30,8 @@ def indexed(tmp_path_factory):
     for seed in DEMO_SEEDS[:4]:
         Image.fromarray(make_scene(seed).image).save(lib / f"scene-{seed}.png")
     settings = Settings(data=root / "data", sam="sam-shapes-tiny", clip="clip-shapes-tiny", **SHAPES_AMG)
-    summary = run_index(settings, [str(lib)])
+    with Library(settings=settings) as library:
+        summary = library.index([str(lib)])
     assert summary.indexed == 4
     return settings
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segsearch.search import prompt_for
-from segsearch.shapes import COLORS, MIN_VISIBLE, SHAPES, make_scene, shape_mask
+from segsearch.eval.shapes import COLORS, MIN_VISIBLE, SHAPES, make_scene, shape_mask
 
 
 def test_scenes_are_deterministic():

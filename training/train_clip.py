@@ -6,7 +6,7 @@ tokenizer), trained contrastively on crops of shapes-world objects against capti
     python training/train_clip.py --init stage1.pt --amg-scenes 3000 --steps 1500 --lr 3e-4 \
         --seed 1 --out checkpoints/clip-shapes-tiny.pt    # stage 2 (bundled), ~27 min, see below
 
-Crops are cut exactly as the indexer cuts them (``segsearch.indexer.crops.cut_crop``, all three
+Crops are cut exactly as the indexer cuts them (``segsearch.crops.cut_crop``, all three
 crop modes, masks jittered to mimic imperfect SAM masks). Captions vary (several templates,
 colour-only and shape-only captions); a few templates are held out of training and used only to
 check that unseen phrasings of seen words still work. Background crops get "background"
@@ -14,7 +14,7 @@ captions so that non-objects have a place of their own in the space. The loss is
 symmetric InfoNCE with multi-positive targets (every caption consistent with a crop counts).
 
 Stage 2 (``--amg-scenes N``) adds the crops search actually ranks: the bundled SAM's automatic
-masks on N more training scenes (``segsearch.shapes.SHAPES_AMG``, filters relaxed to 0.5 so
+masks on N more training scenes (``segsearch.eval.shapes.SHAPES_AMG``, filters relaxed to 0.5 so
 rough masks are seen too), cut like the indexer cuts them. A mask that matches a ground-truth
 shape at IoU >= 0.75 takes its label; one that barely touches any shape is "background";
 the ambiguous rest (parts, merged shapes) is left out. Held-out figures: a separate seed range.
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segsearch.indexer.crops import cut_crop
+from segsearch.crops import cut_crop
 from segsearch.masks import mask_box_xywh
 from segsearch.models.registry import CLIP_SHAPES_TINY_CFG
-from segsearch.shapes import COLORS, HELDOUT_SEEDS, SHAPES, TRAIN_SEEDS, make_scene
+from segsearch.eval.shapes import COLORS, HELDOUT_SEEDS, SHAPES, TRAIN_SEEDS, make_scene
 
 SIZE = CLIP_SHAPES_TINY_CFG["vision_cfg"]["image_size"]
 TRAIN_TEMPLATES = ["a {}", "a photo of a {}.", "{}", "a {} shape", "a picture of a {}", "the {}",
@@ -95,13 +95,14 @@ def _amg():
     global _AMG
     if _AMG is None:
         torch.set_num_threads(1)
-        from segsearch.indexer.pipeline import Models
+        from segsearch.indexer.amg import mask_generator_for
+        from segsearch.runtime import Models
         from segsearch.settings import Settings
-        from segsearch.shapes import SHAPES_AMG
+        from segsearch.eval.shapes import SHAPES_AMG
 
         s = Settings(sam="sam-shapes-tiny", clip="clip-shapes-tiny", offline=True,
                      **{**SHAPES_AMG, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5})
-        _AMG = Models(s).mask_generator
+        _AMG = mask_generator_for(Models(s))
     return _AMG
 
 

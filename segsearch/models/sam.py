@@ -119,3 +119,47 @@ def load_sam(spec: SamSpec, checkpoints: Path, *, device: str = "cpu", offline: 
         sam = build_sam_model(spec.config)
         sam.load_state_dict(load_state_dict(path))
     return sam.to(device).eval()
+
+
+class PromptSegmenter:
+    """Point/box prompts on one image -> masks, with SAM's image embeddings cached by a key the
+    caller gives (the image's content hash or id): repeated prompts on one image only run the
+    light prompt encoder and mask decoder. Calls are serialised (one model instance)."""
+
+    def __init__(self, sam, *, cache_images: int = 16, lock=None):
+        import threading
+        from collections import OrderedDict
+
+        self.sam = sam
+        self.cache_images = cache_images
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._lock = lock or threading.Lock()  # a server shares one lock over all its torch calls
+
+    def predict(self, key: str, rgb, *, points=None, labels=None, box_xyxy=None, multimask: bool = True):
+        """``(masks (N, H, W) bool, scores (N,), cached)`` for the prompts; ``cached`` says whether
+        the image embedding came from the cache."""
+        import numpy as np
+        import torch
+        from segment_anything import SamPredictor
+
+        with self._lock:
+            predictor = SamPredictor(self.sam)
+            state = self._cache.get(key)
+            if state is not None:
+                self._cache.move_to_end(key)
+                predictor.reset_image()
+                predictor.features = state["features"]
+                predictor.original_size, predictor.input_size = state["original_size"], state["input_size"]
+                predictor.is_image_set = True
+            else:
+                with torch.inference_mode():
+                    predictor.set_image(rgb)
+                self._cache[key] = {"features": predictor.features, "original_size": predictor.original_size,
+                                    "input_size": predictor.input_size}
+                while len(self._cache) > self.cache_images:
+                    self._cache.popitem(last=False)
+            box = None if box_xyxy is None else np.asarray(box_xyxy, np.float32)
+            with torch.inference_mode():
+                masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels, box=box,
+                                                     multimask_output=multimask)
+        return masks.astype(bool), scores, state is not None

@@ -20,145 +20,25 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    delete,
-    event,
-    func,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from segsearch.errors import StorageError
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def as_utc(t: dt.datetime | None) -> dt.datetime | None:
-    """A stored timestamp as an aware UTC datetime (SQLite hands them back naive)."""
-    return t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ImageRow(Base):
-    __tablename__ = "images"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the bytes
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
-    format: Mapped[str | None] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    error: Mapped[str | None] = mapped_column(Text)
-    fingerprint: Mapped[str | None] = mapped_column(String(128))
-    collection: Mapped[str | None] = mapped_column(String(128))
-    n_segments: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    indexed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class ImagePathRow(Base):
-    __tablename__ = "image_paths"
-
-    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-
-
-class SegmentRow(Base):
-    __tablename__ = "segments"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUID = vector point id
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
-    fingerprint: Mapped[str] = mapped_column(String(128))
-    collection: Mapped[str] = mapped_column(String(128), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "object" | "image"
-    mask_index: Mapped[int] = mapped_column(Integer)  # -1 for the whole-image segment
-    x: Mapped[int] = mapped_column(Integer)
-    y: Mapped[int] = mapped_column(Integer)
-    w: Mapped[int] = mapped_column(Integer)
-    h: Mapped[int] = mapped_column(Integer)
-    area: Mapped[int] = mapped_column(BigInteger)
-    area_frac: Mapped[float] = mapped_column(Float)
-    predicted_iou: Mapped[float | None] = mapped_column(Float)
-    stability_score: Mapped[float | None] = mapped_column(Float)
-    rle: Mapped[dict | None] = mapped_column(JSON)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-    @property
-    def bbox(self) -> list[int]:
-        return [self.x, self.y, self.w, self.h]
-
-
-class ClaimRow(Base):
-    __tablename__ = "claims"
-
-    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    worker: Mapped[str] = mapped_column(String(128), index=True)
-    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-
-
-class RunRow(Base):
-    __tablename__ = "runs"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    settings: Mapped[dict] = mapped_column(JSON)
-    indexed: Mapped[int] = mapped_column(Integer, default=0)
-    skipped: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
-    segments: Mapped[int] = mapped_column(Integer, default=0)
-    failures: Mapped[list | None] = mapped_column(JSON)
-
-
-class LibraryRow(Base):
-    """What a data directory was indexed with (``segsearch.library``): one JSON value per key."""
-
-    __tablename__ = "library"
-
-    key: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[dict] = mapped_column(JSON)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-
-
-class JobRow(Base):
-    """An index job handed to a running server (``segsearch.api.jobs``)."""
-
-    __tablename__ = "jobs"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|completed|failed|cancelled
-    request: Mapped[dict] = mapped_column(JSON)
-    progress: Mapped[dict | None] = mapped_column(JSON)
-    summary: Mapped[dict | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+from segsearch.store.schema import (  # noqa: F401 - Base and the rows are this module's vocabulary
+    Base,
+    ClaimRow,
+    ImagePathRow,
+    ImageRow,
+    JobRow,
+    LibraryRow,
+    RunRow,
+    SegmentRecord,
+    SegmentRow,
+    as_utc,
+    utcnow,
+)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -306,12 +186,12 @@ class Catalog:
                 select(SegmentRow.id, SegmentRow.collection).where(SegmentRow.image_id == image_id))]
 
     def commit_segments(self, image_id: str, *, fingerprint: str, collection: str, width: int, height: int,
-                        fmt: str, segments: Sequence[dict]) -> None:
+                        fmt: str, segments: Sequence[SegmentRecord]) -> None:
         """Replace the image's segments and mark it indexed, atomically. Call only after its
         vectors were durably written."""
         with self.Session.begin() as s:
             s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
-            s.add_all([SegmentRow(image_id=image_id, fingerprint=fingerprint, collection=collection, **seg)
+            s.add_all([SegmentRow(image_id=image_id, fingerprint=fingerprint, collection=collection, **seg.columns())
                        for seg in segments])
             s.execute(update(ImageRow).where(ImageRow.id == image_id).values(
                 status="indexed", error=None, fingerprint=fingerprint, collection=collection, width=width,
@@ -333,6 +213,22 @@ class Catalog:
         with self.Session() as s:
             return list(s.scalars(select(SegmentRow).where(SegmentRow.image_id == image_id)
                                   .order_by(SegmentRow.mask_index)))
+
+    def iter_indexed_segments(self, batch: int = 500) -> Iterable[tuple[ImageRow, list[SegmentRow]]]:
+        """Every indexed image with its segments, in image id order, a batch of images at a time."""
+        after = ""
+        while True:
+            with self.Session() as s:
+                images = list(s.scalars(select(ImageRow).where(ImageRow.status == "indexed", ImageRow.id > after)
+                                        .order_by(ImageRow.id).limit(batch)))
+                if not images:
+                    return
+                rows: dict[str, list[SegmentRow]] = {im.id: [] for im in images}
+                for r in s.scalars(select(SegmentRow).where(SegmentRow.image_id.in_(list(rows)))
+                                   .order_by(SegmentRow.image_id, SegmentRow.mask_index)):
+                    rows[r.image_id].append(r)
+            yield from ((im, rows[im.id]) for im in images)
+            after = images[-1].id
 
     def segment_ids(self, collection: str | None = None) -> set[str]:
         with self.Session() as s:

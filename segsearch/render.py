@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from segsearch.images import decode_image
-from segsearch.indexer.crops import cut_crop, square_box
+from segsearch.crops import cut_crop, square_box
 from segsearch.masks import decode_rle
 
 HIGHLIGHT = np.array([255, 40, 120], np.float32)

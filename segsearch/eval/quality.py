@@ -53,7 +53,7 @@ def shapes_eval_set(folder: Path, n: int, *, start: int = 0, split: str = "heldo
     ``validation`` (a disjoint range, for choosing settings without touching the held-out set)."""
     from PIL import Image
 
-    from segsearch.shapes import HELDOUT_SEEDS, VALIDATION_SEEDS, make_scene
+    from segsearch.eval.shapes import HELDOUT_SEEDS, VALIDATION_SEEDS, make_scene
 
     seeds = {"heldout": HELDOUT_SEEDS, "validation": VALIDATION_SEEDS}[split]
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,16 +130,13 @@ def mask_quality(eval_set: EvalSet, generator, max_pixels: int) -> dict:
 
 def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries: dict[str, str] | None = None) -> dict:
     """Index the eval images with ``settings`` (its crop mode) and run one text query per class."""
-    from segsearch.cli import open_stores
-    from segsearch.indexer.pipeline import Indexer
-    from segsearch.search import Searcher
+    from segsearch.library import Library
     from segsearch.store.vectors import SearchFilter
 
     gt_by_path = {str(im.path.resolve()): im for im in eval_set.images}
-    catalog, vectors = open_stores(settings)
-    try:
-        Indexer(settings, catalog, vectors, models).run_paths([im.path.resolve() for im in eval_set.images])
-        searcher = Searcher(catalog, vectors, models.embedder, models.collection)
+    with Library(settings=settings, models=models) as library:
+        library.index([im.path.resolve() for im in eval_set.images])
+        catalog, searcher = library.catalog, library.searcher()
         # how many indexed segments are correct answers for each class (the ceiling of any ranking)
         correct_segments: dict[str, int] = {}
         for im in eval_set.images:
@@ -175,19 +172,17 @@ def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries:
                                "correct_segments": correct_segments.get(cls, 0)}
         return {"precision_at_5": float(np.mean(p5)), "recall_at_10": float(np.mean(r10)),
                 "queries": len(p5), "per_query": per_query}
-    finally:
-        vectors.close()
-        catalog.close()
 
 
 def evaluate(eval_set: EvalSet, settings: Settings, *, crop_modes=("masked", "box", "blur"),
              workdir: Path | None = None, models_factory=None) -> dict:
     """Full report: mask quality once, retrieval for the settings' crop mode and each of ``crop_modes``."""
-    from segsearch.indexer.pipeline import Models
+    from segsearch.indexer.amg import mask_generator_for
+    from segsearch.runtime import Models
 
     started = time.perf_counter()
     base = Models(settings) if models_factory is None else models_factory(settings)
-    cached = CachedMasks(base.mask_generator)
+    cached = CachedMasks(mask_generator_for(base))
     report = mask_quality(eval_set, cached, settings.max_image_pixels)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         by_mode = {}

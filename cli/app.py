@@ -1,0 +1,46 @@
+"""The typer application: global options, then every command registered from its module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from segsearch.cli import index, models, search, serve
+
+app = typer.Typer(help="Search inside photo libraries at the level of individual objects.",
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from segsearch import __version__
+
+        typer.echo(f"segsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    log_format: Annotated[str, typer.Option(
+        help="auto (rich on a terminal, JSON lines otherwise, e.g. in containers) | rich | json | text.",
+        case_sensitive=False)] = "auto",
+):
+    """Search inside photo libraries at the level of individual objects."""
+    import logging
+
+    from segsearch.logs import configure
+    from segsearch.settings import unknown_env_vars
+
+    configure(verbose=verbose, quiet=quiet, fmt=log_format)
+    for var in unknown_env_vars():
+        logging.getLogger("segsearch").warning("ignoring unknown environment variable %s", var)
+
+
+for command in (index.index, index.doctor, search.search, search.info, serve.serve, serve.demo):
+    app.command()(command)
+app.add_typer(models.app, name="models")

@@ -1,0 +1,120 @@
+"""``segsearch serve`` (the HTTP API and web page) and ``segsearch demo`` (offline, bundled models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from segsearch.errors import SegsearchError
+
+from segsearch.cli.index import print_summary, run_index
+from segsearch.cli.options import Backend, Clip, Data, DbUrl, Device, Json, Offline, QdrantUrl, Sam, fail
+
+
+def serve(
+    data: Data = None, clip: Clip = None, sam: Sam = None, device: Device = None, database_url: DbUrl = None,
+    vector_backend: Backend = None, qdrant_url: QdrantUrl = None, offline: Offline = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (env SEGSEARCH_HOST; default: 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (env SEGSEARCH_PORT; default: 8000).")] = None,
+    watch: Annotated[Optional[list[Path]], typer.Option(
+        "--watch", help="Keep this folder indexed while serving (new, changed and deleted files); repeatable.")] = None,
+):
+    """Run the query service (HTTP API + web page) over the data directory, with the library's models.
+    While it runs, `segsearch index/search/doctor/info` on the same data directory go through it."""
+    from segsearch.errors import ConfigError
+    from segsearch.library import make_settings
+
+    try:
+        settings = make_settings(data=data, clip=clip, sam=sam, device=device, database_url=database_url,
+                                 vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline,
+                                 host=host, port=port)
+        folders = [str(w) for w in watch or []]
+        not_dirs = [f for f in folders if not Path(f).is_dir()]
+        if not_dirs:
+            raise ConfigError(f"--watch: not a folder: {', '.join(not_dirs)}")
+        import uvicorn
+
+        from segsearch.api.app import create_app
+
+        typer.echo(f"segsearch serving {Path(settings.data).resolve()} on http://{settings.host}:{settings.port}",
+                   err=True)
+        # idle keep-alive connections close after 5 s; a request's headers may take at most 64 KiB
+        uvicorn.run(create_app(settings, announce=True, watch=folders), host=settings.host, port=settings.port,
+                    log_config=None, timeout_keep_alive=5, h11_max_incomplete_event_size=64 << 10,
+                    timeout_graceful_shutdown=10)
+    except SegsearchError as exc:
+        fail(exc)
+
+
+def demo(
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="Demo data directory (default: segsearch/demo in the user's data folder, "
+                       "$XDG_DATA_HOME or ~/.local/share).")] = None,
+    scenes: Annotated[int, typer.Option("--scenes", min=1, max=2000, help="Generated scenes to index.")] = 16,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=50)] = 3,
+    device: Device = None,
+    json_out: Json = False,
+):
+    """Offline demo: generate shapes-world scenes, index them with the bundled small models
+    (sam-shapes-tiny + clip-shapes-tiny), run example queries and print the hits.
+
+    The bundled models know only coloured shapes; real photos need real weights
+    (`segsearch index PHOTOS` downloads them)."""
+    from collections import Counter
+
+    from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG
+    from segsearch.library import Library, make_settings
+    from segsearch.settings import user_data_dir
+
+    data = data or user_data_dir() / "demo"
+    try:
+        settings = make_settings(data=data, device=device, sam="sam-shapes-tiny", clip="clip-shapes-tiny",
+                                 **SHAPES_AMG)
+        folder = Path(settings.data) / "scenes"
+        folder.mkdir(parents=True, exist_ok=True)
+        truth = _write_demo_scenes(folder, DEMO_SEEDS[:scenes])
+        summary = run_index(settings, [str(folder)], show_progress=not json_out and sys.stderr.isatty())
+        # query the objects that are really there (most frequent first), plus one colour-only query
+        common = [c for c, _ in Counter(c for caps in truth.values() for c in caps).most_common(5)]
+        results = []
+        with Library(settings=settings) as library:
+            for q in [*common, f"a {common[0].split()[0]} shape"]:
+                hits = library.search(q, top_k=top_k, filters={"kind": "object"})
+                results.append({"query": q, "hits": [h.to_dict() for h in hits]})
+    except SegsearchError as exc:
+        fail(exc)
+    if json_out:
+        typer.echo(json.dumps({"index": summary.to_dict(), "queries": results, "scenes": str(folder),
+                               "data": str(settings.data)}))
+        return
+    print_summary(summary.to_dict())
+    for r in results:
+        typer.secho(f'\n"{r["query"]}"', bold=True)
+        for h in r["hits"]:
+            x, y, w, hh = h["bbox"]
+            shown = ", ".join(truth.get(Path(h["image_path"]).name, []))
+            typer.echo(f"  {h['score']:.3f}  {Path(h['image_path']).name}  box=({x},{y},{w},{hh})  scene has: {shown}")
+    typer.echo(f"\nscenes in {folder}; the library remembers its models, so try:\n"
+               f"  segsearch search \"white star\" --data {settings.data}\n"
+               f"  segsearch serve --data {settings.data}\n"
+               "The bundled models know only coloured shapes: for real photos, `segsearch index PHOTOS` with the "
+               "default models (downloaded on first use).")
+
+
+def _write_demo_scenes(folder: Path, seeds) -> dict[str, list[str]]:
+    from PIL import Image
+
+    from segsearch.eval.shapes import make_scene
+
+    truth = {}
+    for seed in seeds:
+        name = f"scene-{seed}.png"
+        sc = make_scene(seed)
+        if not (folder / name).exists():
+            Image.fromarray(sc.image).save(folder / name)
+        truth[name] = sc.captions
+    return truth

@@ -1,0 +1,101 @@
+"""The reader stage: look a path up (skip it unchanged without reading), then read, hash and
+decode it in worker threads, a bounded window ahead of the model, so memory stays flat however
+large the library is. Decoding errors are kept as values: the image fails alone."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from segsearch.errors import ImageError
+from segsearch.identity import image_id
+from segsearch.images import DecodedImage, decode_image
+from segsearch.settings import Settings
+from segsearch.store.sql import Catalog, ImagePathRow, ImageRow
+
+from segsearch.indexer.results import Outcome, StageTimes
+
+
+@dataclass(frozen=True)
+class Look:
+    """A path looked at before reading: its stat and what the catalog knows of it (if anything)."""
+
+    stat: os.stat_result
+    known: tuple[ImagePathRow, ImageRow] | None
+
+
+@dataclass(frozen=True)
+class Read:
+    """A file read, hashed and decoded (or the reason it could not be decoded)."""
+
+    look: Look
+    image_id: str
+    size: int
+    decoded: DecodedImage | ImageError | None  # None: hashed only (the Ray engine decodes in its actors)
+
+
+def look(catalog: Catalog, path: Path, fingerprint: str, force: bool) -> Outcome | Look:
+    """Before reading: an Outcome when the file can be skipped (unchanged since it was indexed with
+    this fingerprint) or cannot be read, else what is known of it."""
+    try:
+        st = os.stat(path)
+        if not os.path.isfile(path):
+            return Outcome("failed", error="not a regular file")
+    except OSError as exc:
+        return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
+    known = catalog.lookup_path(str(path))
+    if (known and not force and known[0].size_bytes == st.st_size and known[0].mtime_ns == st.st_mtime_ns
+            and known[1].status == "indexed" and known[1].fingerprint == fingerprint):
+        return Outcome("skipped")  # unchanged since it was indexed: not even re-read
+    return Look(st, known)
+
+
+class Reader:
+    def __init__(self, settings: Settings, times: StageTimes):
+        self.settings = settings
+        self.times = times
+
+    def read(self, path: Path, looked: Outcome | Look, *, decode: bool = True) -> Outcome | Read:
+        """Worker-thread stage: read, hash and decode."""
+        if isinstance(looked, Outcome):
+            return looked
+        t0 = time.perf_counter()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
+        iid = image_id(data)
+        t1 = time.perf_counter()
+        self.times.add("read_hash", t1 - t0)
+        if not decode:
+            return Read(looked, iid, len(data), None)
+        try:
+            decoded: DecodedImage | ImageError = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        except ImageError as exc:
+            decoded = exc
+        self.times.add("decode", time.perf_counter() - t1)
+        return Read(looked, iid, len(data), decoded)
+
+    def prefetch(self, paths: list[Path], look_up: Callable[[Path], Outcome | Look]
+                 ) -> Iterator[tuple[Path, Outcome | Read]]:
+        """(path, read result) in input order; up to ``prefetch`` files read ahead in threads.
+        ``look_up`` runs on the calling thread (it uses SQL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        window = max(1, self.settings.prefetch)
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.read_workers),
+                                thread_name_prefix="segsearch-read") as pool:
+            pending: deque = deque()
+            for path in paths:
+                pending.append((path, pool.submit(self.read, path, look_up(path))))
+                if len(pending) >= window:
+                    p, fut = pending.popleft()
+                    yield p, fut.result()
+            while pending:
+                p, fut = pending.popleft()
+                yield p, fut.result()

@@ -1,0 +1,135 @@
+"""The crop and write stages: an image's masks become segment records and crops; the crops of a
+*write group* (several images) are embedded in CLIP batches and their vectors written in one store
+call, then each image's SQL transaction commits it (steps 3-4 of the protocol in ``pipeline``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segsearch.crops import cut_crop, whole_image
+from segsearch.errors import SegsearchError
+from segsearch.identity import segment_id
+from segsearch.images import DecodedImage
+from segsearch.masks import MaskSet, encode_rle
+from segsearch.runtime import Models, Stores
+from segsearch.settings import Settings
+from segsearch.store.schema import SegmentRecord
+from segsearch.store.vectors import VectorPoint, path_dirs
+
+from segsearch.indexer.results import Outcome, StageTimes
+
+
+@dataclass
+class Prepared:
+    """An image through masks and crops, waiting for its write group."""
+
+    path: Path
+    image_id: str
+    width: int
+    height: int
+    format: str
+    segments: list[SegmentRecord]
+    crops: list
+    vectors: np.ndarray | None = None  # when an engine embedded the crops already (Ray)
+
+
+def build_segments(iid: str, fp: str, decoded: DecodedImage, masks: MaskSet, s: Settings, size: int
+                   ) -> tuple[list[SegmentRecord], list]:
+    """The crop stage: masks below ``min_segment_area`` dropped, then one record and one crop (PIL,
+    ``size`` square) per mask, and the whole image last. A plain function: the Ray engine runs it
+    in its actors."""
+    masks = masks.filter(masks.areas >= max(s.min_segment_area, 1))
+    h, w = decoded.height, decoded.width
+    total = float(h * w)
+    segments, crops = [], []
+    for i in range(len(masks)):
+        x, y, bw, bh = (int(v) for v in masks.boxes[i])
+        crops.append(cut_crop(decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode,
+                              padding=s.crop_padding, size=size))
+        segments.append(SegmentRecord(
+            id=segment_id(iid, fp, i), kind="object", mask_index=i, x=x, y=y, w=bw, h=bh,
+            area=int(masks.areas[i]), area_frac=float(masks.areas[i]) / total,
+            predicted_iou=float(masks.predicted_iou[i]), stability_score=float(masks.stability_score[i]),
+            rle=encode_rle(masks.masks[i])))
+    crops.append(whole_image(decoded.rgb, size=size))
+    segments.append(SegmentRecord(
+        id=segment_id(iid, fp, -1), kind="image", mask_index=-1, x=0, y=0, w=w, h=h, area=h * w,
+        area_frac=1.0, predicted_iou=None, stability_score=None, rle=None))
+    return segments, crops
+
+
+class Writer:
+    def __init__(self, settings: Settings, stores: Stores, models: Models, worker: str, times: StageTimes):
+        self.settings = settings
+        self.catalog, self.vectors = stores.catalog, stores.vectors
+        self.models = models
+        self.worker = worker
+        self.times = times
+
+    def group_full(self, group: list[Prepared]) -> bool:
+        return (len(group) >= self.settings.write_group_images
+                or sum(len(g.segments) for g in group) >= self.settings.write_group_crops)
+
+    def fail(self, iid: str, msg: str) -> Outcome:
+        """Record an image as failed (and let go of its claim)."""
+        self.catalog.mark_failed(iid, msg, self.models.fingerprint)
+        self.catalog.release_claim(iid, self.worker)
+        return Outcome("failed", error=msg)
+
+    def write_group(self, group: list[Prepared]) -> list[tuple[Prepared, Outcome]]:
+        """Steps 3-4 for several images: one CLIP pass over all their crops, one vector upsert,
+        then each image's SQL transaction."""
+        if not group:
+            return []
+        fp, collection = self.models.fingerprint, self.models.collection
+        t0 = time.perf_counter()
+        try:
+            if all(g.vectors is not None for g in group):  # embedded upstream (Ray engine)
+                vecs = np.concatenate([g.vectors for g in group])
+            else:
+                if self.models.guard is not None:
+                    self.models.guard()
+                vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
+                self.times.add("clip", time.perf_counter() - t0)
+        except SegsearchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MemoryError included: the group fails, the run goes on
+            msg = f"processing error: {type(exc).__name__}: {exc}"
+            return [(g, self.fail(g.image_id, msg)) for g in group]
+
+        t0 = time.perf_counter()
+        points, start = [], 0
+        self.vectors.ensure_collection(collection, int(vecs.shape[1]))
+        for g in group:
+            paths = self.catalog.image_paths(g.image_id)
+            dirs = path_dirs(paths)
+            for seg, vec in zip(g.segments, vecs[start : start + len(g.segments)]):
+                points.append(VectorPoint(seg.id, vec, seg.payload(g.image_id, paths, dirs)))
+            start += len(g.segments)
+            for sid, coll in self.catalog.segment_refs(g.image_id):
+                if coll != collection:  # pipeline switched embedding model: old space loses this image
+                    self.vectors.delete(coll, [sid])
+            self.vectors.delete_by_image(collection, g.image_id)  # leftovers of an interrupted attempt
+        self.vectors.upsert(collection, points)  # durable on return
+        out = []
+        for g in group:
+            self.catalog.commit_segments(g.image_id, fingerprint=fp, collection=collection, width=g.width,
+                                         height=g.height, fmt=g.format, segments=g.segments)
+            self.catalog.release_claim(g.image_id, self.worker)
+            out.append((g, Outcome("indexed", segments=len(g.segments))))
+        self.times.add("store", time.perf_counter() - t0)
+        return out
+
+    def remove_image(self, iid: str) -> None:
+        """An image whose bytes no path holds any more: its vectors (every collection) and records."""
+        by_coll: dict[str, list[str]] = {}
+        for sid, coll in self.catalog.segment_refs(iid):
+            by_coll.setdefault(coll, []).append(sid)
+        for coll, ids in by_coll.items():
+            self.vectors.delete(coll, ids)
+        self.vectors.delete_by_image(self.models.collection, iid)
+        self.catalog.delete_image(iid)

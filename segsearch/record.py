@@ -1,0 +1,232 @@
+"""A library remembers its models.
+
+A data directory records, at its first index, what it was indexed with (the ``library`` table,
+migration 0003): the SAM model, the automatic-mask-generation and crop settings, and the CLIP
+model, each model with its name, where it was loaded from and its SHA-256. Every command given no
+model flags (``index``, ``search``, ``serve``, ``doctor``, ``info``) then uses the recorded ones,
+so a library indexed with ``--sam sam-shapes-tiny --clip clip-shapes-tiny`` is searched with
+``clip-shapes-tiny`` without anyone repeating it.
+
+Asking for something else is explicit:
+
+* ``index`` with models or settings other than the recorded ones stops (exit 2, naming what is
+  recorded) unless ``--reindex`` is given; then the record is replaced and the images given are
+  re-indexed (their pipeline fingerprint changes).
+* ``search`` / ``serve`` with ``--clip X`` work when X's vector collection exists (an earlier
+  model of this library), and otherwise list the models that have one.
+
+"Explicit" means set by a flag, an environment variable or a config file; a default never
+overrides the record (``Settings.model_fields_set``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from segsearch.errors import ConfigError
+from segsearch.settings import Settings
+
+Purpose = Literal["index", "search", "serve", "doctor", "info"]
+
+AMG_FIELDS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+              "crop_n_layers", "min_mask_region_area")  # points_per_batch is speed only
+CROP_FIELDS = {"mode": "crop_mode", "padding": "crop_padding", "min_area": "min_segment_area"}
+
+
+@dataclass
+class Recorded:
+    """The library table, as read (empty dicts when the data directory was never indexed)."""
+
+    sam: dict
+    clip: dict
+    amg: dict
+    crop: dict
+    clips: list  # every CLIP model this library has had a collection for, newest last
+
+    @property
+    def empty(self) -> bool:
+        return not (self.sam or self.clip)
+
+    def to_dict(self) -> dict:
+        return {"sam": self.sam, "clip": self.clip, "amg": self.amg, "crop": self.crop, "clips": self.clips}
+
+
+def _source(name_or_path: str) -> str:
+    """How a model is named in the record: a registered name as is, a file as its absolute path."""
+    p = Path(name_or_path).expanduser()
+    return str(p.resolve()) if p.is_file() else name_or_path
+
+
+def sam_entry(settings: Settings) -> dict:
+    from segsearch.models import get_sam_spec
+
+    spec = get_sam_spec(settings.sam)
+    return {"name": spec.name, "source": _source(settings.sam), "fingerprint": spec.fingerprint,
+            "sha256": spec.weights.sha256 if spec.weights else None}
+
+
+def clip_entry(settings: Settings) -> dict:
+    from segsearch.identity import collection_name
+    from segsearch.models import get_clip_spec
+
+    spec = get_clip_spec(settings.clip, settings.clip_arch)
+    return {"name": spec.name, "source": _source(settings.clip), "arch": settings.clip_arch,
+            "fingerprint": spec.fingerprint, "sha256": spec.weights.sha256 if spec.weights else None,
+            "collection": collection_name(spec.fingerprint)}
+
+
+def amg_entry(settings: Settings) -> dict:
+    return {k: getattr(settings, k) for k in AMG_FIELDS}
+
+
+def crop_entry(settings: Settings) -> dict:
+    return settings.crop_params()
+
+
+def read(catalog) -> Recorded:
+    """The record; a library indexed before the record existed is described by its last run."""
+    rec = catalog.library()
+    if not rec and catalog.has_indexed():
+        rec = _from_last_run(catalog)
+    return Recorded(rec.get("sam", {}), rec.get("clip", {}), rec.get("amg", {}), rec.get("crop", {}),
+                    rec.get("clips", {}).get("models", []))
+
+
+def _from_last_run(catalog) -> dict:
+    run = catalog.last_run()
+    if run is None or not isinstance(run.settings, dict):
+        return {}
+    s = run.settings
+    if str(s.get("sam", "")).startswith("file:") or str(s.get("clip", "")).startswith("file:"):
+        return {}  # a user file's path was not kept in the run: nothing reliable to recall
+    from segsearch.models import get_clip_spec, get_sam_spec
+
+    try:
+        base = Settings(sam=s["sam"], clip=s["clip"],
+                        **{k: v for k, v in s.get("amg", {}).items() if k in AMG_FIELDS},
+                        **{CROP_FIELDS[k]: v for k, v in s.get("crop", {}).items() if k in CROP_FIELDS})
+        get_sam_spec(base.sam), get_clip_spec(base.clip)
+    except (KeyError, ConfigError, ValueError):
+        return {}
+    return {"sam": sam_entry(base), "clip": clip_entry(base), "amg": amg_entry(base), "crop": crop_entry(base)}
+
+
+def write(catalog, settings: Settings) -> None:
+    """Before an index run with (resolved) ``settings``: write the record (a library's first index,
+    or an explicit --reindex) unless it says so already. Each entry is computed once (a user's
+    checkpoint file is hashed to name it)."""
+    stored = catalog.library()
+    current = read(catalog)
+    entries = {"sam": sam_entry(settings), "clip": clip_entry(settings), "amg": amg_entry(settings),
+               "crop": crop_entry(settings)}
+    if stored and all(stored.get(k) == v for k, v in entries.items()):
+        return
+    clip = entries["clip"]  # every CLIP model with a collection here, the new one last
+    clips = [c for c in current.clips if c.get("collection") != clip["collection"]]
+    if current.clip and current.clip.get("collection") != clip["collection"] and current.clip not in clips:
+        clips.append(current.clip)
+    catalog.set_library({**entries, "clips": {"models": [*clips, clip]}})
+
+
+def recalled(rec: Recorded) -> dict:
+    """Settings fields that reproduce the record."""
+    out: dict = {}
+    if rec.sam:
+        out["sam"] = rec.sam["source"]
+    if rec.clip:
+        out["clip"] = rec.clip["source"]
+        out["clip_arch"] = rec.clip.get("arch", "ViT-B-32")
+    out.update({k: v for k, v in rec.amg.items() if k in AMG_FIELDS})
+    out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
+    return out
+
+
+def describe(rec: Recorded) -> str:
+    parts = []
+    if rec.sam:
+        parts.append(f"SAM {rec.sam['name']}")
+    if rec.clip:
+        parts.append(f"CLIP {rec.clip['name']}")
+    return " and ".join(parts) or "nothing yet"
+
+
+def resolve(settings: Settings, catalog, purpose: Purpose, *, reindex: bool = False,
+            collections: list[str] | None = None) -> Settings:
+    """``settings`` with every model setting the user did not give explicitly taken from the
+    library's record, after checking the explicit ones against it (see the module docstring).
+
+    ``collections``: the vector collections that exist (search/serve accept an earlier CLIP model
+    whose collection is still there)."""
+    rec = read(catalog)
+    if rec.empty or (purpose == "index" and not catalog.has_indexed()):
+        return settings  # nothing indexed yet: the record (if any) is not binding; index records anew
+    explicit = settings.model_fields_set
+    keep = {k: v for k, v in recalled(rec).items() if k not in explicit}
+    resolved = settings.model_copy(update=keep)
+    if purpose == "info":
+        return resolved
+
+    if purpose in ("search", "serve") and "clip" in explicit:
+        entry = clip_entry(resolved)
+        if entry["collection"] != rec.clip.get("collection"):
+            if collections is not None and entry["collection"] not in collections:
+                have = [c["name"] for c in rec.clips if c["collection"] in collections] or [rec.clip["name"]]
+                raise ConfigError(
+                    f"this library has no vectors for CLIP {entry['name']}: it holds vectors of "
+                    f"{', '.join(have)}. Search with one of those (or no --clip), or index with "
+                    f"`segsearch index PATHS --clip {settings.clip} --reindex`.")
+    if purpose in ("index", "doctor"):
+        changed = []
+        if "sam" in explicit and sam_entry(resolved)["fingerprint"] != rec.sam.get("fingerprint"):
+            changed.append(f"SAM {resolved.sam} (recorded: {rec.sam.get('name')})")
+        if "clip" in explicit and clip_entry(resolved)["fingerprint"] != rec.clip.get("fingerprint"):
+            changed.append(f"CLIP {resolved.clip} (recorded: {rec.clip.get('name')})")
+        for k in AMG_FIELDS:
+            if k in explicit and rec.amg and getattr(resolved, k) != rec.amg.get(k):
+                changed.append(f"{k} {getattr(resolved, k)} (recorded: {rec.amg.get(k)})")
+        for key, field in CROP_FIELDS.items():
+            if field in explicit and rec.crop and getattr(resolved, field) != rec.crop.get(key):
+                changed.append(f"{field} {getattr(resolved, field)} (recorded: {rec.crop.get(key)})")
+        if changed and not (purpose == "index" and reindex):
+            how = ("pass --reindex to re-index with them (the record is replaced), or drop those flags"
+                   if purpose == "index" else
+                   "doctor checks the library against its recorded models; drop those flags, or switch "
+                   "models with `segsearch index PATHS --reindex`")
+            raise ConfigError(f"this library was indexed with {describe(rec)}; asked for "
+                              f"{'; '.join(changed)}: {how}.")
+    return resolved
+
+
+def _dir_size(path: Path) -> int:
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def info(settings: Settings, catalog, vectors) -> dict:
+    """What ``segsearch info`` and ``GET /v1/info`` show: models, counts, last run, size on disk."""
+    rec = read(catalog)
+    collection = rec.clip.get("collection")
+    run = catalog.last_run()
+    last = None
+    if run is not None:
+        last = {"id": run.id, "status": run.status, "started_at": run.started_at.isoformat() if run.started_at else None,
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                "indexed": run.indexed, "skipped": run.skipped, "failed": run.failed, "segments": run.segments}
+    data = Path(settings.data)
+    sizes = {"vectors": _dir_size(settings.vectors_path) if settings.vector_backend == "embedded" else 0}
+    db = data / "segsearch.db"
+    sizes["sql"] = sum(p.stat().st_size for p in data.glob("segsearch.db*")) if settings.database_url is None and db.exists() else 0
+    sizes["total"] = _dir_size(data) if data.is_dir() else 0
+    return {"data": str(data.resolve()), "library": rec.to_dict(), "counts": catalog.counts(),
+            "vectors": vectors.count(collection) if collection else 0, "collection": collection,
+            "last_run": last, "size_bytes": sizes}

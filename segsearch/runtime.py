@@ -1,0 +1,117 @@
+"""The one place that turns settings into live objects: the stores (SQL catalog + vector index)
+and the models (SAM, CLIP). The library API, the CLI, the server, doctor, the evaluation harness,
+the benchmarks and the Ray engine all get their models and stores here, so every caller loads
+them with the same options (device, offline mode, CLIP batch size, locking order).
+
+Which models a library uses is decided before this, by ``segsearch.record.resolve`` (the
+library remembers its models); this module only builds what the resolved settings name.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from segsearch.identity import collection_name, pipeline_fingerprint
+from segsearch.settings import Settings
+from segsearch.store.sql import Catalog
+from segsearch.store.vectors import VectorIndex, open_vector_index
+
+
+class Stores(NamedTuple):
+    """The SQL catalog and the vector index of one data directory (or of the configured servers);
+    ``catalog, vectors = open_stores(settings)`` unpacks them."""
+
+    catalog: Catalog
+    vectors: VectorIndex
+
+    def close(self) -> None:
+        try:
+            self.vectors.close()
+        finally:
+            self.catalog.close()
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_stores(settings: Settings) -> Stores:
+    """Open both stores. The vector index first: the embedded store's lock stops a second process
+    before it touches (or migrates) the SQL database."""
+    vectors = open_vector_index(settings)
+    try:
+        return Stores(Catalog.open(settings.sql_url), vectors)
+    except BaseException:
+        vectors.close()
+        raise
+
+
+def load_clip(settings: Settings, spec=None):
+    """The CLIP embedder that ``settings`` name (weights verified, downloaded unless offline)."""
+    from segsearch.models import get_clip_spec
+    from segsearch.models.clip import ClipEmbedder
+
+    spec = spec or get_clip_spec(settings.clip, settings.clip_arch)
+    return ClipEmbedder.from_spec(spec, settings.checkpoints, device=settings.resolved_device(),
+                                  offline=settings.offline, batch_size=settings.clip_batch_size)
+
+
+def load_sam(settings: Settings, spec=None):
+    """The SAM model (``segment_anything``'s ``Sam``) that ``settings`` name, on its device, in eval mode."""
+    from segsearch.models import get_sam_spec
+    from segsearch.models.sam import load_sam as _load
+
+    spec = spec or get_sam_spec(settings.sam)
+    return _load(spec, settings.checkpoints, device=settings.resolved_device(), offline=settings.offline)
+
+
+class Models:
+    """SAM and CLIP for one set of settings, each loaded on first use: a run with nothing new to
+    index, or a search, never loads SAM. Fingerprints come from the specs alone.
+
+    ``mask_generator`` is the automatic mask generator wrapping ``sam``; the indexer builds it on
+    first use (``segsearch.indexer.amg.mask_generator_for``) unless one is given (tests give a
+    fast one). ``guard``, when given, is called before each heavy model call of an index run (a
+    server's index job yields to queries there, and stops there when cancelled)."""
+
+    def __init__(self, settings: Settings, *, sam_spec=None, clip_spec=None, sam=None, embedder=None,
+                 mask_generator=None, engine: str | None = None, guard=None):
+        from segsearch.models import get_clip_spec, get_sam_spec
+
+        self.settings = settings
+        self.sam_spec = sam_spec or get_sam_spec(settings.sam)
+        self.clip_spec = clip_spec or (embedder.spec if embedder else get_clip_spec(settings.clip, settings.clip_arch))
+        self.engine = engine or settings.amg
+        self.mask_generator = mask_generator
+        self.guard = guard
+        self._sam = sam
+        self._embedder = embedder
+
+    @property
+    def fingerprint(self) -> str:
+        """What a segment depends on: both models and the mask/crop settings."""
+        return pipeline_fingerprint(self.sam_spec.fingerprint, self.clip_spec.fingerprint,
+                                    self.settings.amg_params(), self.settings.crop_params())
+
+    @property
+    def collection(self) -> str:
+        """The vector collection of this CLIP model (one per embedding space)."""
+        return collection_name(self.clip_spec.fingerprint)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            self._embedder = load_clip(self.settings, self.clip_spec)
+        return self._embedder
+
+    @property
+    def sam(self):
+        if self._sam is None:
+            self._sam = load_sam(self.settings, self.sam_spec)
+        return self._sam
+
+    @property
+    def sam_loaded(self) -> bool:
+        return self._sam is not None or self.mask_generator is not None
