@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     from segsearch.models.registry import get_clip_spec
     from segsearch.settings import Settings
     from segsearch.eval.shapes import COLORS, SHAPES
-    from segsearch.store.vectors import EdgeVectorIndex, SearchFilter, ServerVectorIndex
+    from segsearch.store.edge import EdgeVectorIndex
+    from segsearch.store.server import ServerVectorIndex
+    from segsearch.store.vectors import SearchFilter
 
     if args.threads:
         torch.set_num_threads(args.threads)

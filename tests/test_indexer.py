@@ -237,7 +237,7 @@ def test_crash_between_vector_write_and_sql_commit_then_resume(settings, index, 
 def test_crash_before_vector_write_leaves_pending_and_resumes(settings, index, stores, tmp_path, monkeypatch):
     lib = tmp_path / "lib"
     library(lib, 2)
-    from segsearch.store.vectors import EdgeVectorIndex
+    from segsearch.store.edge import EdgeVectorIndex
 
     real = EdgeVectorIndex.upsert
     monkeypatch.setattr(EdgeVectorIndex, "upsert", lambda *a, **k: (_ for _ in ()).throw(Crash()))

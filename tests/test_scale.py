@@ -16,7 +16,8 @@ from segsearch.errors import StorageError
 from segsearch.identity import collection_name
 from segsearch.settings import Settings
 from segsearch.store.sql import Catalog
-from segsearch.store.vectors import ServerOptions, ServerVectorIndex, VectorPoint, open_vector_index
+from segsearch.store.server import ServerOptions, ServerVectorIndex
+from segsearch.store.vectors import VectorPoint, open_vector_index
 
 
 def points(n, dim=8, seed=0):

@@ -7,7 +7,9 @@ import uuid
 import numpy as np
 import pytest
 
-from segsearch.store.vectors import EdgeVectorIndex, SearchFilter, ServerVectorIndex, VectorPoint, path_dirs
+from segsearch.store.edge import EdgeVectorIndex
+from segsearch.store.server import ServerVectorIndex
+from segsearch.store.vectors import SearchFilter, VectorPoint, path_dirs
 
 DIM = 8
 
@@ -150,7 +152,7 @@ def test_edge_collection_interrupted_while_being_created_is_not_left_half_made(t
     """A process killed while creating a collection (CI caught one: SIGKILL between the shard's
     directory appearing and its config being written) must not leave a collection that can no
     longer be opened: the next process sees no collection, creates it, and indexes into it."""
-    import segsearch.store.vectors as vectors
+    import segsearch.store.edge as vectors
 
     class Dies(dict):  # the process dies while the new shard's payload indexes are being made
         def items(self):
