@@ -20,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY segsearch ./segsearch
 COPY indexer ./indexer
 COPY api ./api
+COPY cli ./cli
 COPY migrations ./migrations
 COPY checkpoints ./checkpoints
 RUN pip install '.[postgres,ray]'

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from segsearch.api import schemas
-from segsearch.api.errors import ProblemError
 from segsearch.api.deps import ServicesDep, require_api_key
+from segsearch.api.errors import ProblemError
 from segsearch.api.services import Services
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])

@@ -45,13 +45,15 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from segsearch.indexer.amg import make_mask_generator
-    from segsearch.models.registry import get_sam_spec
-    from segsearch.models.sam import build_sam_model, load_sam
-    from segsearch.models.weights import WeightsUnavailable
     from segsearch.eval.quality import iou_matrix
-    from segsearch.settings import Settings
     from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+    from segsearch.models.registry import get_sam_spec
+    from segsearch.models.sam import build_sam_model
+    from segsearch.models.weights import WeightsUnavailable
+    from segsearch.runtime import load_sam
+    from segsearch.settings import Settings
+
+    from segsearch.indexer.amg import make_mask_generator
 
     all_cores = torch.get_num_threads()
     threads = [all_cores if t == "all" else int(t) for t in args.threads.split(",")]
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     weights, sam = "random", None
     if not args.random_weights and spec.weights is not None:
         try:  # bundled (package data) or downloaded weights, wherever the product would find them
-            sam = load_sam(spec, settings.checkpoints, device=args.device, offline=True)
+            sam = load_sam(settings.model_copy(update={"sam": args.model, "device": args.device, "offline": True}))
             weights = spec.weights.filename
         except WeightsUnavailable:
             pass

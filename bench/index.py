@@ -39,8 +39,8 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
     import torch
 
     from segsearch import Library
-    from segsearch.settings import Settings
     from segsearch.eval.shapes import SHAPES_AMG
+    from segsearch.settings import Settings
 
     if threads:
         torch.set_num_threads(threads)
@@ -67,6 +67,7 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
 
     # the slowest stage measured alone: SAM on (up to 20 of) the same images, nothing else running
     from segsearch.images import decode_image
+
     from segsearch.indexer.amg import mask_generator_for
 
     sample_imgs = [decode_image(p.read_bytes()).rgb for p in files[:20]]

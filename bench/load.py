@@ -39,9 +39,9 @@ def build_store(work: Path, n_segments: int, n_real: int = 12) -> tuple[Path, li
     from PIL import Image
 
     from segsearch import Library
+    from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG, make_scene
     from segsearch.runtime import open_stores
     from segsearch.settings import Settings
-    from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG, make_scene
     from segsearch.store.vectors import VectorPoint, path_dirs
 
     data, lib = work / "data", work / "lib"

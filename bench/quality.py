@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from segsearch.eval.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
-    from segsearch.settings import Settings
     from segsearch.eval.shapes import SHAPES_AMG
+    from segsearch.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"crop_mode": args.crop_mode}

@@ -104,10 +104,10 @@ def main(argv=None) -> int:
 
     import torch
 
+    from segsearch.eval.shapes import COLORS, SHAPES
     from segsearch.models.clip import ClipEmbedder
     from segsearch.models.registry import get_clip_spec
     from segsearch.settings import Settings
-    from segsearch.eval.shapes import COLORS, SHAPES
     from segsearch.store.edge import EdgeVectorIndex
     from segsearch.store.server import ServerVectorIndex
     from segsearch.store.vectors import SearchFilter

@@ -21,7 +21,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def global_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,

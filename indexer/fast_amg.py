@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from segsearch.masks import MaskSet
+
 from segsearch.indexer.fast_encoder import set_image
 from segsearch.indexer.grid_decoder import GridDecoder
-from segsearch.masks import MaskSet
 
 
 class FastAMG:
@@ -147,8 +148,13 @@ class FastAMG:
     def _postprocess(self, data, crop_box, crop_size, orig_size):
         """Filters, NMS and full-resolution masks for one crop's decoded candidates."""
         import torch
-        from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
-                                                uncrop_boxes_xyxy, uncrop_masks)
+        from segment_anything.utils.amg import (
+            MaskData,
+            batched_mask_to_box,
+            calculate_stability_score,
+            uncrop_boxes_xyxy,
+            uncrop_masks,
+        )
 
         sam, pred = self.sam, self.predictor
         thr, off = sam.mask_threshold, self.stability_score_offset

@@ -66,6 +66,7 @@ class SamStage:
 
     def __call__(self, batch: dict) -> dict:
         from segsearch.images import decode_image
+
         from segsearch.indexer.amg import mask_generator_for
         from segsearch.indexer.writer import build_segments
 

@@ -68,7 +68,8 @@ def forget_paths(stores: Stores, paths: Iterable[str]) -> dict:
 def doctor(settings: Settings, stores: Stores, *, repair: bool = False, models: Models | None = None) -> dict:
     """Drift between SQL and vectors for the library's recorded models; with ``repair``, fixed.
     ``models``: already resolved ones (a server's), used as they are."""
-    from segsearch.indexer.doctor import check, repair as do_repair
+    from segsearch.indexer.doctor import check
+    from segsearch.indexer.doctor import repair as do_repair
 
     if models is None:
         settings = record.resolve(settings, stores.catalog, "doctor")

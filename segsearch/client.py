@@ -158,7 +158,7 @@ class ServerClient:
         given = settings.model_fields_set & set(MODEL_FIELDS)
         if not given and not reindex:
             return
-        rec = library.Recorded(**self.info()["library"])
+        rec = record.Recorded(**self.info()["library"])
         recalled = record.recalled(rec)
         differ = [k for k in given if k in recalled and str(recalled[k]) != str(getattr(settings, k))
                   and not (k in ("sam", "clip") and _same_model(k, getattr(settings, k), rec))]

@@ -115,9 +115,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
                 block = (a[r : r + TO_RGB_ROWS].astype(np.float32) - np.float32(lo)) * np.float32(scale)
                 g[r : r + TO_RGB_ROWS] = np.clip(np.nan_to_num(block), 0, 255).astype(np.uint8)
         return np.repeat(g[:, :, None], 3, axis=2)
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    elif mode in ("PA",):
+    if mode == "P" and "transparency" in im.info or mode in ("PA",):
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")

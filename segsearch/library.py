@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from segsearch.errors import ConfigError, ImageError
 from segsearch.runtime import Models, Stores, open_stores
-from segsearch.search import SearchPage, Searcher, minus
+from segsearch.search import Searcher, SearchPage, minus
 from segsearch.settings import Settings
 from segsearch.store.vectors import SearchFilter
 

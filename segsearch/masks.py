@@ -73,6 +73,3 @@ class MaskSet:
         segment ids, do not depend on the engine's internal order."""
         order = np.lexsort((self.boxes[:, 0], self.boxes[:, 1], -self.areas))
         return self.filter(order)
-
-    def rles(self) -> list[dict]:
-        return [encode_rle(m) for m in self.masks]

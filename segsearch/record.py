@@ -170,13 +170,13 @@ def resolve(settings: Settings, catalog, purpose: Purpose, *, reindex: bool = Fa
 
     if purpose in ("search", "serve") and "clip" in explicit:
         entry = clip_entry(resolved)
-        if entry["collection"] != rec.clip.get("collection"):
-            if collections is not None and entry["collection"] not in collections:
-                have = [c["name"] for c in rec.clips if c["collection"] in collections] or [rec.clip["name"]]
-                raise ConfigError(
-                    f"this library has no vectors for CLIP {entry['name']}: it holds vectors of "
-                    f"{', '.join(have)}. Search with one of those (or no --clip), or index with "
-                    f"`segsearch index PATHS --clip {settings.clip} --reindex`.")
+        if (entry["collection"] != rec.clip.get("collection") and collections is not None
+                and entry["collection"] not in collections):
+            have = [c["name"] for c in rec.clips if c["collection"] in collections] or [rec.clip["name"]]
+            raise ConfigError(
+                f"this library has no vectors for CLIP {entry['name']}: it holds vectors of "
+                f"{', '.join(have)}. Search with one of those (or no --clip), or index with "
+                f"`segsearch index PATHS --clip {settings.clip} --reindex`.")
     if purpose in ("index", "doctor"):
         changed = []
         if "sam" in explicit and sam_entry(resolved)["fingerprint"] != rec.sam.get("fingerprint"):

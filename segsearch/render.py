@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter
 
-from segsearch.images import decode_image
 from segsearch.crops import cut_crop, square_box
+from segsearch.images import decode_image
 from segsearch.masks import decode_rle
 
 HIGHLIGHT = np.array([255, 40, 120], np.float32)

@@ -95,7 +95,7 @@ class Searcher:
             raw = self.vectors.search(self.collection, vector, fetch, flt, offset=offset,
                                       score_threshold=score_threshold)
             rows = self.catalog.get_segments(h.id for h in raw)
-            paths = self.catalog.images_paths(r.image_id for r in rows.values())
+            paths = self.catalog.paths_by_image(r.image_id for r in rows.values())
             hits = []
             for h in raw:
                 r = rows.get(h.id)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
+# helpers (tiny models, fake hub, Qdrant shim, PostgreSQL, the CLI with the tiny models) live in support/
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 import pg  # noqa: E402
 import tiny  # noqa: E402  (registers the tiny test models)
@@ -86,8 +87,9 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def make_models(tiny_sam, tiny_embedder):
     """Models for a settings object, sharing the session's loaded networks."""
-    from segsearch.indexer.amg import make_mask_generator
     from segsearch.runtime import Models
+
+    from segsearch.indexer.amg import make_mask_generator
 
     def _make(settings: Settings, *, embedder=None, mask_generator=None) -> Models:
         gen = mask_generator or make_mask_generator(settings.amg, tiny_sam, **settings.amg_params())
@@ -159,7 +161,7 @@ def sql_url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
-# --- a Qdrant server over loopback (tests/qdrant_shim.py) ------------------------------------------------
+# --- a Qdrant server over loopback (tests/support/qdrant_shim.py) ------------------------------------------------
 class QdrantShim:
     def __init__(self, url: str):
         self.url = url
@@ -187,7 +189,7 @@ def qdrant_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "qdrant_shim.py"), "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "support" / "qdrant_shim.py"), "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -3,14 +3,15 @@ indexer's default may only change speed, never what gets indexed."""
 
 import numpy as np
 import pytest
-
 import tiny
-from segsearch.indexer.amg import ReferenceAMG, make_mask_generator
+
+from segsearch.eval.quality import iou_matrix
+from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
 from segsearch.models.registry import get_sam_spec
 from segsearch.models.sam import load_sam
-from segsearch.eval.quality import iou_matrix
 from segsearch.settings import Settings
-from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+
+from segsearch.indexer.amg import ReferenceAMG, make_mask_generator
 
 
 def agreement(ref, fast):
@@ -125,9 +126,10 @@ def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
     narrow for that (the plain path)."""
     import torch
 
-    from segsearch.indexer import grid_decoder
     from segsearch.models.registry import sam_config
     from segsearch.models.sam import build_sam_model
+
+    from segsearch.indexer import grid_decoder
 
     if model == "shapes":
         sam, thresh = shapes_sam, SHAPES_AMG["pred_iou_thresh"]
@@ -143,7 +145,7 @@ def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
     img = make_scene(HELDOUT_SEEDS[0]).image
     (low, iou), (low2, iou2, idx) = _decode_both(sam, img, 48, thresh)
     expected = np.flatnonzero(iou.max(1).values.numpy() > thresh) if thresh > 0 else np.arange(48)
-    assert 0 < len(expected) and np.array_equal(idx.numpy(), expected)
+    assert len(expected) > 0 and np.array_equal(idx.numpy(), expected)
     if thresh > 0:
         assert len(expected) < 48  # some prompts were skipped, so the gate was exercised
     np.testing.assert_allclose(iou2.numpy(), iou[idx].numpy(), atol=1e-5)
@@ -159,9 +161,10 @@ def test_fused_attention_encoder_gives_the_official_embedding(model, shapes_sam)
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from segsearch.indexer import fast_encoder
     from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG
     from segsearch.models.sam import build_sam_model
+
+    from segsearch.indexer import fast_encoder
 
     if model == "bundled":
         sam = shapes_sam

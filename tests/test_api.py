@@ -10,9 +10,10 @@ from conftest import png_bytes, scene, write
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from segsearch.settings import Settings
+
 from segsearch.api.app import create_app
 from segsearch.api.services import Services
-from segsearch.settings import Settings
 
 PROBLEM = "application/problem+json"
 
@@ -20,11 +21,12 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
     """One small library indexed once for the whole module (the API only reads it)."""
+    import tiny
+
     from segsearch import Library
-    from segsearch.indexer.amg import make_mask_generator
     from segsearch.runtime import Models
 
-    import tiny
+    from segsearch.indexer.amg import make_mask_generator
 
     root = tmp_path_factory.mktemp("api")
     lib = root / "lib"

@@ -7,21 +7,22 @@ import schemathesis
 from conftest import png_bytes, scene, write
 from hypothesis import HealthCheck, settings
 
-from segsearch.api.app import create_app
-from segsearch.api.services import Services
 from segsearch.settings import Settings
 
+from segsearch.api.app import create_app
+from segsearch.api.services import Services
 
 KEY = "fuzz-key-1234"
 
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
+    import tiny
+
     from segsearch import Library
-    from segsearch.indexer.amg import make_mask_generator
     from segsearch.runtime import Models
 
-    import tiny
+    from segsearch.indexer.amg import make_mask_generator
 
     root = tmp_path_factory.mktemp("fuzz")
     for i, c in enumerate([(220, 30, 30), (30, 30, 220)]):

@@ -8,7 +8,6 @@ import struct
 import zlib
 
 import numpy as np
-import pytest
 from conftest import png_bytes, scene
 from PIL import Image
 

@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
+import tiny  # noqa: F401  (test models registered for in-process CLI runs)
 from conftest import png_bytes, scene, write
 from typer.testing import CliRunner
 
-import tiny  # noqa: F401  (test models registered for in-process CLI runs)
 from segsearch.cli import app
 
 runner = CliRunner()

@@ -13,9 +13,7 @@ from pathlib import Path
 from conftest import png_bytes, scene, write
 from test_indexer import store_state
 
-import tiny
-
-CLI = [sys.executable, str(Path(__file__).parent / "cli_with_tiny_models.py")]
+CLI = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
 
 
 def env_for(settings):

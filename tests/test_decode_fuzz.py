@@ -22,7 +22,7 @@ def _seed_files():
     for fmt, mode in [("PNG", "RGB"), ("JPEG", "RGB"), ("WEBP", "RGB"), ("GIF", "P"), ("BMP", "RGB"),
                       ("TIFF", "RGB"), ("PNG", "RGBA"), ("JPEG", "CMYK"), ("PNG", "I;16")]:
         buf = io.BytesIO()
-        im = Image.fromarray(a).convert(mode) if mode != "I;16" else Image.fromarray((a[..., 0].astype(np.uint16) * 200))
+        im = Image.fromarray(a).convert(mode) if mode != "I;16" else Image.fromarray(a[..., 0].astype(np.uint16) * 200)
         im.save(buf, format=fmt)
         out.append(buf.getvalue())
     return out

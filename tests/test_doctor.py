@@ -7,9 +7,10 @@ import pytest
 from test_indexer import Crash, library, store_state
 from typer.testing import CliRunner
 
-from segsearch.cli import app
 from segsearch.store.sql import Catalog
 from segsearch.store.vectors import VectorPoint
+
+from segsearch.cli import app
 
 
 def doctor(settings, *extra):

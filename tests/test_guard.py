@@ -27,9 +27,10 @@ def _free_port() -> int:
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     raise RuntimeError("no VmRSS")
 
 
@@ -139,9 +140,8 @@ def test_slots_and_caches_are_bounded():
     slots = WorkSlots(2, 1, wait_s=0.2)
     with slots.slot(), slots.slot():
         t0 = time.monotonic()
-        with pytest.raises(Exception, match="no worker became free"):
-            with slots.slot():
-                pass
+        with pytest.raises(Exception, match="no worker became free"), slots.slot():
+            pass
         assert time.monotonic() - t0 >= 0.2
     cache = ByteLRU(1000)
     for i in range(10):
@@ -160,13 +160,11 @@ def test_parallel_hostile_uploads_and_retries_stay_bounded(tmp_path):
     import random
 
     import numpy as np
+    import tiny
+    from conftest import write
     from PIL import Image
 
-    from conftest import write
-
-    import tiny
-
-    cli = [sys.executable, str(__import__("pathlib").Path(__file__).parent / "cli_with_tiny_models.py")]
+    cli = [sys.executable, str(__import__("pathlib").Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")},
            "SEGSEARCH_DATA": str(tmp_path / "data"), "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
            "SEGSEARCH_OFFLINE": "1", "SEGSEARCH_REQUEST_TIMEOUT_S": "1"}

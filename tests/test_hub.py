@@ -1,5 +1,5 @@
 """CLIP weights from the Hugging Face Hub, as a user fetches them: `segsearch` in its own process,
-HF_ENDPOINT pointing at a loopback fake hub (tests/fake_hub.py), a private HF_HOME."""
+HF_ENDPOINT pointing at a loopback fake hub (tests/support/fake_hub.py), a private HF_HOME."""
 
 import json
 import os
@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 from conftest import png_bytes, scene, write
 from fake_hub import FakeHub, running
 
-import tiny
 from segsearch.settings import BUNDLED_CHECKPOINTS
 
-CLI = [sys.executable, str(Path(__file__).parent / "cli_with_tiny_models.py")]
+CLI = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
 WEIGHTS = (BUNDLED_CHECKPOINTS / "clip-shapes-tiny.pt").read_bytes()
 BIG = tiny.hub_big_bytes()
 

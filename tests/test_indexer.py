@@ -5,17 +5,18 @@ and in PostgreSQL."""
 import io
 
 import numpy as np
+import pg
 import pytest
+import tiny
 from conftest import RedMaskGenerator, png_bytes, scene, write
 from PIL import Image
 
-import pg
-import tiny
 from segsearch.errors import ConfigError
 from segsearch.identity import collection_name
-from segsearch.indexer.pipeline import Indexer
 from segsearch.masks import decode_rle
 from segsearch.store.sql import Catalog
+
+from segsearch.indexer.pipeline import Indexer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -164,7 +165,7 @@ def test_modes_and_failures(settings, index, stores, tmp_path):
     lib = tmp_path / "lib"
     base = scene()
     write(lib / "cmyk.jpg", _encode(Image.fromarray(base).convert("CMYK"), "JPEG"))
-    write(lib / "grey16.png", _encode(Image.fromarray((base[..., 0].astype(np.uint16) * 257)), "PNG"))
+    write(lib / "grey16.png", _encode(Image.fromarray(base[..., 0].astype(np.uint16) * 257), "PNG"))
     pal = Image.fromarray(base).convert("P")
     write(lib / "palette.png", _encode(pal, "PNG", transparency=pal.getpixel((0, 0))))
     write(lib / "heic.heic", _encode(Image.fromarray(base), "HEIF"))

@@ -4,15 +4,16 @@ import json
 import time
 
 import pytest
+import tiny
 from conftest import png_bytes, scene, write
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-import tiny
+from segsearch.settings import Settings
+
 from segsearch.api.app import create_app
 from segsearch.api.services import Services
 from segsearch.cli import app
-from segsearch.settings import Settings
 
 runner = CliRunner()
 PROBLEM = "application/problem+json"

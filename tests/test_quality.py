@@ -5,10 +5,11 @@ import json
 
 from typer.testing import CliRunner
 
-from segsearch.cli import app
 from segsearch.eval.quality import evaluate, shapes_eval_set
-from segsearch.settings import Settings
 from segsearch.eval.shapes import SHAPES_AMG
+from segsearch.settings import Settings
+
+from segsearch.cli import app
 
 
 def test_bundled_models_quality_floor(tmp_path):

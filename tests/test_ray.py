@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import png_bytes, write
 
+from segsearch.eval.shapes import SHAPES_AMG, make_scene
 from segsearch.identity import collection_name
 from segsearch.models import get_clip_spec
 from segsearch.settings import Settings
-from segsearch.eval.shapes import SHAPES_AMG, make_scene
 
 pytest.importorskip("ray")
 

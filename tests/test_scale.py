@@ -1,5 +1,5 @@
 """Scale-out: the Qdrant server backend's collection options, batching and retries (against the
-stand-in server tests/qdrant_shim.py over loopback HTTP), and several indexer processes sharing one
+stand-in server tests/support/qdrant_shim.py over loopback HTTP), and several indexer processes sharing one
 PostgreSQL database and one vector server."""
 
 import json
@@ -9,14 +9,14 @@ import time
 
 import numpy as np
 import pytest
+import tiny
 from test_crash import CLI, env_for, make_library
 
-import tiny
 from segsearch.errors import StorageError
 from segsearch.identity import collection_name
 from segsearch.settings import Settings
-from segsearch.store.sql import Catalog
 from segsearch.store.server import ServerOptions, ServerVectorIndex
+from segsearch.store.sql import Catalog
 from segsearch.store.vectors import VectorPoint, open_vector_index
 
 

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from segsearch.settings import Settings
 from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG
+from segsearch.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from segsearch.search import prompt_for
 from segsearch.eval.shapes import COLORS, MIN_VISIBLE, SHAPES, make_scene, shape_mask
+from segsearch.search import prompt_for
 
 
 def test_scenes_are_deterministic():

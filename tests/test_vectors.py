@@ -1,6 +1,6 @@
 """One conformance suite, run on every VectorIndex backend: the embedded Qdrant Edge store and
 the qdrant-client server backend (in the client's local mode, which has the server's API, and over
-HTTP against tests/qdrant_shim.py, the stand-in server)."""
+HTTP against tests/support/qdrant_shim.py, the stand-in server)."""
 
 import uuid
 

@@ -7,10 +7,11 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from segsearch.cli import app
 from segsearch.errors import ChecksumMismatch, WeightsUnavailable
 from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG, SamSpec, Weights, register_sam, sam_config
 from segsearch.models.weights import ensure_weights
+
+from segsearch.cli import app
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB fake checkpoint
 GOOD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from segsearch.crops import cut_crop
+from segsearch.eval.shapes import COLORS, HELDOUT_SEEDS, SHAPES, TRAIN_SEEDS, make_scene
 from segsearch.masks import mask_box_xywh
 from segsearch.models.registry import CLIP_SHAPES_TINY_CFG
-from segsearch.eval.shapes import COLORS, HELDOUT_SEEDS, SHAPES, TRAIN_SEEDS, make_scene
 
 SIZE = CLIP_SHAPES_TINY_CFG["vision_cfg"]["image_size"]
 TRAIN_TEMPLATES = ["a {}", "a photo of a {}.", "{}", "a {} shape", "a picture of a {}", "the {}",
@@ -55,10 +55,7 @@ def _jitter_mask(m: np.ndarray, rng) -> np.ndarray:
         return m
     t = torch.from_numpy(m.astype(np.float32))[None, None]
     k = 2 * abs(r) + 1
-    if r > 0:
-        out = F.max_pool2d(t, k, 1, abs(r))
-    else:
-        out = -F.max_pool2d(-t, k, 1, abs(r))
+    out = F.max_pool2d(t, k, 1, abs(r)) if r > 0 else -F.max_pool2d(-t, k, 1, abs(r))
     return out[0, 0].numpy() > 0.5
 
 
@@ -95,10 +92,11 @@ def _amg():
     global _AMG
     if _AMG is None:
         torch.set_num_threads(1)
-        from segsearch.indexer.amg import mask_generator_for
+        from segsearch.eval.shapes import SHAPES_AMG
         from segsearch.runtime import Models
         from segsearch.settings import Settings
-        from segsearch.eval.shapes import SHAPES_AMG
+
+        from segsearch.indexer.amg import mask_generator_for
 
         s = Settings(sam="sam-shapes-tiny", clip="clip-shapes-tiny", offline=True,
                      **{**SHAPES_AMG, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5})

@@ -177,8 +177,9 @@ def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries:
 def evaluate(eval_set: EvalSet, settings: Settings, *, crop_modes=("masked", "box", "blur"),
              workdir: Path | None = None, models_factory=None) -> dict:
     """Full report: mask quality once, retrieval for the settings' crop mode and each of ``crop_modes``."""
-    from segsearch.indexer.amg import mask_generator_for
     from segsearch.runtime import Models
+
+    from segsearch.indexer.amg import mask_generator_for
 
     started = time.perf_counter()
     base = Models(settings) if models_factory is None else models_factory(settings)

@@ -167,7 +167,7 @@ def make_scene(seed: int, *, width: int | None = None, height: int | None = None
                 break
     # paint in order; visible mask = own area minus everything painted later
     visible = []
-    for i, (m, (colour, _s)) in enumerate(zip(full_masks, labels)):
+    for m, (colour, _s) in zip(full_masks, labels):
         col = np.array(COLORS[colour], float) + rng.integers(-jitter, jitter + 1, size=3)
         img[m] = np.clip(col, 0, 255)
     for i, m in enumerate(full_masks):

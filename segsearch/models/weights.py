@@ -139,7 +139,7 @@ def _offline_message(weights: Weights, path: Path, why: str) -> str:
 
 def _download(weights: Weights, path: Path, *, progress: bool, timeout: float) -> None:
     part = path.with_name(path.name + ".part")
-    for attempt in range(2):  # second attempt starts from scratch if a resumed file is bad
+    for _attempt in range(2):  # second attempt starts from scratch if a resumed file is bad
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with httpx.stream("GET", weights.url, headers=headers, follow_redirects=True, timeout=timeout) as r:

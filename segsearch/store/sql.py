@@ -158,7 +158,8 @@ class Catalog:
             return list(s.scalars(select(ImagePathRow.path).where(ImagePathRow.image_id == image_id)
                                   .order_by(ImagePathRow.path)))
 
-    def images_paths(self, image_ids: Iterable[str]) -> dict[str, list[str]]:
+    def paths_by_image(self, image_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The paths of many images in one query, by image id (each list sorted)."""
         out: dict[str, list[str]] = {}
         with self.Session() as s:
             rows = s.execute(select(ImagePathRow.image_id, ImagePathRow.path)

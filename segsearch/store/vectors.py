@@ -25,7 +25,6 @@ from pathlib import PurePath
 
 import numpy as np
 
-
 PAYLOAD_INDEXES = {"image_id": "keyword", "kind": "keyword", "dirs": "keyword", "area_frac": "float"}
 
 
@@ -141,7 +140,7 @@ class VectorIndex(ABC):
     def has_collection(self, name: str) -> bool:
         return name in self.collections()
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 - optional: only the embedded backend needs it
         """Bring indexes up to date after a batch of writes (a server does this by itself)."""
 
 

@@ -1,4 +1,4 @@
-"""``python tests/cli_with_tiny_models.py ARGS`` = ``segsearch ARGS`` with the tiny test models
+"""``python tests/support/cli_with_tiny_models.py ARGS`` = ``segsearch ARGS`` with the tiny test models
 registered (for tests that need a real separate process: SIGKILL, two indexers at once)."""
 
 import sys

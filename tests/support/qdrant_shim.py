@@ -4,7 +4,7 @@ Python). No Qdrant server binary can run on our machines; this lets several proc
 vector store over loopback HTTP, exactly as they would share a real server, and lets tests see
 what segsearch sends (collection options) and make the server fail (retries).
 
-    python tests/qdrant_shim.py --port 6333
+    python tests/support/qdrant_shim.py --port 6333
 
 Test hooks (not Qdrant API): ``GET /_shim/log`` (create-collection bodies, calls per route),
 ``POST /_shim/fail {"route": "upsert", "times": 2, "status": 503}``.
