@@ -34,16 +34,18 @@ def submit_index_job(body: schemas.IndexJobRequest, services: ServicesDep):
     if missing:
         raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {missing[0]}")
     job = services.jobs.submit("index", {"paths": body.paths, "force": body.force})
-    return JSONResponse(schemas.Job(**job).model_dump(), status_code=202,
-                        headers={"Location": f"/v1/jobs/{job['job_id']}"})
+    return JSONResponse(
+        schemas.Job(**job).model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{job['job_id']}"}
+    )
 
 
 @router.post("/jobs/repair", response_model=schemas.Job, status_code=202)
 def submit_repair_job(services: ServicesDep):
     """``segsearch doctor --repair`` as a job: find drift and fix it."""
     job = services.jobs.submit("repair", {})
-    return JSONResponse(schemas.Job(**job).model_dump(), status_code=202,
-                        headers={"Location": f"/v1/jobs/{job['job_id']}"})
+    return JSONResponse(
+        schemas.Job(**job).model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{job['job_id']}"}
+    )
 
 
 @router.get("/jobs", response_model=list[schemas.Job])

@@ -18,8 +18,13 @@ from segsearch.api.guard import Guard
 from segsearch.api.services import Services
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None, announce: bool = False,
-               watch: list[str] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    announce: bool = False,
+    watch: list[str] | None = None,
+) -> FastAPI:
     """``announce``: write ``<data>/server.json`` while serving, so ``segsearch index``/``search``/
     ``doctor``/``info`` on the same data directory hand their work to this server (``segsearch.client``).
     ``watch``: folders kept indexed (new, changed and deleted files become index jobs)."""
@@ -59,12 +64,17 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         else:
             svc.jobs.stop()
 
-    app = FastAPI(title="segsearch", version=__version__, lifespan=lifespan,
-                  description="Search photo libraries at the level of individual objects (SAM + CLIP + Qdrant).",
-                  generate_unique_id_function=lambda route: route.name)  # operationIds: search, get_segment, ...
+    app = FastAPI(
+        title="segsearch",
+        version=__version__,
+        lifespan=lifespan,
+        description="Search photo libraries at the level of individual objects (SAM + CLIP + Qdrant).",
+        generate_unique_id_function=lambda route: route.name,
+    )  # operationIds: search, get_segment, ...
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
@@ -95,12 +105,17 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         except Exception:  # noqa: BLE001
             checks["vectors"] = False
         ok = all(checks.values())
-        body = {"status": "ready" if ok else "not ready", "checks": checks,
-                "models": {"sam": svc.settings.sam, "clip": svc.clip_spec.name}}
+        body = {
+            "status": "ready" if ok else "not ready",
+            "checks": checks,
+            "models": {"sam": svc.settings.sam, "clip": svc.clip_spec.name},
+        }
         if not ok:
             body["problem"] = svc.load_error or (
-                "models are loading" if not svc.ready else "a store is unreachable: " +
-                ", ".join(k for k, v in checks.items() if not v))
+                "models are loading"
+                if not svc.ready
+                else "a store is unreachable: " + ", ".join(k for k, v in checks.items() if not v)
+            )
         return JSONResponse(body, status_code=200 if ok else 503)
 
     for path, fn in (("/healthz", healthz), ("/readyz", readyz)):  # monitors often probe with HEAD
@@ -159,9 +174,13 @@ class TimeoutMiddleware:
             return await task
         state["abandoned"] = True
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        response = errors.problem(503, "Request timed out",
-                                  f"the request took longer than {self.timeout_s:g}s; try again",
-                                  scope.get("path"), headers={"Retry-After": "1"})
+        response = errors.problem(
+            503,
+            "Request timed out",
+            f"the request took longer than {self.timeout_s:g}s; try again",
+            scope.get("path"),
+            headers={"Retry-After": "1"},
+        )
         await response(scope, receive, send)
 
 
@@ -175,10 +194,21 @@ def _openapi_with_problems(app: FastAPI) -> dict:
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     ref = {"$ref": "#/components/schemas/Problem"}
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
-    comps.setdefault("Problem", {"title": "Problem", "type": "object", "required": ["type", "title", "status"],
-                                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
-                                                "status": {"type": "integer"}, "detail": {"type": "string"},
-                                                "instance": {"type": "string"}}})
+    comps.setdefault(
+        "Problem",
+        {
+            "title": "Problem",
+            "type": "object",
+            "required": ["type", "title", "status"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "instance": {"type": "string"},
+            },
+        },
+    )
     for ops in schema.get("paths", {}).values():
         for op in ops.values():
             responses = op.setdefault("responses", {})

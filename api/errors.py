@@ -21,8 +21,9 @@ class ProblemError(Exception):
         self.status, self.title, self.detail, self.headers = status, title, detail, headers
 
 
-def problem(status: int, title: str, detail: str | None = None, instance: str | None = None,
-            headers: dict | None = None) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str | None = None, instance: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
@@ -65,5 +66,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return problem(500, "Internal Server Error", "an unexpected error occurred; it was logged",
-                       request.url.path)
+        return problem(500, "Internal Server Error", "an unexpected error occurred; it was logged", request.url.path)

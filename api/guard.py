@@ -22,8 +22,11 @@ from contextlib import contextmanager
 
 from segsearch.api.errors import ProblemError, problem
 
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer")]
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
 # Body caps past the upload limit: multipart boundaries and form fields; base64 grows data by 4/3.
 MULTIPART_SLACK = 1 << 20
 JSON_SLACK = 64 << 10
@@ -50,8 +53,12 @@ def key_problem(x_api_key: str | None, authorization: str | None, expected: str 
     if not given and (authorization or "").lower().startswith("bearer "):
         given = authorization[7:]
     if not given:
-        return ProblemError(401, "API key required", "send it as the X-API-Key header or a Bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        return ProblemError(
+            401,
+            "API key required",
+            "send it as the X-API-Key header or a Bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()):
         return ProblemError(403, "Invalid API key")
     return None
@@ -92,8 +99,12 @@ class Guard:
             if not length.isdigit():
                 return await refuse(400, "Bad Request", "invalid Content-Length")
             if int(length) > cap:
-                return await refuse(413, "Request body too large", f"{int(length):,} bytes; this route takes at "
-                                    f"most {cap:,} (SEGSEARCH_MAX_UPLOAD_BYTES sets the upload limit)")
+                return await refuse(
+                    413,
+                    "Request body too large",
+                    f"{int(length):,} bytes; this route takes at "
+                    f"most {cap:,} (SEGSEARCH_MAX_UPLOAD_BYTES sets the upload limit)",
+                )
         seen = {"n": 0}
 
         async def counted_receive():
@@ -130,8 +141,12 @@ class WorkSlots:
         if not got:
             with self._lock:
                 if self._waiting >= self.queue:
-                    raise ProblemError(503, "Server busy", f"{self.n} requests are being worked on and "
-                                       f"{self._waiting} wait; try again", headers={"Retry-After": "2"})
+                    raise ProblemError(
+                        503,
+                        "Server busy",
+                        f"{self.n} requests are being worked on and {self._waiting} wait; try again",
+                        headers={"Retry-After": "2"},
+                    )
                 self._waiting += 1
             try:
                 got = self._slots.acquire(timeout=self.wait_s)
@@ -139,8 +154,9 @@ class WorkSlots:
                 with self._lock:
                     self._waiting -= 1
             if not got:
-                raise ProblemError(503, "Server busy", "no worker became free in time; try again",
-                                   headers={"Retry-After": "2"})
+                raise ProblemError(
+                    503, "Server busy", "no worker became free in time; try again", headers={"Retry-After": "2"}
+                )
         try:
             yield
         finally:

@@ -108,10 +108,18 @@ class Jobs:
         with self._lock:
             live = dict(self._live.get(job_id) or {})
         progress = {**(row.progress or {}), **live}
-        return {"job_id": row.id, "kind": row.kind, "status": row.status, "request": row.request,
-                "progress": progress, "summary": row.summary, "error": row.error,
-                "created_at": _iso(row.created_at), "started_at": _iso(row.started_at),
-                "finished_at": _iso(row.finished_at)}
+        return {
+            "job_id": row.id,
+            "kind": row.kind,
+            "status": row.status,
+            "request": row.request,
+            "progress": progress,
+            "summary": row.summary,
+            "error": row.error,
+            "created_at": _iso(row.created_at),
+            "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at),
+        }
 
     def list(self) -> list[dict]:
         return [self.get(j.id) for j in self.services.catalog.jobs(limit=100)]
@@ -145,8 +153,14 @@ class Jobs:
         """The job's models: the server's CLIP and SAM instances, behind the query gate."""
         if self._models is None:
             svc = self.services
-            self._models = Models(svc.settings, sam_spec=svc.sam_spec, clip_spec=svc.clip_spec, sam=svc.sam,
-                                  embedder=svc.embedder, guard=self.before_model_call)
+            self._models = Models(
+                svc.settings,
+                sam_spec=svc.sam_spec,
+                clip_spec=svc.clip_spec,
+                sam=svc.sam,
+                embedder=svc.embedder,
+                guard=self.before_model_call,
+            )
         return self._models
 
     def _loop(self) -> None:
@@ -165,8 +179,15 @@ class Jobs:
         library = self.services.library
         catalog = self.services.catalog
         catalog.update_job(job.id, status="running", started_at=utcnow(), error=None)
-        progress = {"files_total": None, "files_done": 0, "indexed": 0, "skipped": 0, "failed": 0,
-                    "segments": 0, "stages": {}}
+        progress = {
+            "files_total": None,
+            "files_done": 0,
+            "indexed": 0,
+            "skipped": 0,
+            "failed": 0,
+            "segments": 0,
+            "stages": {},
+        }
         with self._lock:
             self._live[job.id] = progress
         self._running = job.id
@@ -199,8 +220,14 @@ class Jobs:
                 paths = [Path(p) for p in req.get("paths") or [] if p not in gone]
                 summary = dict(forgotten) if req.get("removed") else {}
                 if paths:
-                    result = library.index(paths, force=bool(req.get("force")), models=self.models(),
-                                           on_start=on_start, progress=on_image, indexer_hook=indexer_ref.append)
+                    result = library.index(
+                        paths,
+                        force=bool(req.get("force")),
+                        models=self.models(),
+                        on_start=on_start,
+                        progress=on_image,
+                        indexer_hook=indexer_ref.append,
+                    )
                     summary.update(result.to_dict())
                     progress["stages"] = summary["stages"]
         except Stop:
@@ -219,8 +246,14 @@ class Jobs:
             with self._lock:
                 self._live.pop(job.id, None)
                 self._cancel.discard(job.id)
-            catalog.update_job(job.id, status=status, progress=progress, summary=summary, error=error,
-                               finished_at=utcnow() if status in FINAL else None)
+            catalog.update_job(
+                job.id,
+                status=status,
+                progress=progress,
+                summary=summary,
+                error=error,
+                finished_at=utcnow() if status in FINAL else None,
+            )
 
     def _repair(self) -> dict:
         return self.services.library.doctor(repair=True, models=self.models())

@@ -39,8 +39,9 @@ def decode_upload(data: bytes, services: Services) -> DecodedImage:
     if len(data) > s.max_upload_bytes:
         raise ProblemError(413, "Upload too large", f"{len(data):,} bytes; the limit is {s.max_upload_bytes:,}")
     try:
-        return decode_image(data, max_pixels=min(s.max_image_pixels, s.max_upload_pixels),
-                            cap_name="SEGSEARCH_MAX_UPLOAD_PIXELS")
+        return decode_image(
+            data, max_pixels=min(s.max_image_pixels, s.max_upload_pixels), cap_name="SEGSEARCH_MAX_UPLOAD_PIXELS"
+        )
     except ImageTooLarge as exc:
         raise ProblemError(413, "Image too large", str(exc)) from None
     except ImageError as exc:
@@ -78,17 +79,27 @@ def search(body: schemas.SearchRequest, services: ServicesDep):
         get_segment_row(services, body.segment_id)
         point = services.vectors.retrieve(services.collection, [body.segment_id]).get(body.segment_id)
         if point is None:
-            raise ProblemError(404, "Segment not found", f"segment {body.segment_id!r} has no vector in "
-                               f"the current model's collection")
+            raise ProblemError(
+                404, "Segment not found", f"segment {body.segment_id!r} has no vector in the current model's collection"
+            )
         vector = np.asarray(point.vector, np.float32)
     if body.negative_text:
         vector = minus(vector, services.text_vector(body.negative_text))
     f = body.filters
-    flt = SearchFilter(image_ids=f.image_ids, kind=f.kind, path_prefix=f.path_prefix, min_area=f.min_area,
-                       max_area=f.max_area)
-    return schemas.SearchResponse.of(services.searcher.page(
-        vector, top_k=body.top_k, offset=body.offset, flt=flt, score_threshold=body.score_threshold,
-        group_by_image=body.group_by_image, group_size=body.group_size))
+    flt = SearchFilter(
+        image_ids=f.image_ids, kind=f.kind, path_prefix=f.path_prefix, min_area=f.min_area, max_area=f.max_area
+    )
+    return schemas.SearchResponse.of(
+        services.searcher.page(
+            vector,
+            top_k=body.top_k,
+            offset=body.offset,
+            flt=flt,
+            score_threshold=body.score_threshold,
+            group_by_image=body.group_by_image,
+            group_size=body.group_size,
+        )
+    )
 
 
 @router.post("/search/image", response_model=schemas.SearchResponse, responses=BAD_IMAGE)
@@ -109,8 +120,11 @@ def search_image(
         if b:
             pil = pil.crop((b[0], b[1], min(b[0] + b[2], decoded.width), min(b[1] + b[3], decoded.height)))
         vector = services.image_vector(pil)
-    return schemas.SearchResponse.of(services.searcher.page(
-        vector, top_k=top_k, offset=offset, flt=SearchFilter(kind=kind), group_by_image=group_by_image))
+    return schemas.SearchResponse.of(
+        services.searcher.page(
+            vector, top_k=top_k, offset=offset, flt=SearchFilter(kind=kind), group_by_image=group_by_image
+        )
+    )
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -125,17 +139,32 @@ def get_image(image_id: str, services: ServicesDep):
     if img is None:
         raise ProblemError(404, "Image not found", f"no image with id {image_id!r}")
     segs = services.catalog.image_segments(image_id)
-    return schemas.Image(image_id=img.id, paths=services.catalog.image_paths(image_id), width=img.width,
-                         height=img.height, format=img.format, status=img.status, error=img.error,
-                         n_segments=img.n_segments, segments=[schemas.Segment.of(r) for r in segs])
+    return schemas.Image(
+        image_id=img.id,
+        paths=services.catalog.image_paths(image_id),
+        width=img.width,
+        height=img.height,
+        format=img.format,
+        status=img.status,
+        error=img.error,
+        n_segments=img.n_segments,
+        segments=[schemas.Segment.of(r) for r in segs],
+    )
 
 
 @router.get("/stats", response_model=schemas.Stats)
 def stats(services: ServicesDep):
     c = services.catalog.counts()
-    return schemas.Stats(images=c["images"], indexed=c["indexed"], pending=c["pending"], failed=c["failed"],
-                         segments=c["segments"], vectors=services.vectors.count(services.collection),
-                         collection=services.collection, clip=services.clip_spec.name)
+    return schemas.Stats(
+        images=c["images"],
+        indexed=c["indexed"],
+        pending=c["pending"],
+        failed=c["failed"],
+        segments=c["segments"],
+        vectors=services.vectors.count(services.collection),
+        collection=services.collection,
+        clip=services.clip_spec.name,
+    )
 
 
 # --- rendered images -----------------------------------------------------------------------------
@@ -221,16 +250,25 @@ def segment(
             raise ProblemError(422, "Invalid request", "give points and/or a box")
         xyxy = [b[0], b[1], b[0] + b[2], b[1] + b[3]] if b else None
         try:
-            masks, scores, cached = services.segmenter.predict(key, rgb, points=coords, labels=lab, box_xyxy=xyxy,
-                                                               multimask=multimask_output)
+            masks, scores, cached = services.segmenter.predict(
+                key, rgb, points=coords, labels=lab, box_xyxy=xyxy, multimask=multimask_output
+            )
         except SegsearchError as exc:  # e.g. SAM weights missing on an offline server
             raise ProblemError(503, "Segmentation model unavailable", str(exc)) from None
-        out = [schemas.MaskOut(rle=encode_rle(masks[i]), bbox=list(mask_box_xywh(masks[i])),
-                               area=int(masks[i].sum()), score=float(scores[i])) for i in np.argsort(-scores)]
+        out = [
+            schemas.MaskOut(
+                rle=encode_rle(masks[i]),
+                bbox=list(mask_box_xywh(masks[i])),
+                area=int(masks[i].sum()),
+                score=float(scores[i]),
+            )
+            for i in np.argsort(-scores)
+        ]
         png = None
         if overlay and out:
             buf = io.BytesIO()
             render.overlay(rgb, out[0].rle).save(buf, format="PNG")
             png = base64.b64encode(buf.getvalue()).decode()
-        return schemas.SegmentResponse(image_id=key, width=w, height=h, masks=out, overlay_png_b64=png,
-                                       cached_embedding=cached)
+        return schemas.SegmentResponse(
+            image_id=key, width=w, height=h, masks=out, overlay_png_b64=png, cached_embedding=cached
+        )

@@ -27,9 +27,12 @@ class Filters(BaseModel):
     image_ids: list[str] | None = Field(None, max_length=1000)
 
 
-_ONE_QUERY = {"oneOf": [
-    {"required": [k], "properties": {k: {"type": "string", "minLength": 1}}} for k in ("text", "image_b64", "segment_id")
-]}
+_ONE_QUERY = {
+    "oneOf": [
+        {"required": [k], "properties": {k: {"type": "string", "minLength": 1}}}
+        for k in ("text", "image_b64", "segment_id")
+    ]
+}
 
 
 class SearchRequest(BaseModel):
@@ -41,8 +44,9 @@ class SearchRequest(BaseModel):
     text: str | None = Field(None, min_length=1, max_length=1000)
     image_b64: str | None = Field(None, min_length=1, description="Query image, base64 (JPEG/PNG/...).")
     segment_id: str | None = Field(None, min_length=1, description="More like this segment.")
-    negative_text: str | None = Field(None, min_length=1, max_length=1000,
-                                      description="Push results away from this concept.")
+    negative_text: str | None = Field(
+        None, min_length=1, max_length=1000, description="Push results away from this concept."
+    )
     top_k: int = Field(10, ge=1, le=200)
     offset: int = Field(0, ge=0, le=10_000)
     filters: Filters = Field(default_factory=Filters)
@@ -68,8 +72,12 @@ class Links(BaseModel):
     def of(cls, segment_id: str, image_id: str, kind: str) -> Links:
         base = f"/v1/segments/{segment_id}"
         has_mask = kind == "object"
-        return cls(crop=f"{base}/crop.jpg", mask=f"{base}/mask.png" if has_mask else None,
-                   overlay=f"{base}/overlay.jpg" if has_mask else None, image=f"/v1/images/{image_id}")
+        return cls(
+            crop=f"{base}/crop.jpg",
+            mask=f"{base}/mask.png" if has_mask else None,
+            overlay=f"{base}/overlay.jpg" if has_mask else None,
+            image=f"/v1/images/{image_id}",
+        )
 
 
 class Hit(BaseModel):
@@ -88,9 +96,19 @@ class Hit(BaseModel):
     @classmethod
     def of(cls, h) -> Hit:
         """From a ``segsearch.search.Hit``."""
-        return cls(segment_id=h.segment_id, image_id=h.image_id, image_path=h.image_path, kind=h.kind,
-                   bbox=h.bbox, area=h.area, area_frac=h.area_frac, score=h.score, predicted_iou=h.predicted_iou,
-                   stability_score=h.stability_score, urls=Links.of(h.segment_id, h.image_id, h.kind))
+        return cls(
+            segment_id=h.segment_id,
+            image_id=h.image_id,
+            image_path=h.image_path,
+            kind=h.kind,
+            bbox=h.bbox,
+            area=h.area,
+            area_frac=h.area_frac,
+            score=h.score,
+            predicted_iou=h.predicted_iou,
+            stability_score=h.stability_score,
+            urls=Links.of(h.segment_id, h.image_id, h.kind),
+        )
 
 
 class Group(BaseModel):
@@ -108,9 +126,14 @@ class SearchResponse(BaseModel):
     @classmethod
     def of(cls, page) -> SearchResponse:
         """From a ``segsearch.search.SearchPage``."""
-        groups = None if page.groups is None else [
-            Group(image_id=g.image_id, image_path=g.image_path, score=g.score, hits=[Hit.of(h) for h in g.hits])
-            for g in page.groups]
+        groups = (
+            None
+            if page.groups is None
+            else [
+                Group(image_id=g.image_id, image_path=g.image_path, score=g.score, hits=[Hit.of(h) for h in g.hits])
+                for g in page.groups
+            ]
+        )
         hits = [h for g in groups for h in g.hits] if groups is not None else [Hit.of(h) for h in page.hits]
         return cls(hits=hits, groups=groups, next_offset=page.next_offset)
 
@@ -131,9 +154,19 @@ class Segment(BaseModel):
     @classmethod
     def of(cls, row) -> Segment:
         """From a stored ``SegmentRow``."""
-        return cls(segment_id=row.id, image_id=row.image_id, kind=row.kind, mask_index=row.mask_index,
-                   bbox=row.bbox, area=int(row.area), area_frac=row.area_frac, predicted_iou=row.predicted_iou,
-                   stability_score=row.stability_score, rle=row.rle, urls=Links.of(row.id, row.image_id, row.kind))
+        return cls(
+            segment_id=row.id,
+            image_id=row.image_id,
+            kind=row.kind,
+            mask_index=row.mask_index,
+            bbox=row.bbox,
+            area=int(row.area),
+            area_frac=row.area_frac,
+            predicted_iou=row.predicted_iou,
+            stability_score=row.stability_score,
+            rle=row.rle,
+            urls=Links.of(row.id, row.image_id, row.kind),
+        )
 
 
 class Image(BaseModel):
@@ -273,7 +306,11 @@ def parse_points(points: str | None, labels: str | None, width: int, height: int
         raise _invalid("points must be [[x, y], ...], labels [0|1, ...]") from None
     if len(coords) == 0 or len(coords) > MAX_POINTS or len(lab) != len(coords) or not set(lab.tolist()) <= {0, 1}:
         raise _invalid(f"1-{MAX_POINTS} points, one label (0 or 1) per point")
-    if (not np.isfinite(coords).all() or (coords < 0).any() or (coords[:, 0] >= width).any()
-            or (coords[:, 1] >= height).any()):
+    if (
+        not np.isfinite(coords).all()
+        or (coords < 0).any()
+        or (coords[:, 0] >= width).any()
+        or (coords[:, 1] >= height).any()
+    ):
         raise _invalid(f"points must lie inside the {width}x{height} image")
     return coords, lab

@@ -52,8 +52,15 @@ class Watcher:
         try:
             # yield_on_timeout: the first (empty) yield says the watch is in place; only then is the
             # catch-up job submitted, so a file written at any moment is seen by one or the other
-            for changes in watch(*self.folders, stop_event=self._stop, debounce=DEBOUNCE_MS, recursive=True,
-                                 raise_interrupt=False, yield_on_timeout=True, rust_timeout=500):
+            for changes in watch(
+                *self.folders,
+                stop_event=self._stop,
+                debounce=DEBOUNCE_MS,
+                recursive=True,
+                raise_interrupt=False,
+                yield_on_timeout=True,
+                rust_timeout=500,
+            ):
                 if not caught_up:
                     self.services.jobs.submit("index", {"paths": self.folders, "force": False, "source": "watch"})
                     caught_up = True
@@ -61,7 +68,8 @@ class Watcher:
                 removed = sorted({p for c, p in changes if c == Change.deleted and _wanted(p)})
                 if added or removed:
                     log.info("watch: %d new or changed, %d deleted", len(added), len(removed))
-                    self.services.jobs.submit("index", {"paths": added, "removed": removed, "force": False,
-                                                        "source": "watch"})
+                    self.services.jobs.submit(
+                        "index", {"paths": added, "removed": removed, "force": False, "source": "watch"}
+                    )
         except Exception:  # noqa: BLE001 - the server goes on without the watcher
             log.exception("the folder watcher stopped")

@@ -30,13 +30,19 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="sam-shapes-tiny", help="registered SAM name")
     ap.add_argument("--images", type=int, default=10, help="held-out shapes-world scenes to run")
     ap.add_argument("--size", default=None, help="WxH: render every scene at this size (e.g. 1024x768)")
-    ap.add_argument("--params", default="defaults",
-                    help="defaults (SAM's, what `segsearch index` runs with no flags) | shapes | FILE.json")
+    ap.add_argument(
+        "--params",
+        default="defaults",
+        help="defaults (SAM's, what `segsearch index` runs with no flags) | shapes | FILE.json",
+    )
     ap.add_argument("--points-per-side", type=int, default=None)
     ap.add_argument("--min-mask-region-area", type=int, default=None, help="small-region clean-up (px)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", default="1,all",
-                    help="comma-separated torch CPU thread counts, each timed in this run ('all' = every core)")
+    ap.add_argument(
+        "--threads",
+        default="1,all",
+        help="comma-separated torch CPU thread counts, each timed in this run ('all' = every core)",
+    )
     ap.add_argument("--random-weights", action="store_true", help="do not load a checkpoint")
     ap.add_argument("--skip-reference", action="store_true", help="time the fast engine only")
     ap.add_argument("--json", action="store_true")
@@ -106,9 +112,12 @@ def main(argv=None) -> int:
     def one(n_threads: int) -> dict:
         torch.set_num_threads(n_threads)
         fast, fast_s, stages = timed("fast")
-        r = {"threads": n_threads, "fast_s_per_image": round(fast_s, 4),
-             "fast_stages_s_per_image": {k: round(v, 4) for k, v in stages.items()},
-             "fast_masks": sum(len(m) for m in fast)}
+        r = {
+            "threads": n_threads,
+            "fast_s_per_image": round(fast_s, 4),
+            "fast_stages_s_per_image": {k: round(v, 4) for k, v in stages.items()},
+            "fast_masks": sum(len(m) for m in fast),
+        }
         if args.skip_reference:
             return r
         ref, ref_s, _ = timed("reference")
@@ -117,19 +126,27 @@ def main(argv=None) -> int:
             if len(a):
                 best.extend(iou_matrix(a.masks, b.masks).max(1) if len(b) else np.zeros(len(a)))
         n_ref = sum(len(m) for m in ref)
-        r.update({
-            "reference_s_per_image": round(ref_s, 4), "speedup": round(ref_s / fast_s, 2),
-            "reference_masks": n_ref,
-            "matched_miou": round(float(np.mean(best)), 4) if best else None,
-            "count_ratio": round(r["fast_masks"] / n_ref, 4) if n_ref else None,
-        })
+        r.update(
+            {
+                "reference_s_per_image": round(ref_s, 4),
+                "speedup": round(ref_s / fast_s, 2),
+                "reference_masks": n_ref,
+                "matched_miou": round(float(np.mean(best)), 4) if best else None,
+                "count_ratio": round(r["fast_masks"] / n_ref, 4) if n_ref else None,
+            }
+        )
         return r
 
     runs = [one(t) for t in threads]
     result = {
-        "model": args.model, "weights": weights, "device": args.device, "params_name": args.params,
-        "images": len(images), "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
-        "params": params, "runs": runs,
+        "model": args.model,
+        "weights": weights,
+        "device": args.device,
+        "params_name": args.params,
+        "images": len(images),
+        "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
+        "params": params,
+        "runs": runs,
     }
     if len(runs) > 1:
         result["fast_thread_scaling"] = round(runs[0]["fast_s_per_image"] / runs[-1]["fast_s_per_image"], 2)

@@ -44,8 +44,7 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
 
     if threads:
         torch.set_num_threads(threads)
-    settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True,
-                        **SHAPES_AMG)
+    settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True, **SHAPES_AMG)
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -80,10 +79,16 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
     st = summary["stages"]
     steady = secs - st.get("load_models", 0.0) - st.get("optimize", 0.0)
     return {
-        "scenes": len(files), "amg": amg, "indexed": summary["indexed"], "failed": summary["failed"],
-        "segments": summary["segments"], "seconds": round(secs, 2),
-        "images_per_s": round(summary["indexed"] / secs, 3), "segments_per_s": round(summary["segments"] / secs, 2),
-        "stages_s": summary["stages"], "peak_rss_mb": round(peak, 1),
+        "scenes": len(files),
+        "amg": amg,
+        "indexed": summary["indexed"],
+        "failed": summary["failed"],
+        "segments": summary["segments"],
+        "seconds": round(secs, 2),
+        "images_per_s": round(summary["indexed"] / secs, 3),
+        "segments_per_s": round(summary["segments"] / secs, 2),
+        "stages_s": summary["stages"],
+        "peak_rss_mb": round(peak, 1),
         # throughput relative to the slowest stage (SAM) alone, excluding one-off model load and index build
         "sam_alone_images_per_s": round(1 / sam_alone, 3),
         "efficiency_vs_sam_alone": round(summary["indexed"] / steady * sam_alone, 3) if steady > 0 else None,
@@ -136,9 +141,12 @@ def main(argv=None) -> int:
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         if not args.json:
             r = results[-1]
-            print(f"{r['scenes']:6d} scenes  {r['images_per_s']:.2f} img/s  {r['segments_per_s']:.1f} seg/s  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MiB  efficiency vs SAM alone {r['efficiency_vs_sam_alone']}  "
-                  f"stages {r['stages_s']}", flush=True)
+            print(
+                f"{r['scenes']:6d} scenes  {r['images_per_s']:.2f} img/s  {r['segments_per_s']:.1f} seg/s  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MiB  efficiency vs SAM alone {r['efficiency_vs_sam_alone']}  "
+                f"stages {r['stages_s']}",
+                flush=True,
+            )
     report = {"runs": results}
     if len(results) > 1:
         report["peak_rss_ratio_largest_vs_smallest"] = round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 3)

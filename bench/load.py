@@ -82,16 +82,48 @@ def build_store(work: Path, n_segments: int, n_real: int = 12) -> tuple[Path, li
                 segs = []
                 for s in per_image[iid]:
                     sid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{s.id}:{copy}"))
-                    segs.append({"id": sid, "kind": s.kind, "mask_index": s.mask_index, "x": s.x, "y": s.y, "w": s.w,
-                                 "h": s.h, "area": s.area, "area_frac": s.area_frac, "predicted_iou": s.predicted_iou,
-                                 "stability_score": s.stability_score, "rle": s.rle})
+                    segs.append(
+                        {
+                            "id": sid,
+                            "kind": s.kind,
+                            "mask_index": s.mask_index,
+                            "x": s.x,
+                            "y": s.y,
+                            "w": s.w,
+                            "h": s.h,
+                            "area": s.area,
+                            "area_frac": s.area_frac,
+                            "predicted_iou": s.predicted_iou,
+                            "stability_score": s.stability_score,
+                            "rle": s.rle,
+                        }
+                    )
                     v = vecs[s.id] + rng.normal(0, 0.05, size=vecs[s.id].shape).astype(np.float32)
-                    points.append(VectorPoint(sid, v / np.linalg.norm(v), {
-                        "image_id": new_iid, "kind": s.kind, "area_frac": s.area_frac, "bbox": [s.x, s.y, s.w, s.h],
-                        "mask_index": s.mask_index, "paths": [str(link)], "dirs": path_dirs([str(link)])}))
+                    points.append(
+                        VectorPoint(
+                            sid,
+                            v / np.linalg.norm(v),
+                            {
+                                "image_id": new_iid,
+                                "kind": s.kind,
+                                "area_frac": s.area_frac,
+                                "bbox": [s.x, s.y, s.w, s.h],
+                                "mask_index": s.mask_index,
+                                "paths": [str(link)],
+                                "dirs": path_dirs([str(link)]),
+                            },
+                        )
+                    )
                 catalog.mark_pending(new_iid, img.fingerprint, coll)
-                catalog.commit_segments(new_iid, fingerprint=img.fingerprint, collection=coll, width=img.width,
-                                        height=img.height, fmt=img.format, segments=segs)
+                catalog.commit_segments(
+                    new_iid,
+                    fingerprint=img.fingerprint,
+                    collection=coll,
+                    width=img.width,
+                    height=img.height,
+                    fmt=img.format,
+                    segments=segs,
+                )
                 have += len(segs)
             vectors.upsert(coll, points)
         t = time.perf_counter()
@@ -124,8 +156,12 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="reuse a store built earlier here")
     ap.add_argument("--index-job", action="store_true", help="also measure the load while an index job runs")
     ap.add_argument("--job-batch", type=int, default=8, help="fresh scenes per index job (one write group)")
-    ap.add_argument("--yield-s", type=float, default=None,
-                    help="the server's SEGSEARCH_INDEX_YIELD_S (default: the setting's default; 0 = never yield)")
+    ap.add_argument(
+        "--yield-s",
+        type=float,
+        default=None,
+        help="the server's SEGSEARCH_INDEX_YIELD_S (default: the setting's default; 0 = never yield)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -145,8 +181,13 @@ def main(argv=None) -> int:
     env = dict(os.environ, SEGSEARCH_DATA=str(data), SEGSEARCH_OFFLINE="1", SEGSEARCH_PORT=str(port))
     if args.yield_s is not None:
         env["SEGSEARCH_INDEX_YIELD_S"] = str(args.yield_s)
-    server = subprocess.Popen([sys.executable, "-m", "segsearch", "serve"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "segsearch", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -173,15 +214,24 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait(timeout=30)
 
-    report = {"segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
-              "clients": args.clients, **phases["idle"]}
+    report = {
+        "segments_in_store": stats.get("segments"),
+        "images_in_store": stats.get("images"),
+        "clients": args.clients,
+        **phases["idle"],
+    }
     if args.index_job:
         job, alone = phases["indexing"]["index_job"], phases["job_alone"]["index_job"]
-        report = {"segments_in_store": stats.get("segments"), "images_in_store": stats.get("images"),
-                  "clients": args.clients, "phases": phases,
-                  "search_p95_ratio_indexing_vs_idle": round(phases["indexing"]["search"]["p95_ms"]
-                                                             / phases["idle"]["search"]["p95_ms"], 2),
-                  "index_images_per_s_under_load_vs_alone": [job["images_per_s"], alone["images_per_s"]]}
+        report = {
+            "segments_in_store": stats.get("segments"),
+            "images_in_store": stats.get("images"),
+            "clients": args.clients,
+            "phases": phases,
+            "search_p95_ratio_indexing_vs_idle": round(
+                phases["indexing"]["search"]["p95_ms"] / phases["idle"]["search"]["p95_ms"], 2
+            ),
+            "index_images_per_s_under_load_vs_alone": [job["images_per_s"], alone["images_per_s"]],
+        }
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return 0 if not any(p.get("errors") for p in phases.values()) else 1
 
@@ -240,8 +290,12 @@ class IndexJobs:
         seconds = time.perf_counter() - self._t0
         self._stop.set()
         self._thread.join(timeout=120)
-        return {"jobs": self.jobs, "images_indexed": self.indexed, "images_per_s": round(self.indexed / seconds, 3),
-                "job_errors": self.errors[:3]}
+        return {
+            "jobs": self.jobs,
+            "images_indexed": self.indexed,
+            "images_per_s": round(self.indexed / seconds, 3),
+            "job_errors": self.errors[:3],
+        }
 
 
 def run_load(base: str, captions: list[str], args, job: IndexJobs | None = None) -> dict:
@@ -288,12 +342,20 @@ def run_load(base: str, captions: list[str], args, job: IndexJobs | None = None)
     wall = time.perf_counter() - t0
     n = sum(len(v) for v in lat.values())
     out = {
-        "seconds": round(wall, 1), "requests": n, "errors": len(errors),
-        "error_kinds": sorted(set(errors))[:10], "throughput_rps": round(n / wall, 1),
-        "all": {"p50_ms": pct(lat["search"] + lat["crop"], 50), "p95_ms": pct(lat["search"] + lat["crop"], 95),
-                "p99_ms": pct(lat["search"] + lat["crop"], 99)},
-        **{k: {"requests": len(v), "p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}
-           for k, v in lat.items()},
+        "seconds": round(wall, 1),
+        "requests": n,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:10],
+        "throughput_rps": round(n / wall, 1),
+        "all": {
+            "p50_ms": pct(lat["search"] + lat["crop"], 50),
+            "p95_ms": pct(lat["search"] + lat["crop"], 95),
+            "p99_ms": pct(lat["search"] + lat["crop"], 99),
+        },
+        **{
+            k: {"requests": len(v), "p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}
+            for k, v in lat.items()
+        },
     }
     if job is not None:
         out["index_job"] = job.stop()

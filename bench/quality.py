@@ -22,8 +22,12 @@ from pathlib import Path
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=60, help="held-out shapes-world scenes")
-    ap.add_argument("--split", default="heldout", choices=["heldout", "validation"],
-                    help="shapes scenes to use: held-out (reported figures) or validation (for tuning settings)")
+    ap.add_argument(
+        "--split",
+        default="heldout",
+        choices=["heldout", "validation"],
+        help="shapes scenes to use: held-out (reported figures) or validation (for tuning settings)",
+    )
     ap.add_argument("--coco-images", type=Path, help="COCO-format image folder")
     ap.add_argument("--coco-annotations", type=Path, help="COCO instances JSON")
     ap.add_argument("--limit", type=int, help="at most this many COCO images")
@@ -34,8 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pred-iou-thresh", type=float, default=None)
     ap.add_argument("--stability-score-thresh", type=float, default=None)
     ap.add_argument("--crop-n-layers", type=int, default=None, help="AMG crop layers (1: also zoomed crops)")
-    ap.add_argument("--min-mask-region-area", type=int, default=None,
-                    help="AMG clean-up: remove islands and fill holes smaller than this many pixels")
+    ap.add_argument(
+        "--min-mask-region-area",
+        type=int,
+        default=None,
+        help="AMG clean-up: remove islands and fill holes smaller than this many pixels",
+    )
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -53,10 +61,16 @@ def main(argv=None) -> int:
             overrides.update({k: v for k, v in {"sam": args.sam, "clip": args.clip}.items() if v})
         else:
             eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes, split=args.split)
-            overrides.update({"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny",
-                              **SHAPES_AMG})
-        for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "crop_n_layers",
-                    "min_mask_region_area"):
+            overrides.update(
+                {"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny", **SHAPES_AMG}
+            )
+        for key in (
+            "points_per_side",
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "crop_n_layers",
+            "min_mask_region_area",
+        ):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
         settings = Settings(data=Path(tmp) / "data", **overrides)

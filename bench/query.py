@@ -45,10 +45,21 @@ def fill(index, name, n, dim, seed=0, batch=20_000):
         for j in range(m):
             i = start + j
             folder = f"/photos/f{i % 100:03d}"
-            pts.append(VectorPoint(str(uuid.UUID(int=i + 1)), v[j], {
-                "image_id": f"{i // 20:040x}", "kind": "image" if i % 20 == 0 else "object",
-                "area_frac": float((i * 7919 % 1000) / 1000), "bbox": [0, 0, 1, 1], "mask_index": i % 20,
-                "paths": [f"{folder}/{i // 20}.jpg"], "dirs": ["/", "/photos", folder]}))
+            pts.append(
+                VectorPoint(
+                    str(uuid.UUID(int=i + 1)),
+                    v[j],
+                    {
+                        "image_id": f"{i // 20:040x}",
+                        "kind": "image" if i % 20 == 0 else "object",
+                        "area_frac": float((i * 7919 % 1000) / 1000),
+                        "bbox": [0, 0, 1, 1],
+                        "mask_index": i % 20,
+                        "paths": [f"{folder}/{i // 20}.jpg"],
+                        "dirs": ["/", "/photos", folder],
+                    },
+                )
+            )
         index.upsert(name, pts)
     upsert_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -63,8 +74,12 @@ def measure(index, name, embedder, queries, flt):
         vec = embedder.embed_texts([q])[0]
         index.search(name, vec, 10, flt)
         lat.append(time.perf_counter() - t)
-    return {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99),
-            "qps_sequential": round(len(lat) / sum(lat), 1)}
+    return {
+        "p50_ms": pct(lat, 50),
+        "p95_ms": pct(lat, 95),
+        "p99_ms": pct(lat, 99),
+        "qps_sequential": round(len(lat) / sum(lat), 1),
+    }
 
 
 def recall(index, name, dim, n_queries=100, seed=1):
@@ -95,8 +110,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--hnsw-ef", default="512", help="search beam(s) of the embedded index, e.g. 128,256,512")
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--reuse", action="store_true",
-                    help="embedded: reuse a store a previous run left in --workdir (skips the fill and HNSW build)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="embedded: reuse a store a previous run left in --workdir (skips the fill and HNSW build)",
+    )
     ap.add_argument("--hnsw-m", type=int, default=16, help="HNSW edges per node of a new embedded store")
     ap.add_argument("--hnsw-ef-construct", type=int, default=100, help="HNSW build beam of a new embedded store")
     ap.add_argument("--json", action="store_true")
@@ -129,8 +147,9 @@ def main(argv=None) -> int:
 
     results = []
     efs = [int(v) for v in args.hnsw_ef.split(",")]
-    backends = [("embedded", lambda d: EdgeVectorIndex(d, hnsw_m=args.hnsw_m,
-                                                        hnsw_ef_construct=args.hnsw_ef_construct))]
+    backends = [
+        ("embedded", lambda d: EdgeVectorIndex(d, hnsw_m=args.hnsw_m, hnsw_ef_construct=args.hnsw_ef_construct))
+    ]
     if args.server:
         backends.append(("server-local", lambda d: ServerVectorIndex(":memory:")))
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -146,13 +165,21 @@ def main(argv=None) -> int:
             for ef in efs if backend == "embedded" else [None]:
                 if ef:
                     index.hnsw_ef = ef
-                r = {"backend": backend, "points": size, "dim": dim, "hnsw_m": args.hnsw_m, "hnsw_ef": ef,
-                     "upsert_s": upsert_s and round(upsert_s, 1),
-                     "optimize_s": optimize_s and round(optimize_s, 1), "queries": len(qs),
-                     "text_query": measure(index, "bench", embedder, qs, None),
-                     "text_query_filtered": measure(index, "bench", embedder, qs, flt)}
-                r["recall_at_10"], r["hnsw_ms"], r["exact_ms"] = recall(index, "bench", dim,
-                                                                         100 if backend == "embedded" else 20)
+                r = {
+                    "backend": backend,
+                    "points": size,
+                    "dim": dim,
+                    "hnsw_m": args.hnsw_m,
+                    "hnsw_ef": ef,
+                    "upsert_s": upsert_s and round(upsert_s, 1),
+                    "optimize_s": optimize_s and round(optimize_s, 1),
+                    "queries": len(qs),
+                    "text_query": measure(index, "bench", embedder, qs, None),
+                    "text_query_filtered": measure(index, "bench", embedder, qs, flt),
+                }
+                r["recall_at_10"], r["hnsw_ms"], r["exact_ms"] = recall(
+                    index, "bench", dim, 100 if backend == "embedded" else 20
+                )
                 results.append(r)
                 if not args.json:
                     print(json.dumps(r), flush=True)

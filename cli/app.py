@@ -8,8 +8,12 @@ import typer
 
 from segsearch.cli import index, models, search, serve
 
-app = typer.Typer(help="Search inside photo libraries at the level of individual objects.",
-                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Search inside photo libraries at the level of individual objects.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def _version(value: bool) -> None:
@@ -22,13 +26,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def global_options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
-    log_format: Annotated[str, typer.Option(
-        help="auto (rich on a terminal, JSON lines otherwise, e.g. in containers) | rich | json | text.",
-        case_sensitive=False)] = "auto",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            help="auto (rich on a terminal, JSON lines otherwise, e.g. in containers) | rich | json | text.",
+            case_sensitive=False,
+        ),
+    ] = "auto",
 ):
     """Search inside photo libraries at the level of individual objects."""
     import logging

@@ -15,30 +15,53 @@ from segsearch.cli.options import Backend, Clip, Data, DbUrl, Device, Json, Offl
 
 def index(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
-    data: Data = None, sam: Sam = None, clip: Clip = None, device: Device = None,
-    database_url: DbUrl = None, vector_backend: Backend = None, qdrant_url: QdrantUrl = None,
+    data: Data = None,
+    sam: Sam = None,
+    clip: Clip = None,
+    device: Device = None,
+    database_url: DbUrl = None,
+    vector_backend: Backend = None,
+    qdrant_url: QdrantUrl = None,
     offline: Offline = None,
     force: Annotated[bool, typer.Option("--force", help="Re-index images even if already indexed.")] = False,
-    reindex: Annotated[bool, typer.Option(
-        "--reindex", help="Switch this library to the models/settings given (the record is replaced; the images "
-                          "given are re-indexed). Without it, models other than the recorded ones stop with exit 2."
-    )] = False,
-    amg: Annotated[Optional[str], typer.Option(help="Mask engine: fast | reference (same masks) (default: fast).")] = None,
+    reindex: Annotated[
+        bool,
+        typer.Option(
+            "--reindex",
+            help="Switch this library to the models/settings given (the record is replaced; the images "
+            "given are re-indexed). Without it, models other than the recorded ones stop with exit 2.",
+        ),
+    ] = False,
+    amg: Annotated[
+        Optional[str], typer.Option(help="Mask engine: fast | reference (same masks) (default: fast).")
+    ] = None,
     points_per_side: Annotated[Optional[int], typer.Option(help="AMG grid points per side (default: 32).")] = None,
-    points_per_batch: Annotated[Optional[int], typer.Option(help="AMG prompts per decoder batch (default: 64).")] = None,
+    points_per_batch: Annotated[
+        Optional[int], typer.Option(help="AMG prompts per decoder batch (default: 64).")
+    ] = None,
     pred_iou_thresh: Annotated[Optional[float], typer.Option(help="AMG predicted-IoU filter (default: 0.88).")] = None,
-    stability_score_thresh: Annotated[Optional[float], typer.Option(help="AMG stability filter (default: 0.95).")] = None,
+    stability_score_thresh: Annotated[
+        Optional[float], typer.Option(help="AMG stability filter (default: 0.95).")
+    ] = None,
     box_nms_thresh: Annotated[Optional[float], typer.Option(help="AMG box NMS IoU (default: 0.7).")] = None,
     crop_n_layers: Annotated[Optional[int], typer.Option(help="AMG crop layers (default: 0).")] = None,
-    min_mask_region_area: Annotated[Optional[int], typer.Option(
-        help="AMG small-region cleanup (px) (default: 0).")] = None,
+    min_mask_region_area: Annotated[
+        Optional[int], typer.Option(help="AMG small-region cleanup (px) (default: 0).")
+    ] = None,
     crop_mode: Annotated[Optional[str], typer.Option(help="masked | box | blur (default: masked)")] = None,
-    min_segment_area: Annotated[Optional[int], typer.Option(help="Skip masks below this area (px) (default: 64).")] = None,
-    engine: Annotated[Optional[str], typer.Option(
-        help="local (this process) | ray (Ray Data actor pools: SAM and CLIP on every GPU of a cluster) "
-             "(default: local).")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster to join with --engine ray (default: start a local Ray instance).")] = None,
+    min_segment_area: Annotated[
+        Optional[int], typer.Option(help="Skip masks below this area (px) (default: 64).")
+    ] = None,
+    engine: Annotated[
+        Optional[str],
+        typer.Option(
+            help="local (this process) | ray (Ray Data actor pools: SAM and CLIP on every GPU of a cluster) "
+            "(default: local)."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="Ray cluster to join with --engine ray (default: start a local Ray instance).")
+    ] = None,
     json_out: Json = False,
 ):
     """Segment every image with SAM, embed each segment with CLIP, store vectors and records.
@@ -50,12 +73,27 @@ def index(
     show = not json_out and sys.stderr.isatty()
     try:
         settings = make_settings(
-            data=data, sam=sam, clip=clip, device=device, database_url=database_url,
-            vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline,
-            amg=amg, points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, box_nms_thresh=box_nms_thresh,
-            crop_n_layers=crop_n_layers, min_mask_region_area=min_mask_region_area, crop_mode=crop_mode,
-            min_segment_area=min_segment_area, engine=engine, ray_address=ray_address)
+            data=data,
+            sam=sam,
+            clip=clip,
+            device=device,
+            database_url=database_url,
+            vector_backend=vector_backend,
+            qdrant_url=qdrant_url,
+            offline=offline,
+            amg=amg,
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            min_mask_region_area=min_mask_region_area,
+            crop_mode=crop_mode,
+            min_segment_area=min_segment_area,
+            engine=engine,
+            ray_address=ray_address,
+        )
         server = server_for(settings)
         if server is not None:
             d = _index_on_server(server, settings, paths, force=force, reindex=reindex, show_progress=show)
@@ -83,14 +121,20 @@ def _index_on_server(server, settings, paths, *, force, reindex, show_progress) 
         return server.index(settings, paths, force=force, reindex=reindex)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]indexing (server)"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[segments]} segments"), TimeRemainingColumn()) as bar:
+    with Progress(
+        TextColumn("[bold]indexing (server)"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[segments]} segments"),
+        TimeRemainingColumn(),
+    ) as bar:
         task = bar.add_task("index", total=None, segments=0)
 
         def on_progress(j):
             p = j["progress"]
-            bar.update(task, completed=p.get("files_done", 0), total=p.get("files_total"),
-                       segments=p.get("segments", 0))
+            bar.update(
+                task, completed=p.get("files_done", 0), total=p.get("files_total"), segments=p.get("segments", 0)
+            )
 
         return server.index(settings, paths, force=force, reindex=reindex, on_progress=on_progress)
 
@@ -105,9 +149,14 @@ def run_index(settings, paths, *, force=False, reindex=False, show_progress=Fals
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         counts = {"segments": 0}
-        with Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]} img/s"), TextColumn("{task.fields[segments]} segments"),
-                      TimeRemainingColumn()) as bar:
+        with Progress(
+            TextColumn("[bold]indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} img/s"),
+            TextColumn("{task.fields[segments]} segments"),
+            TimeRemainingColumn(),
+        ) as bar:
             task = bar.add_task("index", total=None, rate="-", segments=0)
 
             def on_image(outcome, _path):
@@ -116,24 +165,33 @@ def run_index(settings, paths, *, force=False, reindex=False, show_progress=Fals
                 rate = f"{t.completed / t.elapsed:.2f}" if t.elapsed else "-"
                 bar.update(task, advance=1, rate=rate, segments=counts["segments"])
 
-            return library.index(paths, force=force, reindex=reindex,
-                                 on_start=lambda n: bar.update(task, total=n), progress=on_image)
+            return library.index(
+                paths, force=force, reindex=reindex, on_start=lambda n: bar.update(task, total=n), progress=on_image
+            )
 
 
 def print_summary(d: dict) -> None:
     from rich.console import Console
 
     c = Console(stderr=False)
-    c.print(f"[bold]indexed[/] {d['indexed']}  [bold]skipped[/] {d['skipped']}  "
-            f"[bold]failed[/] {d['failed']}  [bold]segments[/] {d['segments']}  "
-            f"in {d['seconds']:.1f}s")
+    c.print(
+        f"[bold]indexed[/] {d['indexed']}  [bold]skipped[/] {d['skipped']}  "
+        f"[bold]failed[/] {d['failed']}  [bold]segments[/] {d['segments']}  "
+        f"in {d['seconds']:.1f}s"
+    )
     for f in d["failures"]:
         c.print(f"  [red]failed[/] {f['path']}: {f['error']}", highlight=False)
 
 
 def doctor(
-    data: Data = None, sam: Sam = None, clip: Clip = None, device: Device = None, database_url: DbUrl = None,
-    vector_backend: Backend = None, qdrant_url: QdrantUrl = None, offline: Offline = None,
+    data: Data = None,
+    sam: Sam = None,
+    clip: Clip = None,
+    device: Device = None,
+    database_url: DbUrl = None,
+    vector_backend: Backend = None,
+    qdrant_url: QdrantUrl = None,
+    offline: Offline = None,
     repair: Annotated[bool, typer.Option("--repair", help="Fix the drift found (re-indexes affected images).")] = False,
     json_out: Json = False,
 ):
@@ -142,8 +200,16 @@ def doctor(
     from segsearch.library import Library, make_settings
 
     try:
-        settings = make_settings(data=data, sam=sam, clip=clip, device=device, database_url=database_url,
-                                 vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline)
+        settings = make_settings(
+            data=data,
+            sam=sam,
+            clip=clip,
+            device=device,
+            database_url=database_url,
+            vector_backend=vector_backend,
+            qdrant_url=qdrant_url,
+            offline=offline,
+        )
         server = server_for(settings)
         if server is not None:
             server.check_models(settings)
@@ -163,6 +229,7 @@ def doctor(
     if json_out:
         typer.echo(json.dumps(out))
     else:
+
         def counts(d):
             return ", ".join(f"{k} {v}" for k, v in d["counts"].items() if v) or "none"
 

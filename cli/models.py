@@ -37,9 +37,17 @@ def models_list(json_out: Json = False):
     t = Table("name", "kind", "here", "licence", "cost", "dim", "weights", "hash", "description")
     for r in rows:
         where = r["hub_repo"] or ("bundled" if r["bundled"] else (r["url"] or "-").rsplit("/", 1)[-1])
-        t.add_row(r["name"], r["kind"], "yes" if r["present"] else "no", r["licence"] or "-", r["cost"] or "-",
-                  str(r["dim"] or "-"), where, r["pin"],
-                  r["description"] + (f" (needs {r['needs']})" if r["needs"] else ""))
+        t.add_row(
+            r["name"],
+            r["kind"],
+            "yes" if r["present"] else "no",
+            r["licence"] or "-",
+            r["cost"] or "-",
+            str(r["dim"] or "-"),
+            where,
+            r["pin"],
+            r["description"] + (f" (needs {r['needs']})" if r["needs"] else ""),
+        )
     Console().print(t)
 
 
@@ -56,8 +64,9 @@ def models_download(name: Annotated[str, typer.Argument(help="Registered model n
         if spec.weights is None:
             typer.echo(f"{name} has no weights to download (random init)")
             return
-        path = ensure_weights(spec.weights, settings.checkpoints, offline=settings.offline,
-                              progress=sys.stderr.isatty())
+        path = ensure_weights(
+            spec.weights, settings.checkpoints, offline=settings.offline, progress=sys.stderr.isatty()
+        )
     except SegsearchError as exc:
         fail(exc)
     typer.echo(f"{name}: {path} (SHA-256 verified)")

@@ -12,20 +12,31 @@ import typer
 
 from segsearch.errors import SegsearchError
 
-Data = Annotated[Optional[Path], typer.Option(
-    "--data", help="Data directory (env SEGSEARCH_DATA; default: ./segsearch-data).")]
-Sam = Annotated[Optional[str], typer.Option(
-    "--sam", help="SAM model name or checkpoint path (default: the library's recorded model; sam-vit-b for a new "
-                  "library).")]
-Clip = Annotated[Optional[str], typer.Option(
-    "--clip", help="CLIP model name or checkpoint path (default: the library's recorded model; clip-vit-b-32 for a "
-                   "new library).")]
+Data = Annotated[
+    Optional[Path], typer.Option("--data", help="Data directory (env SEGSEARCH_DATA; default: ./segsearch-data).")
+]
+Sam = Annotated[
+    Optional[str],
+    typer.Option(
+        "--sam",
+        help="SAM model name or checkpoint path (default: the library's recorded model; sam-vit-b for a new library).",
+    ),
+]
+Clip = Annotated[
+    Optional[str],
+    typer.Option(
+        "--clip",
+        help="CLIP model name or checkpoint path (default: the library's recorded model; clip-vit-b-32 for a "
+        "new library).",
+    ),
+]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: auto).")]
 DbUrl = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy URL (default: SQLite in --data).")]
 Backend = Annotated[Optional[str], typer.Option("--vector-backend", help="embedded | server (default: embedded).")]
 QdrantUrl = Annotated[Optional[str], typer.Option("--qdrant-url", help="Qdrant URL for --vector-backend server.")]
-Offline = Annotated[Optional[bool], typer.Option("--offline/--online",
-                                                 help="Never download weights (default: online).")]
+Offline = Annotated[
+    Optional[bool], typer.Option("--offline/--online", help="Never download weights (default: online).")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 

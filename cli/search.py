@@ -19,8 +19,13 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     kind: Annotated[Optional[str], typer.Option(help="object | image (default: both)")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only images under this folder.")] = None,
-    data: Data = None, clip: Clip = None, device: Device = None, database_url: DbUrl = None,
-    vector_backend: Backend = None, qdrant_url: QdrantUrl = None, offline: Offline = None,
+    data: Data = None,
+    clip: Clip = None,
+    device: Device = None,
+    database_url: DbUrl = None,
+    vector_backend: Backend = None,
+    qdrant_url: QdrantUrl = None,
+    offline: Offline = None,
     json_out: Json = False,
 ):
     """Search the indexed segments by text or by example image (with the library's CLIP model)."""
@@ -33,8 +38,15 @@ def search(
     try:
         if kind not in (None, "object", "image"):
             raise ConfigError("--kind must be 'object' or 'image'")
-        settings = make_settings(data=data, clip=clip, device=device, database_url=database_url,
-                                 vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline)
+        settings = make_settings(
+            data=data,
+            clip=clip,
+            device=device,
+            database_url=database_url,
+            vector_backend=vector_backend,
+            qdrant_url=qdrant_url,
+            offline=offline,
+        )
         server = server_for(settings)
         if server is not None:
             hits = server.search_hits(settings, query, image, top_k=top_k, kind=kind, path_prefix=path_prefix)
@@ -54,14 +66,20 @@ def search(
         typer.echo(f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}  box=({x},{y},{w},{h_})  {h['segment_id']}")
 
 
-def info(data: Data = None, database_url: DbUrl = None, vector_backend: Backend = None,
-         qdrant_url: QdrantUrl = None, json_out: Json = False):
+def info(
+    data: Data = None,
+    database_url: DbUrl = None,
+    vector_backend: Backend = None,
+    qdrant_url: QdrantUrl = None,
+    json_out: Json = False,
+):
     """The library: recorded models and settings, counts, last run, size on disk."""
     from segsearch.library import Library, make_settings
 
     try:
-        settings = make_settings(data=data, database_url=database_url, vector_backend=vector_backend,
-                                 qdrant_url=qdrant_url)
+        settings = make_settings(
+            data=data, database_url=database_url, vector_backend=vector_backend, qdrant_url=qdrant_url
+        )
         server = server_for(settings)
         if server is not None:
             d = server.info()
@@ -89,6 +107,8 @@ def info(data: Data = None, database_url: DbUrl = None, vector_backend: Backend 
     typer.echo(f"segments  {c['segments']}  vectors {d['vectors']}")
     r = d.get("last_run")
     if r:
-        typer.echo(f"last run  #{r['id']} {r['status']} {r['started_at']}: {r['indexed']} indexed, "
-                   f"{r['skipped']} skipped, {r['failed']} failed")
+        typer.echo(
+            f"last run  #{r['id']} {r['status']} {r['started_at']}: {r['indexed']} indexed, "
+            f"{r['skipped']} skipped, {r['failed']} failed"
+        )
     typer.echo(f"on disk   {d['size_bytes']['total'] / 1e6:.1f} MB")

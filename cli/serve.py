@@ -16,12 +16,22 @@ from segsearch.cli.options import Backend, Clip, Data, DbUrl, Device, Json, Offl
 
 
 def serve(
-    data: Data = None, clip: Clip = None, sam: Sam = None, device: Device = None, database_url: DbUrl = None,
-    vector_backend: Backend = None, qdrant_url: QdrantUrl = None, offline: Offline = None,
+    data: Data = None,
+    clip: Clip = None,
+    sam: Sam = None,
+    device: Device = None,
+    database_url: DbUrl = None,
+    vector_backend: Backend = None,
+    qdrant_url: QdrantUrl = None,
+    offline: Offline = None,
     host: Annotated[Optional[str], typer.Option(help="Bind address (env SEGSEARCH_HOST; default: 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (env SEGSEARCH_PORT; default: 8000).")] = None,
-    watch: Annotated[Optional[list[Path]], typer.Option(
-        "--watch", help="Keep this folder indexed while serving (new, changed and deleted files); repeatable.")] = None,
+    watch: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--watch", help="Keep this folder indexed while serving (new, changed and deleted files); repeatable."
+        ),
+    ] = None,
 ):
     """Run the query service (HTTP API + web page) over the data directory, with the library's models.
     While it runs, `segsearch index/search/doctor/info` on the same data directory go through it."""
@@ -29,9 +39,18 @@ def serve(
     from segsearch.library import make_settings
 
     try:
-        settings = make_settings(data=data, clip=clip, sam=sam, device=device, database_url=database_url,
-                                 vector_backend=vector_backend, qdrant_url=qdrant_url, offline=offline,
-                                 host=host, port=port)
+        settings = make_settings(
+            data=data,
+            clip=clip,
+            sam=sam,
+            device=device,
+            database_url=database_url,
+            vector_backend=vector_backend,
+            qdrant_url=qdrant_url,
+            offline=offline,
+            host=host,
+            port=port,
+        )
         folders = [str(w) for w in watch or []]
         not_dirs = [f for f in folders if not Path(f).is_dir()]
         if not_dirs:
@@ -40,20 +59,32 @@ def serve(
 
         from segsearch.api.app import create_app
 
-        typer.echo(f"segsearch serving {Path(settings.data).resolve()} on http://{settings.host}:{settings.port}",
-                   err=True)
+        typer.echo(
+            f"segsearch serving {Path(settings.data).resolve()} on http://{settings.host}:{settings.port}", err=True
+        )
         # idle keep-alive connections close after 5 s; a request's headers may take at most 64 KiB
-        uvicorn.run(create_app(settings, announce=True, watch=folders), host=settings.host, port=settings.port,
-                    log_config=None, timeout_keep_alive=5, h11_max_incomplete_event_size=64 << 10,
-                    timeout_graceful_shutdown=10)
+        uvicorn.run(
+            create_app(settings, announce=True, watch=folders),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            timeout_keep_alive=5,
+            h11_max_incomplete_event_size=64 << 10,
+            timeout_graceful_shutdown=10,
+        )
     except SegsearchError as exc:
         fail(exc)
 
 
 def demo(
-    data: Annotated[Optional[Path], typer.Option(
-        "--data", help="Demo data directory (default: segsearch/demo in the user's data folder, "
-                       "$XDG_DATA_HOME or ~/.local/share).")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Demo data directory (default: segsearch/demo in the user's data folder, "
+            "$XDG_DATA_HOME or ~/.local/share).",
+        ),
+    ] = None,
     scenes: Annotated[int, typer.Option("--scenes", min=1, max=2000, help="Generated scenes to index.")] = 16,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=50)] = 3,
     device: Device = None,
@@ -72,8 +103,7 @@ def demo(
 
     data = data or user_data_dir() / "demo"
     try:
-        settings = make_settings(data=data, device=device, sam="sam-shapes-tiny", clip="clip-shapes-tiny",
-                                 **SHAPES_AMG)
+        settings = make_settings(data=data, device=device, sam="sam-shapes-tiny", clip="clip-shapes-tiny", **SHAPES_AMG)
         folder = Path(settings.data) / "scenes"
         folder.mkdir(parents=True, exist_ok=True)
         truth = _write_demo_scenes(folder, DEMO_SEEDS[:scenes])
@@ -88,8 +118,11 @@ def demo(
     except SegsearchError as exc:
         fail(exc)
     if json_out:
-        typer.echo(json.dumps({"index": summary.to_dict(), "queries": results, "scenes": str(folder),
-                               "data": str(settings.data)}))
+        typer.echo(
+            json.dumps(
+                {"index": summary.to_dict(), "queries": results, "scenes": str(folder), "data": str(settings.data)}
+            )
+        )
         return
     print_summary(summary.to_dict())
     for r in results:
@@ -98,11 +131,13 @@ def demo(
             x, y, w, hh = h["bbox"]
             shown = ", ".join(truth.get(Path(h["image_path"]).name, []))
             typer.echo(f"  {h['score']:.3f}  {Path(h['image_path']).name}  box=({x},{y},{w},{hh})  scene has: {shown}")
-    typer.echo(f"\nscenes in {folder}; the library remembers its models, so try:\n"
-               f"  segsearch search \"white star\" --data {settings.data}\n"
-               f"  segsearch serve --data {settings.data}\n"
-               "The bundled models know only coloured shapes: for real photos, `segsearch index PHOTOS` with the "
-               "default models (downloaded on first use).")
+    typer.echo(
+        f"\nscenes in {folder}; the library remembers its models, so try:\n"
+        f'  segsearch search "white star" --data {settings.data}\n'
+        f"  segsearch serve --data {settings.data}\n"
+        "The bundled models know only coloured shapes: for real photos, `segsearch index PHOTOS` with the "
+        "default models (downloaded on first use)."
+    )
 
 
 def _write_demo_scenes(folder: Path, seeds) -> dict[str, list[str]]:

@@ -38,8 +38,12 @@ def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
             candidates = [p]
         elif glob.has_magic(raw):
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(raw), recursive=True))
-            candidates = (f for m in matches if not _hidden(m)
-                          for f in (_walk(m) if m.is_dir() else [m] if m.suffix.lower() in IMAGE_EXTENSIONS else []))
+            candidates = (
+                f
+                for m in matches
+                if not _hidden(m)
+                for f in (_walk(m) if m.is_dir() else [m] if m.suffix.lower() in IMAGE_EXTENSIONS else [])
+            )
         else:
             raise FileNotFoundError(f"no such file, folder or glob match: {raw}")
         for c in candidates:
@@ -52,5 +56,6 @@ def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
 def missing_inputs(inputs: Iterable[str | Path]) -> list[str]:
     """The inputs ``discover`` would refuse (neither an existing path nor a glob), found without
     walking any folder: for checks before work is handed on (CLI to server, server to its job)."""
-    return [str(raw) for raw in inputs
-            if not (os.path.lexists(os.path.expanduser(str(raw))) or glob.has_magic(str(raw)))]
+    return [
+        str(raw) for raw in inputs if not (os.path.lexists(os.path.expanduser(str(raw))) or glob.has_magic(str(raw)))
+    ]

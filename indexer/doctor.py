@@ -36,8 +36,10 @@ class DriftReport:
     missing_files: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return {k: (sum(len(v) for v in self.orphan_vectors.values()) if k == "orphan_vectors"
-                    else len(getattr(self, k))) for k in KINDS}
+        return {
+            k: (sum(len(v) for v in self.orphan_vectors.values()) if k == "orphan_vectors" else len(getattr(self, k)))
+            for k in KINDS
+        }
 
     @property
     def total(self) -> int:
@@ -81,8 +83,7 @@ def check(catalog, vectors, fingerprint: str) -> DriftReport:
 def repair(report: DriftReport, indexer) -> dict:
     """Fix what ``check`` found; returns what was done."""
     catalog, vectors = indexer.stores.catalog, indexer.stores.vectors
-    done = {"orphans_deleted": 0, "paths_removed": 0, "images_removed": 0, "images_reindexed": 0,
-            "reindex_failed": 0}
+    done = {"orphans_deleted": 0, "paths_removed": 0, "images_removed": 0, "images_reindexed": 0, "reindex_failed": 0}
     for coll, ids in report.orphan_vectors.items():
         vectors.delete(coll, ids)
         done["orphans_deleted"] += len(ids)
@@ -93,7 +94,8 @@ def repair(report: DriftReport, indexer) -> dict:
         indexer.writer.remove_image(iid)
         done["images_removed"] += 1
     redo = (set(report.missing_vectors) | set(report.stuck_pending) | set(report.stale_fingerprint)) - set(
-        report.missing_files)
+        report.missing_files
+    )
     paths = []
     for iid in sorted(redo):
         ps = [p for p in catalog.image_paths(iid) if os.path.isfile(p)]

@@ -9,7 +9,8 @@ but:
 1. the image is encoded once per crop (the official ``SamPredictor``'s preprocessing and the
    model's encoder modules, with fused attention: :mod:`~segsearch.indexer.fast_encoder`,
    embeddings equal up to float rounding) and the prompts are decoded in batches by
-   :class:`~segsearch.indexer.grid_decoder.GridDecoder` (SAM's own decoder modules, with the per-image part of the first layer computed once, fused
+   :class:`~segsearch.indexer.grid_decoder.GridDecoder` (SAM's own decoder modules, with the
+   per-image part of the first layer computed once, fused
    attention, and the mask upscaling only for prompts that have a candidate above the
    predicted-IoU threshold), keeping the low-resolution logits (256×256 for ViT-B/L/H) and the
    predicted IoUs;
@@ -35,9 +36,10 @@ from segsearch.masks import MaskSet
 
 from segsearch.indexer.fast_encoder import set_image
 from segsearch.indexer.grid_decoder import GridDecoder
+from segsearch.indexer.mask_bounds import BoxBounds
 
 
-class FastAMG:
+class FastAMG(BoxBounds):
     name = "fast"
     LOW_RES_ERR = 0.12
     INPUT_ERR = 0.02
@@ -48,12 +50,23 @@ class FastAMG:
     # each candidate is interpolated on its own either way.
     UPSAMPLE_BYTES = 256 << 20
 
-    def __init__(self, sam, points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
-                 stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
-                 box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
-                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                 min_mask_region_area: int = 0, decode_batch: int | None = None,
-                 autocast: bool | None = None):
+    def __init__(
+        self,
+        sam,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+        decode_batch: int | None = None,
+        autocast: bool | None = None,
+    ):
         """The reference generator's parameters (``points_per_batch`` is accepted for the same
         signature; the decoder batch is ``decode_batch``, see :func:`_decode_batch`)."""
         from segment_anything import SamPredictor
@@ -92,16 +105,18 @@ class FastAMG:
                 data.cat(self._process_crop(rgb, crop_box, layer_idx, orig_size))
             if len(crop_boxes) > 1 and len(data["boxes"]):
                 scores = 1 / box_area(data["crop_boxes"]).float()
-                keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(data["boxes"])),
-                                   iou_threshold=self.crop_nms_thresh)
+                keep = batched_nms(
+                    data["boxes"].float(), scores, torch.zeros(len(data["boxes"])), iou_threshold=self.crop_nms_thresh
+                )
                 data.filter(keep)
         if "masks" not in data._stats or len(data["masks"]) == 0:
             return MaskSet.empty(*orig_size)
         if self.min_mask_region_area > 0:
             data = self._small_regions(data)
         masks = data["masks"].cpu().numpy()
-        return MaskSet.from_masks(masks, data["iou_preds"].float().cpu().numpy(),
-                                  data["stability_score"].float().cpu().numpy()).sort_canonical()
+        return MaskSet.from_masks(
+            masks, data["iou_preds"].float().cpu().numpy(), data["stability_score"].float().cpu().numpy()
+        ).sort_canonical()
 
     # --- stages -------------------------------------------------------------------------------
     def _process_crop(self, rgb, crop_box, layer_idx, orig_size):
@@ -140,8 +155,9 @@ class FastAMG:
         t2 = time.perf_counter()
         self.timings["decoder"] += t2 - t1
         try:
-            return self._postprocess(MaskData(low=torch.cat(low_list), iou_preds=torch.cat(iou_list)),
-                                     crop_box, crop_size, orig_size)
+            return self._postprocess(
+                MaskData(low=torch.cat(low_list), iou_preds=torch.cat(iou_list)), crop_box, crop_size, orig_size
+            )
         finally:
             self.timings["postprocess"] += time.perf_counter() - t2
 
@@ -187,8 +203,9 @@ class FastAMG:
 
         # Only the survivors go to full resolution, exactly as the reference interpolates them.
         step = self._upsample_step(crop_size)
-        masks = torch.cat([self._upsample(data["low"][j : j + step], crop_size) > thr
-                           for j in range(0, len(data["low"]), step)])
+        masks = torch.cat(
+            [self._upsample(data["low"][j : j + step], crop_size) > thr for j in range(0, len(data["low"]), step)]
+        )
         del data["low"]
         # (crop-edge masks were already dropped in _nms, on these same exact boxes)
         orig_h, orig_w = orig_size
@@ -226,80 +243,6 @@ class FastAMG:
                 sel = idx[j : j + step]
                 stab[sel] = calculate_stability_score(self._upsample(low[sel], crop_size), thr, off)
         return stab
-
-    def _interp_maps(self, low_hw, crop_size):
-        """Matrices Ry (H×lh), Rx (W×lw) with upsample(L) == Ry @ L @ Rx.T for the model's
-        ``postprocess_masks`` (bilinear to the padded input, crop, bilinear to the image)."""
-        import torch
-        import torch.nn.functional as F
-
-        key = (tuple(low_hw), tuple(crop_size), tuple(self.predictor.input_size))
-        if getattr(self, "_maps_key", None) != key:
-            img = self.sam.image_encoder.img_size
-
-            def lin(n, m):  # (m, n): 1-D linear interpolation n -> m, PyTorch's half-pixel rule
-                eye = torch.eye(n, dtype=torch.float64)[None]
-                return F.interpolate(eye, size=m, mode="linear", align_corners=False)[0].T
-
-            maps = []
-            for ax in (0, 1):
-                n_low, n_in, n_out = low_hw[ax], self.predictor.input_size[ax], crop_size[ax]
-                maps.append((lin(n_in, n_out) @ lin(n_low, img)[:n_in]).float())
-            self._maps_key, self._maps = key, maps
-        return self._maps
-
-    def _outer_boxes(self, low, crop_size):
-        """XYXY boxes that surely contain ``upsample(low) > threshold``: the full-resolution rows and
-        columns whose interpolation support meets the low-resolution box."""
-        import torch
-
-        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
-        first_y, last_y = self._support_span(ry)
-        first_x, last_x = self._support_span(rx)
-        ny, nx = int((last_y >= 0).nonzero().max()) + 1, int((last_x >= 0).nonzero().max()) + 1
-        c = self.BOUNDS_CHUNK  # padding never shows: only the valid ny x nx part
-        x0, y0, x1, y1, _ = _extents((low[j : j + c, :ny, :nx] for j in range(0, len(low), c)), self.sam.mask_threshold)
-        return torch.stack([first_x[x0], first_y[y0], last_x[x1], last_y[y1]], 1)
-
-    def _inner_boxes(self, low, crop_size):
-        """XYXY boxes surely inside the exact box: for a positive low-resolution pixel j, the
-        full-resolution pixel with the largest interpolation weight w on j is at least
-        ``w·L[j] + (1-w)·min(L over its support)``; where that is above the threshold the pixel is
-        surely in the mask. Rows are -1 where no pixel is sure."""
-        import torch
-
-        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
-        wy, ystar = ry.max(0)
-        wx, xstar = rx.max(0)
-        span = max(int(((r != 0).float().cumsum(1).argmax(1) - (r != 0).float().argmax(1)).max()) for r in (ry, rx))
-        k = 2 * span + 1
-        thr = self.sam.mask_threshold
-        w = wy[:, None] * wx[None, :]
-        w_on, w_off = torch.where(w > 0, w, 0), torch.where(w > 0, 1 - w, 0)
-
-        def sure(d):
-            """d = L - thr; > 0 exactly where the pixel is sure: w > 0, L > thr and the bound above."""
-            return torch.minimum(torch.addcmul(w_off * _min_filter(d, k), w_on, d), d)
-
-        # a few candidates at a time, so a chunk's passes stay in cache instead of streaming
-        # hundreds of 128x128 maps through memory
-        c = self.BOUNDS_CHUNK
-        x0, y0, x1, y1, found = _extents(sure(low[j : j + c] - thr) for j in range(0, len(low), c))
-        out = torch.stack([xstar[x0], ystar[y0], xstar[x1], ystar[y1]], 1).float()
-        out[~found] = -1
-        return out
-
-    @staticmethod
-    def _support_span(r):
-        """For each low-resolution index j, the first and last full-resolution index it reaches."""
-        import torch
-
-        nz = r != 0
-        idx = torch.arange(r.shape[0])[:, None].expand_as(r)
-        big = r.shape[0]
-        first = torch.where(nz, idx, big).min(0).values
-        last = torch.where(nz, idx, -1).max(0).values
-        return first, last
 
     def _nms(self, low, scores, crop_box, orig_size, crop_size):
         """Greedy box NMS with the reference's result, computing exact full-resolution boxes only
@@ -372,40 +315,6 @@ class FastAMG:
             alive &= ~(lo_all > thr_iou)
         return torch.as_tensor(kept, dtype=torch.long)
 
-    def _exact_boxes(self, low, crop_size):
-        """XYXY boxes (inclusive, as ``batched_mask_to_box``) of ``upsample(low) > threshold``.
-
-        A full-resolution pixel can only be positive where some low-resolution pixel in its
-        (non-negative) interpolation support is positive, so each box is found by upsampling just
-        the rows/columns reached from the low-resolution box."""
-        import torch
-
-        thr = self.sam.mask_threshold
-        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
-        ry_nz, rx_nz = ry != 0, rx != 0
-        out = torch.zeros(len(low), 4, dtype=torch.int64)
-        pos = low > thr
-        rows_any, cols_any = pos.any(2), pos.any(1)
-        for i in range(len(low)):
-            lr = torch.nonzero(rows_any[i]).flatten()
-            lc = torch.nonzero(cols_any[i]).flatten()
-            if len(lr) == 0:
-                continue
-            ys = torch.nonzero(ry_nz[:, lr[0] : lr[-1] + 1].any(1)).flatten()
-            xs = torch.nonzero(rx_nz[:, lc[0] : lc[-1] + 1].any(1)).flatten()
-            if len(ys) == 0 or len(xs) == 0:
-                continue
-            y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-            sy = torch.nonzero(ry_nz[y0:y1].any(0)).flatten()
-            sx = torch.nonzero(rx_nz[x0:x1].any(0)).flatten()
-            a, b, c, d = int(sy[0]), int(sy[-1]) + 1, int(sx[0]), int(sx[-1]) + 1
-            region = (ry[y0:y1, a:b] @ low[i, a:b, c:d].float() @ rx[x0:x1, c:d].T) > thr
-            yy = torch.nonzero(region.any(1)).flatten()
-            xx = torch.nonzero(region.any(0)).flatten()
-            if len(yy):
-                out[i] = torch.tensor([x0 + int(xx[0]), y0 + int(yy[0]), x0 + int(xx[-1]), y0 + int(yy[-1])])
-        return out
-
     def _upsample_step(self, crop_size) -> int:
         """Candidates upsampled together: at most 32, and at most UPSAMPLE_BYTES of float32 logits."""
         return int(max(1, min(32, self.UPSAMPLE_BYTES // (4 * crop_size[0] * crop_size[1]))))
@@ -436,13 +345,16 @@ class FastAMG:
             scores.append(float(not (c1 or c2)))
         masks = torch.stack(new)
         boxes = batched_mask_to_box(masks)
-        keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)),
-                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
+        keep = batched_nms(
+            boxes.float(),
+            torch.as_tensor(scores),
+            torch.zeros(len(boxes)),
+            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh),
+        )
         data["masks"] = masks
         data["boxes"] = boxes
         data.filter(keep)
         return data
-
 
 
 def _decode_batch(features) -> int:
@@ -452,43 +364,3 @@ def _decode_batch(features) -> int:
     if features.device.type == "cuda":
         return 256
     return max(2, min(64, (1 << 22) // features[0].numel()))
-
-
-def _extents(maps, thr: float = 0.0):
-    """Box extents of ``map > thr`` for chunks of (n, H, W) maps: first/last column and row
-    (x0, y0, x1, y1; 0 where the map is nowhere above) and whether it is anywhere, via row and
-    column maxima (one pass per chunk, no boolean masks)."""
-    import torch
-
-    rows, cols = [], []
-    for v in maps:
-        rows.append(v.amax(2) > thr)
-        cols.append(v.amax(1) > thr)
-    rows, cols = torch.cat(rows), torch.cat(cols)
-    r8, c8 = rows.to(torch.uint8), cols.to(torch.uint8)  # argmax: the first 1
-    x0, y0 = c8.argmax(1), r8.argmax(1)
-    x1, y1 = cols.shape[1] - 1 - c8.flip(1).argmax(1), rows.shape[1] - 1 - r8.flip(1).argmax(1)
-    return x0, y0, x1, y1, rows.any(1)
-
-
-def _min_filter(x, k: int):
-    """Minimum over a k×k neighbourhood of each pixel of (N, H, W) (borders: the pixels that exist),
-    as shifted elementwise minima over an edge-padded copy, rows then columns: much faster on CPU
-    than max_pool2d."""
-    import torch
-    import torch.nn.functional as F
-
-    r = k // 2
-    if r == 0:
-        return x
-    h, w = x.shape[-2:]
-    inf = float("inf")
-    xp = F.pad(x, (0, 0, r, r), value=inf)
-    out = torch.minimum(xp[:, :h], xp[:, 1 : h + 1])
-    for d in range(2, 2 * r + 1):
-        torch.minimum(out, xp[:, d : d + h], out=out)
-    op = F.pad(out, (r, r), value=inf)
-    out = torch.minimum(op[:, :, :w], op[:, :, 1 : w + 1])
-    for d in range(2, 2 * r + 1):
-        torch.minimum(out, op[:, :, d : d + w], out=out)
-    return out

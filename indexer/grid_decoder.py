@@ -76,10 +76,15 @@ class GridDecoder:
             qt = queries + tokens
             queries = layer.norm1(queries + _attention(layer.self_attn, qt, qt, queries))
             kp = keys + self.pos
-            queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, kp, keys))
+            queries = layer.norm2(
+                queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, kp, keys)
+            )
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, kp, queries + tokens, queries,
-                                                residual=keys, inplace=True))
+            keys = layer.norm4(
+                _image_to_tokens(
+                    layer.cross_attn_image_to_token, kp, queries + tokens, queries, residual=keys, inplace=True
+                )
+            )
         attn = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
         queries = tr.norm_final_attn(queries + attn)
 
@@ -94,8 +99,9 @@ class GridDecoder:
             return iou.new_zeros((0, 3, h * 4, w * 4)), iou[:0], idx
         src = keys[idx].transpose(1, 2).reshape(len(idx), c, h, w)
         up = _upscale(md.output_upscaling, src)
-        hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[idx, 1 + i, :])
-                             for i in range(1, md.num_mask_tokens)], dim=1)
+        hyper = torch.stack(
+            [md.output_hypernetworks_mlps[i](queries[idx, 1 + i, :]) for i in range(1, md.num_mask_tokens)], dim=1
+        )
         n, uc, uh, uw = up.shape
         masks = (hyper @ up.view(n, uc, uh * uw)).view(n, -1, uh, uw)
         return masks, iou[idx], idx

@@ -74,11 +74,18 @@ class Indexer:
     def run_paths(self, paths: list[Path], *, force: bool = False, progress: Record | None = None) -> RunSummary:
         started = time.perf_counter()
         summary = RunSummary()
-        summary.run_id = self.catalog.start_run({
-            "sam": self.models.sam_spec.name, "clip": self.models.clip_spec.name,
-            "fingerprint": self.models.fingerprint, "collection": self.models.collection, "force": force,
-            "amg": self.settings.amg_params(), "crop": self.settings.crop_params(), "inputs": len(paths),
-        })
+        summary.run_id = self.catalog.start_run(
+            {
+                "sam": self.models.sam_spec.name,
+                "clip": self.models.clip_spec.name,
+                "fingerprint": self.models.fingerprint,
+                "collection": self.models.collection,
+                "force": force,
+                "amg": self.settings.amg_params(),
+                "crop": self.settings.crop_params(),
+                "inputs": len(paths),
+            }
+        )
         self._done, self._group = set(), []
         self.times = self.reader.times = self.writer.times = StageTimes()
         self._run_started = utcnow()
@@ -111,9 +118,15 @@ class Indexer:
             summary.seconds = time.perf_counter() - started
             summary.stages = self.stages
             try:
-                self.catalog.finish_run(summary.run_id, status=status, indexed=summary.indexed,
-                                        skipped=summary.skipped, failed=summary.failed, segments=summary.segments,
-                                        failures=[asdict(f) for f in summary.failures])
+                self.catalog.finish_run(
+                    summary.run_id,
+                    status=status,
+                    indexed=summary.indexed,
+                    skipped=summary.skipped,
+                    failed=summary.failed,
+                    segments=summary.segments,
+                    failures=[asdict(f) for f in summary.failures],
+                )
             except Exception:  # noqa: BLE001 - never hide the original error
                 if status == "completed":
                     raise
@@ -142,8 +155,12 @@ class Indexer:
         free, held = [], []
         for d in deferred:
             image = self.catalog.get_image(d.image_id)
-            if (image is not None and image.fingerprint == fp and image.status in ("indexed", "failed")
-                    and (not force or as_utc(image.updated_at) >= self._run_started)):
+            if (
+                image is not None
+                and image.fingerprint == fp
+                and image.status in ("indexed", "failed")
+                and (not force or as_utc(image.updated_at) >= self._run_started)
+            ):
                 record(Outcome("skipped"), d.path)  # its holder finished it (and reports it)
             elif claims.held_by_other(self.catalog, d.image_id, self.worker):
                 held.append(d)
@@ -198,8 +215,11 @@ class Indexer:
         if not claims.claim(self.catalog, iid, self.worker, self.settings.claim_lease_s):
             return Deferred(path, iid)  # another indexer is on it
         image = self.catalog.get_image(iid)  # it may have finished between our look and our claim
-        if (image.status == "indexed" and image.fingerprint == fp
-                and (not force or as_utc(image.indexed_at) >= self._run_started)):
+        if (
+            image.status == "indexed"
+            and image.fingerprint == fp
+            and (not force or as_utc(image.indexed_at) >= self._run_started)
+        ):
             self.catalog.release_claim(iid, self.worker)
             return Outcome("skipped")
 
@@ -225,8 +245,11 @@ class Indexer:
         except ImageError as exc:  # the image itself cannot be processed (e.g. too thin for SAM)
             return self.fail(iid, str(exc))
         except MemoryError:  # this image is too much for this machine: it fails alone, the run goes on
-            return self.fail(iid, f"out of memory while processing this {read.decoded.width}x"
-                                  f"{read.decoded.height} image (it fails alone; the rest of the run goes on)")
+            return self.fail(
+                iid,
+                f"out of memory while processing this {read.decoded.width}x"
+                f"{read.decoded.height} image (it fails alone; the rest of the run goes on)",
+            )
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
             return self.fail(iid, f"processing error: {type(exc).__name__}: {exc}")
 
@@ -250,8 +273,9 @@ class Indexer:
                     self.times.add(f"sam_{k}", v)
         else:
             self.times.add("sam", t1 - t0)
-        segments, crops = build_segments(iid, self.models.fingerprint, decoded, masks, self.settings,
-                                         embedder.image_size)
+        segments, crops = build_segments(
+            iid, self.models.fingerprint, decoded, masks, self.settings, embedder.image_size
+        )
         self.times.add("crops", time.perf_counter() - t1)
         return Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops)
 

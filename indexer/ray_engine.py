@@ -46,8 +46,12 @@ def _hash_batch(batch: dict) -> dict:
             ids.append("")
             sizes.append(0)
             errors.append(f"cannot read file: {exc.strerror or exc}")
-    return {"path": batch["path"], "image_id": np.array(ids, dtype=object), "size": np.array(sizes),
-            "error": np.array(errors, dtype=object)}
+    return {
+        "path": batch["path"],
+        "image_id": np.array(ids, dtype=object),
+        "size": np.array(sizes),
+        "error": np.array(errors, dtype=object),
+    }
 
 
 def _models(settings: Settings, sam_spec, clip_spec):
@@ -81,8 +85,13 @@ class SamStage:
                 decoded = decode_image(data, max_pixels=s.max_image_pixels)
                 masks = mask_generator_for(self.models).generate(decoded.rgb)
                 segments, crops = build_segments(iid, self.models.fingerprint, decoded, masks, s, self.image_size)
-                p = {"width": decoded.width, "height": decoded.height, "format": decoded.format,
-                     "segments": segments, "crops": np.stack([np.asarray(c.convert("RGB")) for c in crops])}
+                p = {
+                    "width": decoded.width,
+                    "height": decoded.height,
+                    "format": decoded.format,
+                    "segments": segments,
+                    "crops": np.stack([np.asarray(c.convert("RGB")) for c in crops]),
+                }
             except ImageError as exc:
                 p = {"error": str(exc)}
             except OSError as exc:
@@ -116,8 +125,11 @@ class ClipStage:
                     n = len(p.pop("crops"))
                     p["vectors"] = vecs[start : start + n]
                     start += n
-        return {"path": batch["path"], "image_id": batch["image_id"],
-                "payload": np.array([pickle.dumps(p) for p in payloads], dtype=object)}
+        return {
+            "path": batch["path"],
+            "image_id": batch["image_id"],
+            "payload": np.array([pickle.dumps(p) for p in payloads], dtype=object),
+        }
 
 
 def _init_ray(settings: Settings):
@@ -180,18 +192,30 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
     sam_actors = s.ray_sam_actors or max(1, gpus)
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": s.ray_cpus_per_actor}
     image_size = models.clip_spec.image_size
-    ds = (ray.data.from_items(work)
-          .map_batches(SamStage, fn_constructor_args=(s, models.sam_spec, models.clip_spec, image_size),
-                       batch_size=s.ray_sam_batch, batch_format="numpy", concurrency=sam_actors, **per_actor)
-          .map_batches(ClipStage, fn_constructor_args=(s, models.sam_spec, models.clip_spec),
-                       batch_size=s.ray_clip_batch, batch_format="numpy", concurrency=s.ray_clip_actors,
-                       **per_actor))
+    ds = (
+        ray.data.from_items(work)
+        .map_batches(
+            SamStage,
+            fn_constructor_args=(s, models.sam_spec, models.clip_spec, image_size),
+            batch_size=s.ray_sam_batch,
+            batch_format="numpy",
+            concurrency=sam_actors,
+            **per_actor,
+        )
+        .map_batches(
+            ClipStage,
+            fn_constructor_args=(s, models.sam_spec, models.clip_spec),
+            batch_size=s.ray_clip_batch,
+            batch_format="numpy",
+            concurrency=s.ray_clip_actors,
+            **per_actor,
+        )
+    )
     for row in ds.iter_rows():
         path, iid, p = Path(row["path"]), row["image_id"], pickle.loads(row["payload"])
         if "error" in p:
             record(indexer.fail(iid, p["error"]), path)
             continue
-        indexer.add(Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"]),
-                    record)
+        indexer.add(Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"]), record)
     indexer.flush(record)
     return deferred

@@ -48,8 +48,14 @@ def look(catalog: Catalog, path: Path, fingerprint: str, force: bool) -> Outcome
     except OSError as exc:
         return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
     known = catalog.lookup_path(str(path))
-    if (known and not force and known[0].size_bytes == st.st_size and known[0].mtime_ns == st.st_mtime_ns
-            and known[1].status == "indexed" and known[1].fingerprint == fingerprint):
+    if (
+        known
+        and not force
+        and known[0].size_bytes == st.st_size
+        and known[0].mtime_ns == st.st_mtime_ns
+        and known[1].status == "indexed"
+        and known[1].fingerprint == fingerprint
+    ):
         return Outcome("skipped")  # unchanged since it was indexed: not even re-read
     return Look(st, known)
 
@@ -81,15 +87,17 @@ class Reader:
         self.times.add("decode", time.perf_counter() - t1)
         return Read(looked, iid, len(data), decoded)
 
-    def prefetch(self, paths: list[Path], look_up: Callable[[Path], Outcome | Look]
-                 ) -> Iterator[tuple[Path, Outcome | Read]]:
+    def prefetch(
+        self, paths: list[Path], look_up: Callable[[Path], Outcome | Look]
+    ) -> Iterator[tuple[Path, Outcome | Read]]:
         """(path, read result) in input order; up to ``prefetch`` files read ahead in threads.
         ``look_up`` runs on the calling thread (it uses SQL)."""
         from concurrent.futures import ThreadPoolExecutor
 
         window = max(1, self.settings.prefetch)
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.read_workers),
-                                thread_name_prefix="segsearch-read") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.settings.read_workers), thread_name_prefix="segsearch-read"
+        ) as pool:
             pending: deque = deque()
             for path in paths:
                 pending.append((path, pool.submit(self.read, path, look_up(path))))

@@ -19,11 +19,18 @@ from segsearch.indexer.pipeline import Indexer
 from segsearch.indexer.results import Outcome, RunSummary
 
 
-def index_paths(settings: Settings, stores: Stores, paths: Iterable[str | Path], *, force: bool = False,
-                reindex: bool = False, models: Models | None = None,
-                on_start: Callable[[int], None] | None = None,
-                progress: Callable[[Outcome, Path], None] | None = None,
-                indexer_hook: Callable[[Indexer], None] | None = None) -> RunSummary:
+def index_paths(
+    settings: Settings,
+    stores: Stores,
+    paths: Iterable[str | Path],
+    *,
+    force: bool = False,
+    reindex: bool = False,
+    models: Models | None = None,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[Outcome, Path], None] | None = None,
+    indexer_hook: Callable[[Indexer], None] | None = None,
+) -> RunSummary:
     files = list(discover(paths))  # a missing path is the user's error: before anything else
     settings = record.resolve(settings, stores.catalog, "index", reindex=reindex)
     models = models or Models(settings)

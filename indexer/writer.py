@@ -37,8 +37,9 @@ class Prepared:
     vectors: np.ndarray | None = None  # when an engine embedded the crops already (Ray)
 
 
-def build_segments(iid: str, fp: str, decoded: DecodedImage, masks: MaskSet, s: Settings, size: int
-                   ) -> tuple[list[SegmentRecord], list]:
+def build_segments(
+    iid: str, fp: str, decoded: DecodedImage, masks: MaskSet, s: Settings, size: int
+) -> tuple[list[SegmentRecord], list]:
     """The crop stage: masks below ``min_segment_area`` dropped, then one record and one crop (PIL,
     ``size`` square) per mask, and the whole image last. A plain function: the Ray engine runs it
     in its actors."""
@@ -48,17 +49,42 @@ def build_segments(iid: str, fp: str, decoded: DecodedImage, masks: MaskSet, s: 
     segments, crops = [], []
     for i in range(len(masks)):
         x, y, bw, bh = (int(v) for v in masks.boxes[i])
-        crops.append(cut_crop(decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode,
-                              padding=s.crop_padding, size=size))
-        segments.append(SegmentRecord(
-            id=segment_id(iid, fp, i), kind="object", mask_index=i, x=x, y=y, w=bw, h=bh,
-            area=int(masks.areas[i]), area_frac=float(masks.areas[i]) / total,
-            predicted_iou=float(masks.predicted_iou[i]), stability_score=float(masks.stability_score[i]),
-            rle=encode_rle(masks.masks[i])))
+        crops.append(
+            cut_crop(decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode, padding=s.crop_padding, size=size)
+        )
+        segments.append(
+            SegmentRecord(
+                id=segment_id(iid, fp, i),
+                kind="object",
+                mask_index=i,
+                x=x,
+                y=y,
+                w=bw,
+                h=bh,
+                area=int(masks.areas[i]),
+                area_frac=float(masks.areas[i]) / total,
+                predicted_iou=float(masks.predicted_iou[i]),
+                stability_score=float(masks.stability_score[i]),
+                rle=encode_rle(masks.masks[i]),
+            )
+        )
     crops.append(whole_image(decoded.rgb, size=size))
-    segments.append(SegmentRecord(
-        id=segment_id(iid, fp, -1), kind="image", mask_index=-1, x=0, y=0, w=w, h=h, area=h * w,
-        area_frac=1.0, predicted_iou=None, stability_score=None, rle=None))
+    segments.append(
+        SegmentRecord(
+            id=segment_id(iid, fp, -1),
+            kind="image",
+            mask_index=-1,
+            x=0,
+            y=0,
+            w=w,
+            h=h,
+            area=h * w,
+            area_frac=1.0,
+            predicted_iou=None,
+            stability_score=None,
+            rle=None,
+        )
+    )
     return segments, crops
 
 
@@ -71,8 +97,10 @@ class Writer:
         self.times = times
 
     def group_full(self, group: list[Prepared]) -> bool:
-        return (len(group) >= self.settings.write_group_images
-                or sum(len(g.segments) for g in group) >= self.settings.write_group_crops)
+        return (
+            len(group) >= self.settings.write_group_images
+            or sum(len(g.segments) for g in group) >= self.settings.write_group_crops
+        )
 
     def fail(self, iid: str, msg: str) -> Outcome:
         """Record an image as failed (and let go of its claim)."""
@@ -117,8 +145,15 @@ class Writer:
         self.vectors.upsert(collection, points)  # durable on return
         out = []
         for g in group:
-            self.catalog.commit_segments(g.image_id, fingerprint=fp, collection=collection, width=g.width,
-                                         height=g.height, fmt=g.format, segments=g.segments)
+            self.catalog.commit_segments(
+                g.image_id,
+                fingerprint=fp,
+                collection=collection,
+                width=g.width,
+                height=g.height,
+                fmt=g.format,
+                segments=g.segments,
+            )
             self.catalog.release_claim(g.image_id, self.worker)
             out.append((g, Outcome("indexed", segments=len(g.segments))))
         self.times.add("store", time.perf_counter() - t0)

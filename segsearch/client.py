@@ -26,11 +26,32 @@ STARTUP_WAIT_S = 60.0
 
 
 # Settings that decide what a library's segments are (what the server's record fixes).
-MODEL_FIELDS = ("sam", "clip", "clip_arch", "points_per_side", "pred_iou_thresh", "stability_score_thresh",
-                "box_nms_thresh", "crop_n_layers", "min_mask_region_area", "crop_mode", "crop_padding",
-                "min_segment_area")
-HIT_FIELDS = ("segment_id", "image_id", "image_path", "kind", "bbox", "area", "area_frac", "score", "predicted_iou",
-              "stability_score")
+MODEL_FIELDS = (
+    "sam",
+    "clip",
+    "clip_arch",
+    "points_per_side",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "min_mask_region_area",
+    "crop_mode",
+    "crop_padding",
+    "min_segment_area",
+)
+HIT_FIELDS = (
+    "segment_id",
+    "image_id",
+    "image_path",
+    "kind",
+    "bbox",
+    "area",
+    "area_frac",
+    "score",
+    "predicted_iou",
+    "stability_score",
+)
 
 
 def _same_model(kind: str, name: str, rec) -> bool:
@@ -50,8 +71,9 @@ def announce(settings: Settings) -> Path:
         host = f"[{host}]"
     path = Path(settings.data) / ANNOUNCEMENT
     tmp = path.with_name(f".{ANNOUNCEMENT}.{os.getpid()}")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                               "url": f"http://{host}:{settings.port}"}))
+    tmp.write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "url": f"http://{host}:{settings.port}"})
+    )
     os.replace(tmp, path)
     return path
 
@@ -113,11 +135,14 @@ class ServerClient:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise StorageError(f"the server at {self.url} (which holds this data directory) did not answer: "
-                               f"{exc}") from exc
+            raise StorageError(
+                f"the server at {self.url} (which holds this data directory) did not answer: {exc}"
+            ) from exc
         if r.status_code in (401, 403):
-            raise ConfigError(f"the server at {self.url} holds this data directory and refused the request "
-                              f"({r.status_code}): set SEGSEARCH_API_KEY to its key")
+            raise ConfigError(
+                f"the server at {self.url} holds this data directory and refused the request "
+                f"({r.status_code}): set SEGSEARCH_API_KEY to its key"
+            )
         if r.status_code >= 400:
             try:
                 body = r.json()
@@ -160,28 +185,37 @@ class ServerClient:
             return
         rec = record.Recorded(**self.info()["library"])
         recalled = record.recalled(rec)
-        differ = [k for k in given if k in recalled and str(recalled[k]) != str(getattr(settings, k))
-                  and not (k in ("sam", "clip") and _same_model(k, getattr(settings, k), rec))]
+        differ = [
+            k
+            for k in given
+            if k in recalled
+            and str(recalled[k]) != str(getattr(settings, k))
+            and not (k in ("sam", "clip") and _same_model(k, getattr(settings, k), rec))
+        ]
         if differ or reindex:
             asked = f"; asked for {', '.join(f'{k}={getattr(settings, k)}' for k in sorted(differ))}" if differ else ""
             raise ConfigError(
                 f"segsearch serve (at {self.url}) holds this data directory and works with {record.describe(rec)}"
-                f"{asked}. Stop the server to switch models (`segsearch index PATHS --reindex`), or drop those flags.")
+                f"{asked}. Stop the server to switch models (`segsearch index PATHS --reindex`), or drop those flags."
+            )
 
-    def index(self, settings: Settings, paths: list[str], *, force: bool = False, reindex: bool = False,
-              on_progress=None) -> dict:
+    def index(
+        self, settings: Settings, paths: list[str], *, force: bool = False, reindex: bool = False, on_progress=None
+    ) -> dict:
         """``segsearch index`` through the server: the run summary, as a local run returns it.
         ``paths`` as the user gave them (relative to this process's folder)."""
         self.check_models(settings, reindex=reindex)
         absolute = [os.path.abspath(os.path.expanduser(p)) for p in paths]  # globs too: the server expands them
         job = self.wait(self.submit_index(absolute, force)["job_id"], on_progress)
         if job["status"] != "completed":
-            raise SegsearchError(f"the server's index job {job['job_id']} {job['status']}: "
-                                 f"{job.get('error') or ''}".strip())
+            raise SegsearchError(
+                f"the server's index job {job['job_id']} {job['status']}: {job.get('error') or ''}".strip()
+            )
         return job["summary"]
 
-    def search_hits(self, settings: Settings, query: str | None, image, *, top_k: int, kind: str | None,
-                    path_prefix: str | None) -> list[dict]:
+    def search_hits(
+        self, settings: Settings, query: str | None, image, *, top_k: int, kind: str | None, path_prefix: str | None
+    ) -> list[dict]:
         """``segsearch search`` through the server, hits shaped as a local search prints them."""
         import base64
 
@@ -189,8 +223,10 @@ class ServerClient:
             self.check_models(settings)
         if kind not in (None, "object", "image"):
             raise ConfigError("--kind must be 'object' or 'image'")
-        body: dict = {"top_k": top_k, "filters": {
-            "kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}}
+        body: dict = {
+            "top_k": top_k,
+            "filters": {"kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None},
+        }
         if image is not None:
             try:
                 body["image_b64"] = base64.b64encode(Path(image).read_bytes()).decode()
@@ -198,8 +234,10 @@ class ServerClient:
                 raise ConfigError(f"cannot use --image {image}: {exc}") from exc
         else:
             body["text"] = query
-        return [{**{k: h.get(k) for k in HIT_FIELDS}, "paths": [h["image_path"]] if h.get("image_path") else []}
-                for h in self.search(body)["hits"]]
+        return [
+            {**{k: h.get(k) for k in HIT_FIELDS}, "paths": [h["image_path"]] if h.get("image_path") else []}
+            for h in self.search(body)["hits"]
+        ]
 
     def wait(self, job_id: str, on_progress=None, poll_s: float = 0.3) -> dict:
         """Follow a job until it ends; Ctrl-C cancels it on the server."""

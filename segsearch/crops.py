@@ -2,7 +2,8 @@
 
 The crop is the mask's box plus context padding, made square (so CLIP's centre crop cuts
 nothing) and resized. Outside the mask, pixels are filled (``masked``, default), kept
-(``box``) or blurred (``blur``); ``dim`` (darkened context) is for showing crops to people. Out-of-image padding is filled with the same colour.
+(``box``) or blurred (``blur``); ``dim`` (darkened context) is for showing crops to people.
+Out-of-image padding is filled with the same colour.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def square_box(box_xywh, padding: float, width: int, height: int) -> tuple[int, 
     return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), int(round(side))
 
 
-def cut_crop(rgb: np.ndarray, mask: np.ndarray | None, box_xywh, *, mode: str = "masked",
-             padding: float = 0.1, size: int = 224) -> Image.Image:
+def cut_crop(
+    rgb: np.ndarray, mask: np.ndarray | None, box_xywh, *, mode: str = "masked", padding: float = 0.1, size: int = 224
+) -> Image.Image:
     height, width = rgb.shape[:2]
     x0, y0, side = square_box(box_xywh, padding, width, height)
     # window of the source that lies inside the image
@@ -45,7 +47,10 @@ def cut_crop(rgb: np.ndarray, mask: np.ndarray | None, box_xywh, *, mode: str = 
         m = mask[sy0:sy1, sx0:sx1] if mask is not None and mode != "box" else None
         # where the window lands on the canvas
         dx0, dy0 = int(round((sx0 - x0) * scale)), int(round((sy0 - y0) * scale))
-        dx1, dy1 = min(c, max(dx0 + 1, int(round((sx1 - x0) * scale)))), min(c, max(dy0 + 1, int(round((sy1 - y0) * scale))))
+        dx1, dy1 = (
+            min(c, max(dx0 + 1, int(round((sx1 - x0) * scale)))),
+            min(c, max(dy0 + 1, int(round((sy1 - y0) * scale)))),
+        )
         if scale < 1.0:  # scale the window down before anything else: memory ~ MAX_CANVAS², not side²
             patch = np.asarray(Image.fromarray(patch).resize((dx1 - dx0, dy1 - dy0), Image.BILINEAR, reducing_gap=2.0))
             if m is not None:

@@ -16,9 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segsearch.errors import ImageError, ImageTooLarge
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"})
 _heif_registered = False
 
 
@@ -51,8 +49,9 @@ class DecodedImage:
         return Image.fromarray(self.rgb)
 
 
-def decode_image(data: bytes, *, max_pixels: int = 100_000_000,
-                 cap_name: str = "SEGSEARCH_MAX_IMAGE_PIXELS") -> DecodedImage:
+def decode_image(
+    data: bytes, *, max_pixels: int = 100_000_000, cap_name: str = "SEGSEARCH_MAX_IMAGE_PIXELS"
+) -> DecodedImage:
     """Decode ``data``; raises ``ImageError`` with a human-readable reason on any problem."""
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -131,5 +130,7 @@ def check_sam_view(width: int, height: int, input_size: int) -> None:
     that its shorter side would round to no pixel at all cannot be segmented: say so."""
     short, long = min(width, height), max(width, height)
     if int(short * input_size / long + 0.5) < 1:
-        raise ImageError(f"image is {width}x{height}: too thin to segment (its shorter side would be under one "
-                         f"pixel at SAM's {input_size}-px input; aspect ratio {long / short:.0f}:1)")
+        raise ImageError(
+            f"image is {width}x{height}: too thin to segment (its shorter side would be under one "
+            f"pixel at SAM's {input_size}-px input; aspect ratio {long / short:.0f}:1)"
+        )

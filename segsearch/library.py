@@ -47,9 +47,17 @@ class Library:
     ``database_url=...``, ``points_per_side=16``) override the environment and config files.
     ``settings``/``models``: ready-made ones (the server, tests and benchmarks share theirs)."""
 
-    def __init__(self, data_dir: str | Path | None = None, sam: str | None = None, clip: str | None = None, *,
-                 settings: Settings | None = None, models: Models | None = None, stores: Stores | None = None,
-                 **settings_kw: Any):
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        sam: str | None = None,
+        clip: str | None = None,
+        *,
+        settings: Settings | None = None,
+        models: Models | None = None,
+        stores: Stores | None = None,
+        **settings_kw: Any,
+    ):
         given = {"data": data_dir, "sam": sam, "clip": clip, **settings_kw}
         if settings is None:
             settings = make_settings(**given)
@@ -94,18 +102,34 @@ class Library:
         return self._search_models
 
     # --- indexing ------------------------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], force: bool = False, *, reindex: bool = False,
-              on_start: Callable[[int], None] | None = None, progress: Callable | None = None,
-              models: Models | None = None, indexer_hook: Callable | None = None):
+    def index(
+        self,
+        paths: Iterable[str | Path],
+        force: bool = False,
+        *,
+        reindex: bool = False,
+        on_start: Callable[[int], None] | None = None,
+        progress: Callable | None = None,
+        models: Models | None = None,
+        indexer_hook: Callable | None = None,
+    ):
         """Segment, embed and store every image under ``paths`` (files, folders, globs); unchanged
         images are skipped unless ``force``. Returns the run summary (``RunSummary``: indexed,
         skipped, failed with reasons, segments, seconds per stage). ``reindex`` switches a library
         to the models given (otherwise other models than the recorded ones are refused)."""
         from segsearch.indexer.run import index_paths
 
-        summary = index_paths(self.settings, self.stores, paths, force=force, reindex=reindex,
-                              models=models or self._models, on_start=on_start, progress=progress,
-                              indexer_hook=indexer_hook)
+        summary = index_paths(
+            self.settings,
+            self.stores,
+            paths,
+            force=force,
+            reindex=reindex,
+            models=models or self._models,
+            on_start=on_start,
+            progress=progress,
+            indexer_hook=indexer_hook,
+        )
         self._search_models = None  # a first index may have recorded the models
         return summary
 
@@ -134,8 +158,14 @@ class Library:
         m = self.models()
         return Searcher(self.catalog, self.vectors, m.embedder, m.collection)
 
-    def query_vector(self, text: str | None = None, *, image: Any = None, segment_id: str | None = None,
-                     negative_text: str | None = None):
+    def query_vector(
+        self,
+        text: str | None = None,
+        *,
+        image: Any = None,
+        segment_id: str | None = None,
+        negative_text: str | None = None,
+    ):
         """The CLIP vector of a query: a text, an image (path, bytes, PIL image or RGB array; the
         whole image) or a stored segment ("more like this"), optionally minus a negative text."""
         import numpy as np
@@ -157,24 +187,58 @@ class Library:
             vector = minus(vector, s.text_vector(negative_text))
         return vector
 
-    def search(self, text: str | None = None, *, image: Any = None, segment_id: str | None = None,
-               top_k: int = 10, filters: SearchFilter | dict | None = None, negative_text: str | None = None,
-               offset: int = 0, score_threshold: float | None = None) -> list[Hit]:
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: Any = None,
+        segment_id: str | None = None,
+        top_k: int = 10,
+        filters: SearchFilter | dict | None = None,
+        negative_text: str | None = None,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
         """The ``top_k`` best segments for a text, an image or a stored segment. ``filters``: a
         ``SearchFilter`` or a dict of its fields (``kind``, ``path_prefix``, ``image_ids``,
         ``min_area``, ``max_area``)."""
-        return self.search_page(text, image=image, segment_id=segment_id, top_k=top_k, filters=filters,
-                                negative_text=negative_text, offset=offset, score_threshold=score_threshold).hits
+        return self.search_page(
+            text,
+            image=image,
+            segment_id=segment_id,
+            top_k=top_k,
+            filters=filters,
+            negative_text=negative_text,
+            offset=offset,
+            score_threshold=score_threshold,
+        ).hits
 
-    def search_page(self, text: str | None = None, *, image: Any = None, segment_id: str | None = None,
-                    top_k: int = 10, filters: SearchFilter | dict | None = None, negative_text: str | None = None,
-                    offset: int = 0, score_threshold: float | None = None, group_by_image: bool = False,
-                    group_size: int = 3) -> SearchPage:
+    def search_page(
+        self,
+        text: str | None = None,
+        *,
+        image: Any = None,
+        segment_id: str | None = None,
+        top_k: int = 10,
+        filters: SearchFilter | dict | None = None,
+        negative_text: str | None = None,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        group_by_image: bool = False,
+        group_size: int = 3,
+    ) -> SearchPage:
         """``search`` with paging (``next_offset``) and, optionally, results grouped per image."""
         vector = self.query_vector(text, image=image, segment_id=segment_id, negative_text=negative_text)
         flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
-        return self.searcher().page(vector, top_k=top_k, offset=offset, flt=flt, score_threshold=score_threshold,
-                                    group_by_image=group_by_image, group_size=group_size)
+        return self.searcher().page(
+            vector,
+            top_k=top_k,
+            offset=offset,
+            flt=flt,
+            score_threshold=score_threshold,
+            group_by_image=group_by_image,
+            group_size=group_size,
+        )
 
     def _pil(self, image: Any):
         from PIL import Image
@@ -189,8 +253,9 @@ class Library:
             data = image if isinstance(image, bytes) else Path(image).expanduser().read_bytes()
             return decode_image(data, max_pixels=self.settings.max_image_pixels).pil()
         except (OSError, ImageError) as exc:
-            raise ConfigError(f"cannot use query image {image if not isinstance(image, bytes) else '(bytes)'}: "
-                              f"{exc}") from exc
+            raise ConfigError(
+                f"cannot use query image {image if not isinstance(image, bytes) else '(bytes)'}: {exc}"
+            ) from exc
 
     # --- segments ------------------------------------------------------------------------------------
     def segment(self, image: Any, *, points=None, labels=None, box=None, multimask: bool = True):
@@ -211,8 +276,7 @@ class Library:
         lab = None if pts is None else np.asarray(labels if labels is not None else [1] * len(pts), np.int64)
         xyxy = None if box is None else [box[0], box[1], box[0] + box[2], box[1] + box[3]]
         key = hashlib.sha256(rgb.tobytes()).hexdigest()
-        masks, scores, _ = self._segmenter.predict(key, rgb, points=pts, labels=lab, box_xyxy=xyxy,
-                                                   multimask=multimask)
+        masks, scores, _ = self._segmenter.predict(key, rgb, points=pts, labels=lab, box_xyxy=xyxy, multimask=multimask)
         order = np.argsort(-scores)
         return masks[order], scores[order]
 
@@ -234,10 +298,24 @@ class Library:
                 for r in rows:
                     if kind is not None and r.kind != kind:
                         continue
-                    out.write(json.dumps({
-                        "segment_id": r.id, "image_id": image.id, "paths": paths, "width": image.width,
-                        "height": image.height, "kind": r.kind, "bbox": r.bbox, "area": int(r.area),
-                        "area_frac": r.area_frac, "predicted_iou": r.predicted_iou,
-                        "stability_score": r.stability_score, "rle": r.rle}) + "\n")
+                    out.write(
+                        json.dumps(
+                            {
+                                "segment_id": r.id,
+                                "image_id": image.id,
+                                "paths": paths,
+                                "width": image.width,
+                                "height": image.height,
+                                "kind": r.kind,
+                                "bbox": r.bbox,
+                                "area": int(r.area),
+                                "area_frac": r.area_frac,
+                                "predicted_iou": r.predicted_iou,
+                                "stability_score": r.stability_score,
+                                "rle": r.rle,
+                            }
+                        )
+                        + "\n"
+                    )
                     n += 1
         return n

@@ -50,15 +50,25 @@ class MaskSet:
 
     @classmethod
     def empty(cls, height: int, width: int) -> MaskSet:
-        return cls(np.zeros((0, height, width), bool), np.zeros((0, 4), np.int64), np.zeros(0, np.int64),
-                   np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return cls(
+            np.zeros((0, height, width), bool),
+            np.zeros((0, 4), np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.float32),
+        )
 
     @classmethod
     def from_masks(cls, masks: np.ndarray, predicted_iou, stability_score) -> MaskSet:
         masks = np.asarray(masks, bool)
         boxes = np.array([mask_box_xywh(m) for m in masks], np.int64).reshape(-1, 4)
-        return cls(masks, boxes, masks.reshape(len(masks), -1).sum(1).astype(np.int64),
-                   np.asarray(predicted_iou, np.float32), np.asarray(stability_score, np.float32))
+        return cls(
+            masks,
+            boxes,
+            masks.reshape(len(masks), -1).sum(1).astype(np.int64),
+            np.asarray(predicted_iou, np.float32),
+            np.asarray(stability_score, np.float32),
+        )
 
     def filter(self, keep) -> MaskSet:
         """Keep rows selected by a boolean mask or index array; all arrays move together."""

@@ -30,8 +30,14 @@ from segsearch.settings import Settings
 
 Purpose = Literal["index", "search", "serve", "doctor", "info"]
 
-AMG_FIELDS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-              "crop_n_layers", "min_mask_region_area")  # points_per_batch is speed only
+AMG_FIELDS = (
+    "points_per_side",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "min_mask_region_area",
+)  # points_per_batch is speed only
 CROP_FIELDS = {"mode": "crop_mode", "padding": "crop_padding", "min_area": "min_segment_area"}
 
 
@@ -63,8 +69,12 @@ def sam_entry(settings: Settings) -> dict:
     from segsearch.models import get_sam_spec
 
     spec = get_sam_spec(settings.sam)
-    return {"name": spec.name, "source": _source(settings.sam), "fingerprint": spec.fingerprint,
-            "sha256": spec.weights.sha256 if spec.weights else None}
+    return {
+        "name": spec.name,
+        "source": _source(settings.sam),
+        "fingerprint": spec.fingerprint,
+        "sha256": spec.weights.sha256 if spec.weights else None,
+    }
 
 
 def clip_entry(settings: Settings) -> dict:
@@ -72,9 +82,14 @@ def clip_entry(settings: Settings) -> dict:
     from segsearch.models import get_clip_spec
 
     spec = get_clip_spec(settings.clip, settings.clip_arch)
-    return {"name": spec.name, "source": _source(settings.clip), "arch": settings.clip_arch,
-            "fingerprint": spec.fingerprint, "sha256": spec.weights.sha256 if spec.weights else None,
-            "collection": collection_name(spec.fingerprint)}
+    return {
+        "name": spec.name,
+        "source": _source(settings.clip),
+        "arch": settings.clip_arch,
+        "fingerprint": spec.fingerprint,
+        "sha256": spec.weights.sha256 if spec.weights else None,
+        "collection": collection_name(spec.fingerprint),
+    }
 
 
 def amg_entry(settings: Settings) -> dict:
@@ -90,8 +105,13 @@ def read(catalog) -> Recorded:
     rec = catalog.library()
     if not rec and catalog.has_indexed():
         rec = _from_last_run(catalog)
-    return Recorded(rec.get("sam", {}), rec.get("clip", {}), rec.get("amg", {}), rec.get("crop", {}),
-                    rec.get("clips", {}).get("models", []))
+    return Recorded(
+        rec.get("sam", {}),
+        rec.get("clip", {}),
+        rec.get("amg", {}),
+        rec.get("crop", {}),
+        rec.get("clips", {}).get("models", []),
+    )
 
 
 def _from_last_run(catalog) -> dict:
@@ -104,9 +124,12 @@ def _from_last_run(catalog) -> dict:
     from segsearch.models import get_clip_spec, get_sam_spec
 
     try:
-        base = Settings(sam=s["sam"], clip=s["clip"],
-                        **{k: v for k, v in s.get("amg", {}).items() if k in AMG_FIELDS},
-                        **{CROP_FIELDS[k]: v for k, v in s.get("crop", {}).items() if k in CROP_FIELDS})
+        base = Settings(
+            sam=s["sam"],
+            clip=s["clip"],
+            **{k: v for k, v in s.get("amg", {}).items() if k in AMG_FIELDS},
+            **{CROP_FIELDS[k]: v for k, v in s.get("crop", {}).items() if k in CROP_FIELDS},
+        )
         get_sam_spec(base.sam), get_clip_spec(base.clip)
     except (KeyError, ConfigError, ValueError):
         return {}
@@ -119,8 +142,12 @@ def write(catalog, settings: Settings) -> None:
     checkpoint file is hashed to name it)."""
     stored = catalog.library()
     current = read(catalog)
-    entries = {"sam": sam_entry(settings), "clip": clip_entry(settings), "amg": amg_entry(settings),
-               "crop": crop_entry(settings)}
+    entries = {
+        "sam": sam_entry(settings),
+        "clip": clip_entry(settings),
+        "amg": amg_entry(settings),
+        "crop": crop_entry(settings),
+    }
     if stored and all(stored.get(k) == v for k, v in entries.items()):
         return
     clip = entries["clip"]  # every CLIP model with a collection here, the new one last
@@ -152,8 +179,9 @@ def describe(rec: Recorded) -> str:
     return " and ".join(parts) or "nothing yet"
 
 
-def resolve(settings: Settings, catalog, purpose: Purpose, *, reindex: bool = False,
-            collections: list[str] | None = None) -> Settings:
+def resolve(
+    settings: Settings, catalog, purpose: Purpose, *, reindex: bool = False, collections: list[str] | None = None
+) -> Settings:
     """``settings`` with every model setting the user did not give explicitly taken from the
     library's record, after checking the explicit ones against it (see the module docstring).
 
@@ -170,13 +198,17 @@ def resolve(settings: Settings, catalog, purpose: Purpose, *, reindex: bool = Fa
 
     if purpose in ("search", "serve") and "clip" in explicit:
         entry = clip_entry(resolved)
-        if (entry["collection"] != rec.clip.get("collection") and collections is not None
-                and entry["collection"] not in collections):
+        if (
+            entry["collection"] != rec.clip.get("collection")
+            and collections is not None
+            and entry["collection"] not in collections
+        ):
             have = [c["name"] for c in rec.clips if c["collection"] in collections] or [rec.clip["name"]]
             raise ConfigError(
                 f"this library has no vectors for CLIP {entry['name']}: it holds vectors of "
                 f"{', '.join(have)}. Search with one of those (or no --clip), or index with "
-                f"`segsearch index PATHS --clip {settings.clip} --reindex`.")
+                f"`segsearch index PATHS --clip {settings.clip} --reindex`."
+            )
     if purpose in ("index", "doctor"):
         changed = []
         if "sam" in explicit and sam_entry(resolved)["fingerprint"] != rec.sam.get("fingerprint"):
@@ -190,12 +222,13 @@ def resolve(settings: Settings, catalog, purpose: Purpose, *, reindex: bool = Fa
             if field in explicit and rec.crop and getattr(resolved, field) != rec.crop.get(key):
                 changed.append(f"{field} {getattr(resolved, field)} (recorded: {rec.crop.get(key)})")
         if changed and not (purpose == "index" and reindex):
-            how = ("pass --reindex to re-index with them (the record is replaced), or drop those flags"
-                   if purpose == "index" else
-                   "doctor checks the library against its recorded models; drop those flags, or switch "
-                   "models with `segsearch index PATHS --reindex`")
-            raise ConfigError(f"this library was indexed with {describe(rec)}; asked for "
-                              f"{'; '.join(changed)}: {how}.")
+            how = (
+                "pass --reindex to re-index with them (the record is replaced), or drop those flags"
+                if purpose == "index"
+                else "doctor checks the library against its recorded models; drop those flags, or switch "
+                "models with `segsearch index PATHS --reindex`"
+            )
+            raise ConfigError(f"this library was indexed with {describe(rec)}; asked for {'; '.join(changed)}: {how}.")
     return resolved
 
 
@@ -219,14 +252,31 @@ def info(settings: Settings, catalog, vectors) -> dict:
     run = catalog.last_run()
     last = None
     if run is not None:
-        last = {"id": run.id, "status": run.status, "started_at": run.started_at.isoformat() if run.started_at else None,
-                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                "indexed": run.indexed, "skipped": run.skipped, "failed": run.failed, "segments": run.segments}
+        last = {
+            "id": run.id,
+            "status": run.status,
+            "started_at": run.started_at.isoformat() if run.started_at else None,
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "indexed": run.indexed,
+            "skipped": run.skipped,
+            "failed": run.failed,
+            "segments": run.segments,
+        }
     data = Path(settings.data)
     sizes = {"vectors": _dir_size(settings.vectors_path) if settings.vector_backend == "embedded" else 0}
     db = data / "segsearch.db"
-    sizes["sql"] = sum(p.stat().st_size for p in data.glob("segsearch.db*")) if settings.database_url is None and db.exists() else 0
+    sizes["sql"] = (
+        sum(p.stat().st_size for p in data.glob("segsearch.db*"))
+        if settings.database_url is None and db.exists()
+        else 0
+    )
     sizes["total"] = _dir_size(data) if data.is_dir() else 0
-    return {"data": str(data.resolve()), "library": rec.to_dict(), "counts": catalog.counts(),
-            "vectors": vectors.count(collection) if collection else 0, "collection": collection,
-            "last_run": last, "size_bytes": sizes}
+    return {
+        "data": str(data.resolve()),
+        "library": rec.to_dict(),
+        "counts": catalog.counts(),
+        "vectors": vectors.count(collection) if collection else 0,
+        "collection": collection,
+        "last_run": last,
+        "size_bytes": sizes,
+    }

@@ -54,8 +54,13 @@ def load_clip(settings: Settings, spec=None):
     from segsearch.models.clip import ClipEmbedder
 
     spec = spec or get_clip_spec(settings.clip, settings.clip_arch)
-    return ClipEmbedder.from_spec(spec, settings.checkpoints, device=settings.resolved_device(),
-                                  offline=settings.offline, batch_size=settings.clip_batch_size)
+    return ClipEmbedder.from_spec(
+        spec,
+        settings.checkpoints,
+        device=settings.resolved_device(),
+        offline=settings.offline,
+        batch_size=settings.clip_batch_size,
+    )
 
 
 def load_sam(settings: Settings, spec=None):
@@ -76,8 +81,18 @@ class Models:
     fast one). ``guard``, when given, is called before each heavy model call of an index run (a
     server's index job yields to queries there, and stops there when cancelled)."""
 
-    def __init__(self, settings: Settings, *, sam_spec=None, clip_spec=None, sam=None, embedder=None,
-                 mask_generator=None, engine: str | None = None, guard=None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sam_spec=None,
+        clip_spec=None,
+        sam=None,
+        embedder=None,
+        mask_generator=None,
+        engine: str | None = None,
+        guard=None,
+    ):
         from segsearch.models import get_clip_spec, get_sam_spec
 
         self.settings = settings
@@ -92,8 +107,12 @@ class Models:
     @property
     def fingerprint(self) -> str:
         """What a segment depends on: both models and the mask/crop settings."""
-        return pipeline_fingerprint(self.sam_spec.fingerprint, self.clip_spec.fingerprint,
-                                    self.settings.amg_params(), self.settings.crop_params())
+        return pipeline_fingerprint(
+            self.sam_spec.fingerprint,
+            self.clip_spec.fingerprint,
+            self.settings.amg_params(),
+            self.settings.crop_params(),
+        )
 
     @property
     def collection(self) -> str:

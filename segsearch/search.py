@@ -84,16 +84,24 @@ class Searcher:
     def image_vector(self, pil_image) -> np.ndarray:
         return self.embedder.embed_images([pil_image])[0]
 
-    def search_vector(self, vector, *, top_k: int = 10, flt: SearchFilter | None = None, offset: int = 0,
-                      score_threshold: float | None = None) -> list[Hit]:
+    def search_vector(
+        self,
+        vector,
+        *,
+        top_k: int = 10,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
         # Hits are only returned for segments whose SQL record says the image is indexed; a
         # vector left by an interrupted run is skipped (over-fetch a little to still fill top_k).
         want = top_k
         fetch = top_k + 8
         hits: list[Hit] = []
         while True:
-            raw = self.vectors.search(self.collection, vector, fetch, flt, offset=offset,
-                                      score_threshold=score_threshold)
+            raw = self.vectors.search(
+                self.collection, vector, fetch, flt, offset=offset, score_threshold=score_threshold
+            )
             rows = self.catalog.get_segments(h.id for h in raw)
             paths = self.catalog.paths_by_image(r.image_id for r in rows.values())
             hits = []
@@ -102,14 +110,36 @@ class Searcher:
                 if r is None:
                     continue
                 p = paths.get(r.image_id, [])
-                hits.append(Hit(r.id, r.image_id, p[0] if p else None, p, r.kind, r.bbox, int(r.area),
-                                float(r.area_frac), h.score, r.predicted_iou, r.stability_score))
+                hits.append(
+                    Hit(
+                        r.id,
+                        r.image_id,
+                        p[0] if p else None,
+                        p,
+                        r.kind,
+                        r.bbox,
+                        int(r.area),
+                        float(r.area_frac),
+                        h.score,
+                        r.predicted_iou,
+                        r.stability_score,
+                    )
+                )
             if len(hits) >= want or len(raw) < fetch:
                 return hits[:want]
             fetch *= 2
 
-    def page(self, vector, *, top_k: int = 10, offset: int = 0, flt: SearchFilter | None = None,
-             score_threshold: float | None = None, group_by_image: bool = False, group_size: int = 3) -> SearchPage:
+    def page(
+        self,
+        vector,
+        *,
+        top_k: int = 10,
+        offset: int = 0,
+        flt: SearchFilter | None = None,
+        score_threshold: float | None = None,
+        group_by_image: bool = False,
+        group_size: int = 3,
+    ) -> SearchPage:
         """One page of results: ``top_k`` hits from ``offset``, or, grouped, ``top_k`` images from
         ``offset`` with up to ``group_size`` best segments each."""
         if not group_by_image:
@@ -125,5 +155,6 @@ class Searcher:
         ordered = list(groups.values())
         page = [Group(g[0].image_id, g[0].image_path, g[0].score, g) for g in ordered[offset : offset + top_k]]
         more = len(ordered) > offset + top_k
-        return SearchPage(hits=[h for g in page for h in g.hits], groups=page,
-                          next_offset=offset + top_k if more else None)
+        return SearchPage(
+            hits=[h for g in page for h in g.hits], groups=page, next_offset=offset + top_k if more else None
+        )

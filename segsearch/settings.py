@@ -80,9 +80,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEGSEARCH_", extra="ignore")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource):
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ):
         data = init_settings.init_kwargs.get("data") or os.environ.get("SEGSEARCH_DATA") or DEFAULT_DATA
         files = [Path(data).expanduser() / CONFIG_NAME, user_config_file()]
         tomls = [TomlConfigSettingsSource(settings_cls, toml_file=f) for f in files if f.is_file()]
@@ -109,10 +114,13 @@ class Settings(BaseSettings):
     qdrant_write_consistency_factor: int = Field(1, ge=1, description="Replicas that must confirm a write.")
     qdrant_on_disk: bool = Field(False, description="Keep full-precision vectors on disk (memory-mapped).")
     qdrant_quantization: Literal["none", "int8"] = Field(
-        "none", description="int8 scalar quantisation in RAM (4x smaller), searches rescored with the originals.")
+        "none", description="int8 scalar quantisation in RAM (4x smaller), searches rescored with the originals."
+    )
     qdrant_oversampling: float = Field(2.0, ge=1.0, description="int8: candidates fetched per result before rescoring.")
     qdrant_upsert_batch: int = Field(256, ge=1, description="Points per upsert request (each waits until applied).")
-    qdrant_retries: int = Field(5, ge=0, description="Retries of a request that failed transiently (exponential backoff).")
+    qdrant_retries: int = Field(
+        5, ge=0, description="Retries of a request that failed transiently (exponential backoff)."
+    )
     qdrant_backoff_s: float = Field(0.5, ge=0.0, description="First retry delay; doubles each retry.")
     qdrant_timeout_s: int = Field(60, ge=1, description="Per-request timeout against the server.")
     qdrant_prefer_grpc: bool = Field(False, description="Talk gRPC (port 6334) instead of REST.")
@@ -126,8 +134,10 @@ class Settings(BaseSettings):
 
     # --- automatic mask generation (segment_anything.SamAutomaticMaskGenerator) --------------
     amg: Literal["fast", "reference"] = Field(
-        "fast", description="Mask engine: fast (same masks, survivors-only post-processing) or reference "
-                            "(the official SamAutomaticMaskGenerator). Not part of the fingerprint: both give the same masks.")
+        "fast",
+        description="Mask engine: fast (same masks, survivors-only post-processing) or reference "
+        "(the official SamAutomaticMaskGenerator). Not part of the fingerprint: both give the same masks.",
+    )
     points_per_side: int = Field(32, ge=1)
     points_per_batch: int = Field(64, ge=1)
     pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
@@ -149,17 +159,22 @@ class Settings(BaseSettings):
     write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
     engine: Literal["local", "ray"] = Field(
-        "local", description="local: this process (threads); ray: Ray Data actor pools (many GPUs/machines).")
-    ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); none = start "
-                                                       "a local Ray instance.")
+        "local", description="local: this process (threads); ray: Ray Data actor pools (many GPUs/machines)."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (e.g. ray://head:10001); none = start a local Ray instance."
+    )
     ray_sam_actors: int | None = Field(None, ge=1, description="SAM actors (default: one per GPU, else 1).")
     ray_clip_actors: int = Field(1, ge=1, description="CLIP actors.")
     ray_sam_batch: int = Field(4, ge=1, description="Images per SAM actor call.")
     ray_clip_batch: int = Field(16, ge=1, description="Images (all their crops) per CLIP actor call.")
     ray_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (CPU-only actors).")
     claim_lease_s: float = Field(
-        300.0, gt=0, description="Several indexers on one database: an image claimed by an indexer that stops "
-                                 "renewing its claim (crashed) is taken over after this many seconds.")
+        300.0,
+        gt=0,
+        description="Several indexers on one database: an image claimed by an indexer that stops "
+        "renewing its claim (crashed) is taken over after this many seconds.",
+    )
     worker_id: str | None = Field(None, description="Name of this indexer in claims (default host:pid:random).")
 
     # --- query service ---------------------------------------------------------------------
@@ -169,18 +184,26 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(
-        50_000_000, ge=1, description="Largest image an API request may decode (checked from its header): a "
-                                      "/v1/segment call costs ~20 bytes per pixel, so 50 MP is ~1 GB of work.")
+        50_000_000,
+        ge=1,
+        description="Largest image an API request may decode (checked from its header): a "
+        "/v1/segment call costs ~20 bytes per pixel, so 50 MP is ~1 GB of work.",
+    )
     request_timeout_s: float = Field(30.0, gt=0)
     max_concurrent_work: int = Field(
-        default_factory=lambda: _default_work_slots(), ge=1,
-        description="Image decodes, renders and model calls of the API running at once (default: by memory "
-                    "and cores).")
+        default_factory=lambda: _default_work_slots(),
+        ge=1,
+        description="Image decodes, renders and model calls of the API running at once (default: by memory and cores).",
+    )
     max_queued_work: int = Field(16, ge=0, description="Requests that may wait for a work slot; more get 503.")
     render_cache_bytes: int = Field(64 << 20, ge=0, description="Rendered crops/masks/overlays kept, in bytes.")
     index_yield_s: float = Field(
-        0.5, ge=0, le=10, description="A server's index job waits up to this long before each image and CLIP "
-                                      "batch while searches are in flight (0: never yields).")
+        0.5,
+        ge=0,
+        le=10,
+        description="A server's index job waits up to this long before each image and CLIP "
+        "batch while searches are in flight (0: never yields).",
+    )
 
     @field_validator("data", "checkpoints", mode="after")
     @classmethod

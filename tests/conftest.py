@@ -80,8 +80,13 @@ def tiny_embedder_b():
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data=tmp_path / "data", checkpoints=tmp_path / "ckpt", sam="sam-test-tiny",
-                    clip="clip-test-tiny", **tiny.TINY_AMG)
+    return Settings(
+        data=tmp_path / "data",
+        checkpoints=tmp_path / "ckpt",
+        sam="sam-test-tiny",
+        clip="clip-test-tiny",
+        **tiny.TINY_AMG,
+    )
 
 
 @pytest.fixture
@@ -189,7 +194,9 @@ def qdrant_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "support" / "qdrant_shim.py"), "--port", str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "support" / "qdrant_shim.py"), "--port", str(port)]
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

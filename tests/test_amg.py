@@ -110,11 +110,16 @@ def _decode_both(sam, img, n_points, iou_thresh):
         pred.set_image(img)
         pts = np.random.default_rng(1).random((n_points, 2)) * np.array(img.shape[:2])[::-1]
         coords = torch.as_tensor(pred.transform.apply_coords(pts, img.shape[:2]), dtype=torch.float)
-        sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], torch.ones(n_points, 1, dtype=torch.int)),
-                                           boxes=None, masks=None)
-        low, iou = sam.mask_decoder(image_embeddings=pred.features, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                    multimask_output=True)
+        sparse, dense = sam.prompt_encoder(
+            points=(coords[:, None, :], torch.ones(n_points, 1, dtype=torch.int)), boxes=None, masks=None
+        )
+        low, iou = sam.mask_decoder(
+            image_embeddings=pred.features,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
         return (low, iou), GridDecoder(sam, pred.features)(sparse, iou_thresh)
 
 
@@ -135,10 +140,22 @@ def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
         sam, thresh = shapes_sam, SHAPES_AMG["pred_iou_thresh"]
     else:
         torch.manual_seed(0)
-        sam = build_sam_model(sam_config(
-            "vit_b", image_size=64, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
-            encoder_global_attn_indexes=[0], encoder_window_size=2, prompt_embed_dim=32, decoder_depth=2,
-            decoder_mlp_dim=64, decoder_num_heads=8, iou_head_hidden_dim=32)).eval()
+        sam = build_sam_model(
+            sam_config(
+                "vit_b",
+                image_size=64,
+                encoder_embed_dim=32,
+                encoder_depth=1,
+                encoder_num_heads=2,
+                encoder_global_attn_indexes=[0],
+                encoder_window_size=2,
+                prompt_embed_dim=32,
+                decoder_depth=2,
+                decoder_mlp_dim=64,
+                decoder_num_heads=8,
+                iou_head_hidden_dim=32,
+            )
+        ).eval()
         thresh = 0.0
     wide = model == "shapes"
     assert grid_decoder._low_rank(sam.mask_decoder.transformer.final_attn_token_to_image, 7) == wide

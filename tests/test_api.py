@@ -33,10 +33,15 @@ def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
     colours = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 200, 30)]
     for i, c in enumerate(colours):
         write(lib / ("a" if i < 2 else "b") / f"img{i}.png", png_bytes(scene(color=c, box=(20 + 20 * i, 30, 60, 40))))
-    settings = Settings(data=root / "data", checkpoints=root / "ckpt", sam="sam-test-tiny", clip="clip-test-tiny",
-                        **tiny.TINY_AMG)
-    models = Models(settings, sam_spec=tiny.TINY_SAM, embedder=tiny_embedder,
-                    mask_generator=make_mask_generator(settings.amg, tiny_sam, **settings.amg_params()))
+    settings = Settings(
+        data=root / "data", checkpoints=root / "ckpt", sam="sam-test-tiny", clip="clip-test-tiny", **tiny.TINY_AMG
+    )
+    models = Models(
+        settings,
+        sam_spec=tiny.TINY_SAM,
+        embedder=tiny_embedder,
+        mask_generator=make_mask_generator(settings.amg, tiny_sam, **settings.amg_params()),
+    )
     with Library(settings=settings, models=models) as library:
         library.index([str(lib)])
     return settings, lib
@@ -104,8 +109,9 @@ def test_more_like_this_and_negative(client):
     assert res["hits"][0]["segment_id"] == first["segment_id"] and res["hits"][0]["score"] > 0.99
     plain = search(client, text="blue", top_k=20)
     neg = search(client, text="blue", negative_text="red", top_k=20)
-    assert [h["segment_id"] for h in plain["hits"]] != [h["segment_id"] for h in neg["hits"]] or \
-        [h["score"] for h in plain["hits"]] != [h["score"] for h in neg["hits"]]
+    assert [h["segment_id"] for h in plain["hits"]] != [h["segment_id"] for h in neg["hits"]] or [
+        h["score"] for h in plain["hits"]
+    ] != [h["score"] for h in neg["hits"]]
 
 
 def test_filters_grouping_and_pages(client, library):
@@ -140,20 +146,23 @@ def test_stats_health_page_openapi(client):
     assert {"/v1/search", "/v1/search/image", "/v1/segment", "/v1/stats"} <= set(spec["paths"])
 
 
-@pytest.mark.parametrize("method,path,body,status", [
-    ("get", "/v1/segments/00000000-0000-0000-0000-000000000000", None, 404),
-    ("get", "/v1/segments/nope/crop.jpg", None, 404),
-    ("get", "/v1/segments/..%2F..%2Fetc%2Fpasswd/mask.png", None, 404),
-    ("get", "/v1/images/deadbeef", None, 404),
-    ("post", "/v1/search", {"text": "a", "segment_id": "x"}, 422),
-    ("post", "/v1/search", {}, 422),
-    ("post", "/v1/search", {"text": "a", "top_k": 0}, 422),
-    ("post", "/v1/search", {"text": "a", "filters": {"kind": "car"}}, 422),
-    ("post", "/v1/search", {"text": "a", "unknown": 1}, 422),
-    ("post", "/v1/search", {"image_b64": "!!!not base64!!!"}, 422),
-    ("post", "/v1/search", {"image_b64": base64.b64encode(b"garbage bytes" * 10).decode()}, 415),
-    ("post", "/v1/search", {"segment_id": "00000000-0000-0000-0000-000000000000"}, 404),
-])
+@pytest.mark.parametrize(
+    "method,path,body,status",
+    [
+        ("get", "/v1/segments/00000000-0000-0000-0000-000000000000", None, 404),
+        ("get", "/v1/segments/nope/crop.jpg", None, 404),
+        ("get", "/v1/segments/..%2F..%2Fetc%2Fpasswd/mask.png", None, 404),
+        ("get", "/v1/images/deadbeef", None, 404),
+        ("post", "/v1/search", {"text": "a", "segment_id": "x"}, 422),
+        ("post", "/v1/search", {}, 422),
+        ("post", "/v1/search", {"text": "a", "top_k": 0}, 422),
+        ("post", "/v1/search", {"text": "a", "filters": {"kind": "car"}}, 422),
+        ("post", "/v1/search", {"text": "a", "unknown": 1}, 422),
+        ("post", "/v1/search", {"image_b64": "!!!not base64!!!"}, 422),
+        ("post", "/v1/search", {"image_b64": base64.b64encode(b"garbage bytes" * 10).decode()}, 415),
+        ("post", "/v1/search", {"segment_id": "00000000-0000-0000-0000-000000000000"}, 404),
+    ],
+)
 def test_errors_are_problem_json(client, method, path, body, status):
     r = getattr(client, method)(path, **({"json": body} if body is not None else {}))
     assert r.status_code == status, r.text
@@ -184,10 +193,15 @@ def test_interactive_segment_caches_embedding(client, library):
     assert b1["cached_embedding"] is False and len(b1["masks"]) == 3 and b1["overlay_png_b64"]
     assert b1["masks"][0]["rle"]["size"] == [120, 160]
     assert [m["score"] for m in b1["masks"]] == sorted((m["score"] for m in b1["masks"]), reverse=True)
-    r2 = client.post("/v1/segment", files={"file": ("a.png", data, "image/png")},
-                     data={"box": "20,30,60,40", "multimask_output": "false"})
+    r2 = client.post(
+        "/v1/segment",
+        files={"file": ("a.png", data, "image/png")},
+        data={"box": "20,30,60,40", "multimask_output": "false"},
+    )
     assert r2.json()["cached_embedding"] is True and len(r2.json()["masks"]) == 1
-    image_id = client.post("/v1/search", json={"text": "x", "filters": {"kind": "image"}, "top_k": 1}).json()["hits"][0]["image_id"]
+    image_id = client.post("/v1/search", json={"text": "x", "filters": {"kind": "image"}, "top_k": 1}).json()["hits"][
+        0
+    ]["image_id"]
     r3 = client.post("/v1/segment", data={"image_id": image_id, "points": "[[10, 10]]"})
     assert r3.status_code == 200 and r3.json()["image_id"] == image_id
     bad = client.post("/v1/segment", data={"image_id": image_id, "points": "[[9999, 10]]"})
@@ -216,8 +230,9 @@ def test_segment_without_sam_weights_is_503_not_500(settings, tiny_embedder, tmp
     s = settings.model_copy(update={"sam": "sam-vit-b", "offline": True, "checkpoints": tmp_path / "empty"})
     services = Services(s, embedder=tiny_embedder)
     with TestClient(create_app(s, services=services)) as c:
-        r = c.post("/v1/segment", files={"file": ("a.png", png_bytes(scene()), "image/png")},
-                   data={"points": "[[10, 10]]"})
+        r = c.post(
+            "/v1/segment", files={"file": ("a.png", png_bytes(scene()), "image/png")}, data={"points": "[[10, 10]]"}
+        )
         assert r.status_code == 503 and "sam_vit_b_01ec64.pth" in r.json()["detail"]
         assert r.headers["content-type"].startswith(PROBLEM)
     services.close()
@@ -228,22 +243,31 @@ def test_bad_input_corpus_gets_4xx_never_5xx(client):
     from test_bad_inputs import corpus
 
     for kind, (name, data, _expected) in corpus().items():
-        r = client.post("/v1/search/image", files={"file": (name, data, "application/octet-stream")},
-                        data={"top_k": "2"})
+        r = client.post(
+            "/v1/search/image", files={"file": (name, data, "application/octet-stream")}, data={"top_k": "2"}
+        )
         assert r.status_code < 500, (kind, r.status_code, r.text[:200])
         if r.status_code >= 400:
             assert r.headers["content-type"].startswith(PROBLEM), kind
             assert r.json()["detail"], kind
-        r = client.post("/v1/segment", files={"file": (name, data, "application/octet-stream")},
-                        data={"points": "[[5, 5]]"})
+        r = client.post(
+            "/v1/segment", files={"file": (name, data, "application/octet-stream")}, data={"points": "[[5, 5]]"}
+        )
         assert r.status_code < 500, (kind, "segment", r.status_code, r.text[:200])
 
 
-@pytest.mark.parametrize("data, needle", [
-    ({"box": "1,1,inf,5"}, "box"), ({"box": "nan,1,5,5"}, "box"), ({"box": "1,1," + "9" * 400 + ",5"}, "box"),
-    ({"points": "[[1e999, 2]]"}, "points"), ({"points": "[[1, 2]]", "labels": "[" + "9" * 30 + "]"}, "labels"),
-    ({"points": "[" * 50_000}, "points"), ({"points": "[[1, 2]]", "labels": "[" * 50_000}, "labels"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"box": "1,1,inf,5"}, "box"),
+        ({"box": "nan,1,5,5"}, "box"),
+        ({"box": "1,1," + "9" * 400 + ",5"}, "box"),
+        ({"points": "[[1e999, 2]]"}, "points"),
+        ({"points": "[[1, 2]]", "labels": "[" + "9" * 30 + "]"}, "labels"),
+        ({"points": "[" * 50_000}, "points"),
+        ({"points": "[[1, 2]]", "labels": "[" * 50_000}, "labels"),
+    ],
+)
 def test_malformed_prompts_are_422(client, data, needle):
     r = client.post("/v1/segment", files={"file": ("a.png", png_bytes(scene()), "image/png")}, data=data)
     assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text[:200]
@@ -253,8 +277,11 @@ def test_malformed_prompts_are_422(client, data, needle):
 @pytest.mark.parametrize("size", [(1, 3000), (10, 20000)])
 def test_images_too_thin_for_sam_are_422(client, size):
     w, h = size
-    r = client.post("/v1/segment", files={"file": ("a.png", png_bytes(np.zeros((h, w, 3), np.uint8)), "image/png")},
-                    data={"points": "[[0, 5]]"})
+    r = client.post(
+        "/v1/segment",
+        files={"file": ("a.png", png_bytes(np.zeros((h, w, 3), np.uint8)), "image/png")},
+        data={"points": "[[0, 5]]"},
+    )
     assert r.status_code == 422 and f"{w}x{h}" in r.json()["detail"] and "too thin" in r.json()["detail"]
 
 

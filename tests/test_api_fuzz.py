@@ -1,6 +1,7 @@
 """Property-based API testing: schemathesis generates requests from the app's own OpenAPI schema
 (valid and invalid), against an indexed library with an API key; no request may give a 5xx,
-every response must match the schema, and requests without the key must be refused. Bounded so it runs in CI in well under a minute."""
+every response must match the schema, and requests without the key must be refused. Bounded so
+it runs in CI in well under a minute."""
 
 import pytest
 import schemathesis
@@ -27,10 +28,22 @@ def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
     root = tmp_path_factory.mktemp("fuzz")
     for i, c in enumerate([(220, 30, 30), (30, 30, 220)]):
         write(root / "lib" / f"img{i}.png", png_bytes(scene(color=c, box=(20 + 20 * i, 30, 60, 40))))
-    s = Settings(data=root / "data", checkpoints=root / "ckpt", sam="sam-test-tiny", clip="clip-test-tiny",
-                 max_upload_bytes=200_000, max_image_pixels=4_000_000, api_key=KEY, **tiny.TINY_AMG)
-    models = Models(s, sam_spec=tiny.TINY_SAM, embedder=tiny_embedder,
-                    mask_generator=make_mask_generator(s.amg, tiny_sam, **s.amg_params()))
+    s = Settings(
+        data=root / "data",
+        checkpoints=root / "ckpt",
+        sam="sam-test-tiny",
+        clip="clip-test-tiny",
+        max_upload_bytes=200_000,
+        max_image_pixels=4_000_000,
+        api_key=KEY,
+        **tiny.TINY_AMG,
+    )
+    models = Models(
+        s,
+        sam_spec=tiny.TINY_SAM,
+        embedder=tiny_embedder,
+        mask_generator=make_mask_generator(s.amg, tiny_sam, **s.amg_params()),
+    )
     with Library(settings=s, models=models) as library:
         library.index([str(root / "lib")])
     services = Services(s, embedder=tiny_embedder, sam=tiny_sam)
@@ -78,16 +91,24 @@ def test_hostile_prompt_values_get_4xx(fuzz_app):
     from hypothesis import strategies as st
 
     client = fuzz_app[1]
-    number = st.one_of(st.sampled_from(["inf", "-inf", "nan", "1e999", "-1e999", "9" * 400, "1e-400", "", "0x1f"]),
-                       st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                       st.integers(min_value=-(10**40), max_value=10**40).map(str))
+    number = st.one_of(
+        st.sampled_from(["inf", "-inf", "nan", "1e999", "-1e999", "9" * 400, "1e-400", "", "0x1f"]),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.integers(min_value=-(10**40), max_value=10**40).map(str),
+    )
     box = st.lists(number, max_size=6).map(",".join)
     nested = st.integers(1, 60_000).map(lambda n: "[" * n + "1" + "]" * (n % 3))
-    points = st.one_of(nested, st.lists(st.lists(number, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"),
-                                        max_size=70).map(lambda xs: "[" + ",".join(xs) + "]"))
+    points = st.one_of(
+        nested,
+        st.lists(st.lists(number, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"), max_size=70).map(
+            lambda xs: "[" + ",".join(xs) + "]"
+        ),
+    )
     labels = st.one_of(nested, st.lists(number, max_size=70).map(lambda xs: "[" + ",".join(xs) + "]"))
-    data_url = st.one_of(st.text(max_size=40).map(lambda t: "data:" + t),
-                         st.binary(max_size=60).map(lambda b: "data:image/png;base64," + b.hex()))
+    data_url = st.one_of(
+        st.text(max_size=40).map(lambda t: "data:" + t),
+        st.binary(max_size=60).map(lambda b: "data:image/png;base64," + b.hex()),
+    )
     buf = io.BytesIO()
     from PIL import Image
 
@@ -104,8 +125,9 @@ def test_hostile_prompt_values_get_4xx(fuzz_app):
     @given(b64=data_url)
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def search(b64):
-        r = client.post("/v1/search", content=json.dumps({"image_b64": b64}),
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            "/v1/search", content=json.dumps({"image_b64": b64}), headers={"content-type": "application/json"}
+        )
         assert r.status_code < 500, (b64[:80], r.status_code, r.text[:200])
 
     segment()

@@ -28,10 +28,17 @@ def _save(im, fmt, **kw):
 
 def _png_header_only(w, h):
     """A valid PNG signature + IHDR claiming w×h, with one tiny compressed IDAT: a decompression bomb."""
+
     def chunk(t, d):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _exif(orientation):
@@ -76,7 +83,11 @@ def corpus():
         "wide_3000x1": ("wide.png", png_bytes(np.full((1, 3000, 3), 90, np.uint8)), "either"),
         "one_pixel": ("one.png", png_bytes(np.full((1, 1, 3), 7, np.uint8)), "either"),
         "cmyk_jpeg": ("cmyk.jpg", _save(_img("CMYK"), "JPEG"), "indexed"),
-        "grey16_png": ("g16.png", _save(Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)), "PNG"), "indexed"),
+        "grey16_png": (
+            "g16.png",
+            _save(Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)), "PNG"),
+            "indexed",
+        ),
         "palette_transparency": ("pal.png", _save(_img("P"), "PNG", transparency=0), "indexed"),
         "rgba_png": ("rgba.png", _save(_img("RGBA"), "PNG"), "indexed"),
         "la_png": ("la.png", _save(_img("LA"), "PNG"), "indexed"),
@@ -135,7 +146,6 @@ def test_indexer_survives_the_corpus(settings, index, stores, tmp_path):
     catalog, _ = stores(settings)
     counts = catalog.counts()
     assert counts["indexed"] == r.indexed and counts["failed"] >= 1
-
 
 
 def test_unreadable_deleted_and_changed_files(settings, index, stores, tmp_path, monkeypatch):

@@ -52,7 +52,9 @@ def test_small_crops_are_cut_as_before():
     m = np.zeros(a.shape[:2], bool)
     m[40:100, 50:130] = True
     crop = np.asarray(cut_crop(a, m, (50, 40, 80, 60), mode="masked", padding=0.1, size=96))
-    assert crop.shape == (96, 96, 3) and (crop[48, 48] == (220, 30, 30)).all() and (crop[2, 48] == (122, 116, 104)).all()
+    assert (
+        crop.shape == (96, 96, 3) and (crop[48, 48] == (220, 30, 30)).all() and (crop[2, 48] == (122, 116, 104)).all()
+    )
 
 
 def test_strips_and_extreme_aspects_index_with_the_bundled_models_under_3_gib(tmp_path):
@@ -70,9 +72,25 @@ def test_strips_and_extreme_aspects_index_with_the_bundled_models_under_3_gib(tm
     Image.fromarray(np.full((4, 30_000, 3), 200, np.uint8)).save(lib / "strip-30000x4.png")  # < 1 px at SAM's input
     for s in DEMO_SEEDS[:2]:
         Image.fromarray(make_scene(s).image).save(lib / f"scene-{s}.png")
-    r = subprocess.run([sys.executable, "-c", PEAK, "index", str(lib), "--data", str(tmp_path / "data"),
-                        "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny", "--json"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEAK,
+            "index",
+            str(lib),
+            "--data",
+            str(tmp_path / "data"),
+            "--sam",
+            "sam-shapes-tiny",
+            "--clip",
+            "clip-shapes-tiny",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     peak_kib = int(r.stderr.strip().splitlines()[-1].removeprefix("peak_kib="))
     summary = json.loads(r.stdout)
@@ -106,10 +124,29 @@ def test_a_48_mp_photo_indexes_under_2_5_gib(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     Image.fromarray(make_scene(DEMO_SEEDS[5]).image).resize((8000, 6000), Image.BICUBIC).save(
-        lib / "photo-48mp.jpg", quality=92)
-    r = subprocess.run([sys.executable, "-c", PEAK, "index", str(lib), "--data", str(tmp_path / "data"),
-                        "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny", "--points-per-side", "8", "--json"],
-                       capture_output=True, text=True, timeout=900)  # SAM's default thresholds, a sparse grid
+        lib / "photo-48mp.jpg", quality=92
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEAK,
+            "index",
+            str(lib),
+            "--data",
+            str(tmp_path / "data"),
+            "--sam",
+            "sam-shapes-tiny",
+            "--clip",
+            "clip-shapes-tiny",
+            "--points-per-side",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # SAM's default thresholds, a sparse grid
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["indexed"] == 1 and summary["segments"] >= 2  # (before the bound: 11.7 GB peak)

@@ -15,8 +15,12 @@ runner = CliRunner()
 
 
 def cli_env(settings):
-    env = {"SEGSEARCH_DATA": str(settings.data), "SEGSEARCH_CHECKPOINTS": str(settings.checkpoints),
-           "SEGSEARCH_SAM": "sam-test-tiny", "SEGSEARCH_CLIP": "clip-test-tiny"}
+    env = {
+        "SEGSEARCH_DATA": str(settings.data),
+        "SEGSEARCH_CHECKPOINTS": str(settings.checkpoints),
+        "SEGSEARCH_SAM": "sam-test-tiny",
+        "SEGSEARCH_CLIP": "clip-test-tiny",
+    }
     env.update({f"SEGSEARCH_{k.upper()}": str(v) for k, v in tiny.TINY_AMG.items()})
     return env
 
@@ -43,8 +47,7 @@ def test_index_and_search_json(settings, tmp_path):
         assert h["kind"] in ("object", "image") and h["image_path"].startswith(str(tmp_path / "lib"))
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
-    r = runner.invoke(app, ["search", "--image", str(tmp_path / "lib" / "a.png"), "--kind", "image", "--json"],
-                      env=env)
+    r = runner.invoke(app, ["search", "--image", str(tmp_path / "lib" / "a.png"), "--kind", "image", "--json"], env=env)
     hits = json.loads(r.stdout)
     assert hits[0]["kind"] == "image" and hits[0]["image_path"].endswith("a.png")  # itself first
     assert hits[0]["score"] > 0.99
@@ -68,8 +71,11 @@ def test_usage_errors_exit_2(settings, tmp_path):
 
 def test_offline_without_weights_names_the_file(tmp_path):
     write(tmp_path / "lib" / "a.png", png_bytes(scene()))
-    env = {"SEGSEARCH_DATA": str(tmp_path / "data"), "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
-           "SEGSEARCH_OFFLINE": "1"}
+    env = {
+        "SEGSEARCH_DATA": str(tmp_path / "data"),
+        "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+        "SEGSEARCH_OFFLINE": "1",
+    }
     r = runner.invoke(app, ["index", str(tmp_path / "lib"), "--sam", "sam-vit-b"], env=env)
     assert r.exit_code == 2
     assert "sam_vit_b_01ec64.pth" in r.output and str(tmp_path / "ckpt") in r.output
@@ -80,6 +86,10 @@ def test_help_is_fast_and_imports_no_torch():
     code = "import sys; from segsearch.cli import app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    r = subprocess.run([sys.executable, "-m", "segsearch", "--help"], capture_output=True, text=True,
-                       env={**os.environ, "COLUMNS": "120"})
+    r = subprocess.run(
+        [sys.executable, "-m", "segsearch", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
     assert r.returncode == 0 and "index" in r.stdout and "search" in r.stdout

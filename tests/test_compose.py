@@ -50,7 +50,9 @@ def test_segsearch_services_are_wired_to_qdrant_and_postgres(compose):
         svc = s[name]
         assert svc["build"] == "." and (ROOT / "Dockerfile").is_file()
         assert {k: v["condition"] for k, v in svc["depends_on"].items()} == {
-            "qdrant": "service_healthy", "postgres": "service_healthy"}
+            "qdrant": "service_healthy",
+            "postgres": "service_healthy",
+        }
         env = env_of(svc)
         unknown = {k for k in env if k.startswith("SEGSEARCH_") and k.removeprefix("SEGSEARCH_").lower() not in fields}
         assert not unknown, f"{name} sets variables segsearch does not read: {unknown}"

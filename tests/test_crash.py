@@ -18,11 +18,23 @@ CLI = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_mo
 
 def env_for(settings):
     env = dict(os.environ)
-    env.update({f"SEGSEARCH_{k.upper()}": str(v) for k, v in {
-        "data": settings.data, "checkpoints": settings.checkpoints, "sam": settings.sam, "clip": settings.clip,
-        "points_per_side": settings.points_per_side, "points_per_batch": settings.points_per_batch,
-        "pred_iou_thresh": settings.pred_iou_thresh, "stability_score_thresh": settings.stability_score_thresh,
-        "min_segment_area": settings.min_segment_area, "write_group_images": 2}.items()})
+    env.update(
+        {
+            f"SEGSEARCH_{k.upper()}": str(v)
+            for k, v in {
+                "data": settings.data,
+                "checkpoints": settings.checkpoints,
+                "sam": settings.sam,
+                "clip": settings.clip,
+                "points_per_side": settings.points_per_side,
+                "points_per_batch": settings.points_per_batch,
+                "pred_iou_thresh": settings.pred_iou_thresh,
+                "stability_score_thresh": settings.stability_score_thresh,
+                "min_segment_area": settings.min_segment_area,
+                "write_group_images": 2,
+            }.items()
+        }
+    )
     return env
 
 
@@ -32,8 +44,12 @@ def indexed_without_vectors(settings) -> set[str]:
     catalog, vectors = open_stores(settings)
     try:
         points = {c: set(vectors.iter_ids(c)) for c in vectors.collections()}
-        return {im.id for im in catalog.images_by_status("indexed")
-                for sid, coll in catalog.segment_refs(im.id) if sid not in points.get(coll, set())}
+        return {
+            im.id
+            for im in catalog.images_by_status("indexed")
+            for sid, coll in catalog.segment_refs(im.id)
+            if sid not in points.get(coll, set())
+        }
     finally:
         vectors.close()
         catalog.close()
@@ -43,13 +59,16 @@ def make_library(root, n):
     rng = random.Random(0)
     for i in range(n):
         w, h = rng.choice([(96, 72), (128, 96), (160, 120)])
-        write(root / f"d{i % 3}" / f"img{i}.png", png_bytes(scene(
-            width=w, height=h, box=(5 + i % 20, 10, 30 + i % 15, 25), color=(200, (37 * i) % 255, 40))))
+        write(
+            root / f"d{i % 3}" / f"img{i}.png",
+            png_bytes(scene(width=w, height=h, box=(5 + i % 20, 10, 30 + i % 15, 25), color=(200, (37 * i) % 255, 40))),
+        )
 
 
 def run_index(settings, lib, **kw):
-    return subprocess.run([*CLI, "index", str(lib), "--json"], env=env_for(settings), capture_output=True,
-                          text=True, timeout=120, **kw)
+    return subprocess.run(
+        [*CLI, "index", str(lib), "--json"], env=env_for(settings), capture_output=True, text=True, timeout=120, **kw
+    )
 
 
 def test_sigkill_at_random_moments_then_resume_equals_clean_run(settings, tmp_path):
@@ -68,8 +87,12 @@ def test_sigkill_at_random_moments_then_resume_equals_clean_run(settings, tmp_pa
     killed_mid_run = 0
     while trials < 20:
         force = ["--force"] if trials % 3 != 2 else []  # most trials redo everything, so kills land mid-work
-        p = subprocess.Popen([*CLI, "index", str(lib), "--json", *force],
-                             env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = subprocess.Popen(
+            [*CLI, "index", str(lib), "--json", *force],
+            env=env_for(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(rng.uniform(0.2, full * 0.9))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
@@ -93,8 +116,16 @@ def test_two_indexers_on_one_data_directory(settings, tmp_path):
     make_library(lib, 8)
     clean = settings.model_copy(update={"data": tmp_path / "clean"})
     assert run_index(clean, lib).returncode == 0
-    procs = [subprocess.Popen([*CLI, "index", str(lib), "--json"], env=env_for(settings), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*CLI, "index", str(lib), "--json"],
+            env=env_for(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
     if codes == [0, 3]:  # the second one stopped at once with a clear message...

@@ -19,8 +19,17 @@ def _seed_files():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
     out = []
-    for fmt, mode in [("PNG", "RGB"), ("JPEG", "RGB"), ("WEBP", "RGB"), ("GIF", "P"), ("BMP", "RGB"),
-                      ("TIFF", "RGB"), ("PNG", "RGBA"), ("JPEG", "CMYK"), ("PNG", "I;16")]:
+    for fmt, mode in [
+        ("PNG", "RGB"),
+        ("JPEG", "RGB"),
+        ("WEBP", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+        ("PNG", "RGBA"),
+        ("JPEG", "CMYK"),
+        ("PNG", "I;16"),
+    ]:
         buf = io.BytesIO()
         im = Image.fromarray(a).convert(mode) if mode != "I;16" else Image.fromarray(a[..., 0].astype(np.uint16) * 200)
         im.save(buf, format=fmt)
@@ -48,8 +57,11 @@ def test_random_bytes(data):
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
-       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+@given(
+    seed=st.sampled_from(SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
+    cut=st.one_of(st.none(), st.integers(0, 10_000)),
+)
 def test_mutated_real_files(seed, edits, cut):
     """Byte flips in headers and data, and truncation, of valid files of every supported format."""
     b = bytearray(seed)

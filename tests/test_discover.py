@@ -9,8 +9,16 @@ from segsearch.indexer.discover import discover
 @pytest.fixture
 def tree(tmp_path):
     img = png_bytes(scene())
-    for rel in ["b.png", "a.JPG", "sub/c.webp", "sub/deeper/d.tif", ".hidden.png", ".cache/e.png",
-                "notes.txt", "sub/f.heic"]:
+    for rel in [
+        "b.png",
+        "a.JPG",
+        "sub/c.webp",
+        "sub/deeper/d.tif",
+        ".hidden.png",
+        ".cache/e.png",
+        "notes.txt",
+        "sub/f.heic",
+    ]:
         write(tmp_path / rel, img)
     return tmp_path
 

@@ -15,11 +15,21 @@ from segsearch.cli import app
 
 def doctor(settings, *extra):
     args = ["doctor", "--data", str(settings.data), "--sam", settings.sam, "--clip", settings.clip, "--json", *extra]
-    r = CliRunner().invoke(app, args, env={f"SEGSEARCH_{k.upper()}": str(v) for k, v in {
-        "checkpoints": settings.checkpoints, "points_per_side": settings.points_per_side,
-        "points_per_batch": settings.points_per_batch, "pred_iou_thresh": settings.pred_iou_thresh,
-        "stability_score_thresh": settings.stability_score_thresh, "min_segment_area": settings.min_segment_area,
-    }.items()})
+    r = CliRunner().invoke(
+        app,
+        args,
+        env={
+            f"SEGSEARCH_{k.upper()}": str(v)
+            for k, v in {
+                "checkpoints": settings.checkpoints,
+                "points_per_side": settings.points_per_side,
+                "points_per_batch": settings.points_per_batch,
+                "pred_iou_thresh": settings.pred_iou_thresh,
+                "stability_score_thresh": settings.stability_score_thresh,
+                "min_segment_area": settings.min_segment_area,
+            }.items()
+        },
+    )
     assert r.stdout.strip(), f"doctor printed no JSON (exit {r.exit_code}): {r.output} {r.exception!r}"
     return r.exit_code, json.loads(r.stdout)
 
@@ -51,7 +61,12 @@ def test_finds_and_repairs_every_kind_of_drift(settings, index, stores, tmp_path
     c = out["found"]["counts"]
     assert code == 1
     assert (c["orphan_vectors"], c["missing_vectors"], c["stuck_pending"], c["dead_paths"], c["missing_files"]) == (
-        1, 1, 1, 1, 1)
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
 
     code, out = doctor(settings, "--repair")
     assert code == 0, out

@@ -36,8 +36,12 @@ def installed(tmp_path_factory) -> Path:
     """bin/ of a fresh venv holding the wheel built from this checkout (not an editable install)."""
     root = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(REPO)],
-                   check=True, cwd=root, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(REPO)],
+        check=True,
+        cwd=root,
+        capture_output=True,
+    )
     wheel = next((root / "dist").glob("segsearch-*.whl"))
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -52,9 +56,15 @@ def test_first_day(installed, tmp_path):
     work = tmp_path / "work"  # the user's empty folder
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGSEARCH_", "HF_", "XDG_"))}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CACHE_HOME=str(home / "cache"),
-               XDG_CONFIG_HOME=str(home / "config"), HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}",
-               PATH=f"{installed}:{env.get('PATH', '')}", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}",
+        PATH=f"{installed}:{env.get('PATH', '')}",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
 
     def segsearch(*args, ok=True, timeout=600):
         r = subprocess.run(["segsearch", *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
@@ -63,8 +73,14 @@ def test_first_day(installed, tmp_path):
         return r
 
     # the installed package, not this checkout
-    r = subprocess.run([str(installed / "python"), "-c", "import segsearch; print(segsearch.__file__)"],
-                       cwd=work, env=env, capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [str(installed / "python"), "-c", "import segsearch; print(segsearch.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert str(installed.parent) in r.stdout
     assert segsearch("--version").stdout.startswith("segsearch ")
 
@@ -81,8 +97,19 @@ def test_first_day(installed, tmp_path):
         folder.mkdir()
         for s in seeds:
             Image.fromarray(make_scene(s).image).save(folder / f"scene-{s}.png")
-    first = json.loads(segsearch("index", "photos", "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny",
-                                 "--points-per-side", "8", "--json").stdout)
+    first = json.loads(
+        segsearch(
+            "index",
+            "photos",
+            "--sam",
+            "sam-shapes-tiny",
+            "--clip",
+            "clip-shapes-tiny",
+            "--points-per-side",
+            "8",
+            "--json",
+        ).stdout
+    )
     assert first["indexed"] == 4
 
     # 3. no model flags from here on: the library remembers
@@ -105,8 +132,14 @@ def test_first_day(installed, tmp_path):
 
     # 4. serve, no flags; add photos while it runs: `index` hands them to the server
     port = _free_port()
-    server = subprocess.Popen(["segsearch", "serve", "--port", str(port)], cwd=work, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["segsearch", "serve", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -124,8 +157,9 @@ def test_first_day(installed, tmp_path):
 
         added = json.loads(segsearch("index", "more", "--json").stdout)
         assert added["indexed"] == 2 and added["failed"] == 0 and set(added["stages"]) >= {"clip", "store"}
-        found = httpx.post(f"{base}/v1/search", json={"text": "a shape", "top_k": 5,
-                                                      "filters": {"path_prefix": str(more)}}, timeout=30).json()
+        found = httpx.post(
+            f"{base}/v1/search", json={"text": "a shape", "top_k": 5, "filters": {"path_prefix": str(more)}}, timeout=30
+        ).json()
         assert {Path(h["image_path"]).parent for h in found["hits"]} == {more}  # the running server sees them
         assert httpx.get(f"{base}/v1/stats", timeout=10).json()["indexed"] == 6
         via = json.loads(segsearch("search", "red circle", "--json").stdout)  # search goes through it too

@@ -39,11 +39,20 @@ def server(tmp_path_factory):
     """A real `segsearch serve` with an API key (no models needed: the guard runs first)."""
     root = tmp_path_factory.mktemp("guard")
     port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")},
-           "SEGSEARCH_DATA": str(root / "data"), "SEGSEARCH_CHECKPOINTS": str(root / "ckpt"),
-           "SEGSEARCH_OFFLINE": "1", "SEGSEARCH_API_KEY": "s3cret", "SEGSEARCH_MAX_UPLOAD_BYTES": str(10 << 20)}
-    proc = subprocess.Popen([sys.executable, "-m", "segsearch", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")},
+        "SEGSEARCH_DATA": str(root / "data"),
+        "SEGSEARCH_CHECKPOINTS": str(root / "ckpt"),
+        "SEGSEARCH_OFFLINE": "1",
+        "SEGSEARCH_API_KEY": "s3cret",
+        "SEGSEARCH_MAX_UPLOAD_BYTES": str(10 << 20),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segsearch", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -165,16 +174,25 @@ def test_parallel_hostile_uploads_and_retries_stay_bounded(tmp_path):
     from PIL import Image
 
     cli = [sys.executable, str(__import__("pathlib").Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")},
-           "SEGSEARCH_DATA": str(tmp_path / "data"), "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
-           "SEGSEARCH_OFFLINE": "1", "SEGSEARCH_REQUEST_TIMEOUT_S": "1"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")},
+        "SEGSEARCH_DATA": str(tmp_path / "data"),
+        "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+        "SEGSEARCH_OFFLINE": "1",
+        "SEGSEARCH_REQUEST_TIMEOUT_S": "1",
+    }
     photo = np.zeros((4000, 5000, 3), np.uint8)
     photo[1000:3000, 1000:4000] = (220, 30, 30)
     write(tmp_path / "lib" / "photo-20mp.png", b"")
     Image.fromarray(photo).save(tmp_path / "lib" / "photo-20mp.png")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny.TINY_AMG.items()]
-    r = subprocess.run([*cli, "index", str(tmp_path / "lib"), "--sam", "sam-test-tiny", "--clip", "clip-test-tiny",
-                        *flags], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*cli, "index", str(tmp_path / "lib"), "--sam", "sam-test-tiny", "--clip", "clip-test-tiny", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
 
     def encoded(a, fmt, **kw):
@@ -188,8 +206,9 @@ def test_parallel_hostile_uploads_and_retries_stay_bounded(tmp_path):
     assert max(len(webp), len(png16), len(strip)) < 1_000_000
 
     port = _free_port()
-    server = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -201,8 +220,12 @@ def test_parallel_hostile_uploads_and_retries_stay_bounded(tmp_path):
                 pass
             assert server.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        segments = [h["segment_id"] for h in httpx.post(base + "/v1/search", json={"text": "x", "top_k": 20,
-                                                                                     "filters": {"kind": "object"}}).json()["hits"]]
+        segments = [
+            h["segment_id"]
+            for h in httpx.post(
+                base + "/v1/search", json={"text": "x", "top_k": 20, "filters": {"kind": "object"}}
+            ).json()["hits"]
+        ]
         assert segments
         peak, stop = [0], threading.Event()
 

@@ -29,9 +29,16 @@ def hub():
 
 def segsearch(tmp_path, hub, *args, **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SEGSEARCH_"))}
-    e = {**base, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "SEGSEARCH_DATA": str(tmp_path / "data"),
-         "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"), "HF_HUB_DISABLE_TELEMETRY": "1",
-         "HF_HUB_DISABLE_XET": "1", **env}
+    e = {
+        **base,
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "SEGSEARCH_DATA": str(tmp_path / "data"),
+        "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        **env,
+    }
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, timeout=300)
 
 
@@ -49,9 +56,24 @@ def test_download_verify_and_use_a_pinned_model(tmp_path, hub):
 
     # the downloaded model indexes and searches (offline now: the cache is enough)
     write(tmp_path / "lib" / "a.png", png_bytes(scene()))
-    r = segsearch(tmp_path, hub, "index", str(tmp_path / "lib"), "--sam", "sam-test-tiny", "--clip", "clip-hub-test",
-                  "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--json",
-                  HF_HUB_OFFLINE="1")
+    r = segsearch(
+        tmp_path,
+        hub,
+        "index",
+        str(tmp_path / "lib"),
+        "--sam",
+        "sam-test-tiny",
+        "--clip",
+        "clip-hub-test",
+        "--points-per-side",
+        "4",
+        "--pred-iou-thresh",
+        "0",
+        "--stability-score-thresh",
+        "0",
+        "--json",
+        HF_HUB_OFFLINE="1",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["indexed"] == 1
     r = segsearch(tmp_path, hub, "search", "red square", "--json", HF_HUB_OFFLINE="1")
@@ -110,8 +132,11 @@ def test_unpinned_models_are_trusted_on_first_use_only(tmp_path, hub):
     r = segsearch(tmp_path, hub, "models", "download", "clip-hub-tofu")
     assert r.returncode == 0, r.stderr
     pins = json.loads((tmp_path / "ckpt" / "hub-pins.json").read_text())
-    assert pins[f"{tiny.HUB_REPO}/{tiny.HUB_FILE}"] == {"revision": tiny.HUB_COMMIT, "sha256": tiny.HUB_SHA256,
-                                                         "size": len(WEIGHTS)}
+    assert pins[f"{tiny.HUB_REPO}/{tiny.HUB_FILE}"] == {
+        "revision": tiny.HUB_COMMIT,
+        "sha256": tiny.HUB_SHA256,
+        "size": len(WEIGHTS),
+    }
     # the same commit now serves other bytes (a tampered mirror): a fresh cache must refuse them
     hub.repos[tiny.HUB_REPO].files[tiny.HUB_FILE] = WEIGHTS[:-1] + bytes([WEIGHTS[-1] ^ 1])
     r = segsearch(tmp_path, hub, "models", "download", "clip-hub-tofu", HF_HOME=str(tmp_path / "hf2"))

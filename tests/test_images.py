@@ -18,8 +18,18 @@ def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt,ext_kw", [("PNG", {}), ("JPEG", {"quality": 95}), ("WEBP", {"lossless": True}),
-                                        ("BMP", {}), ("TIFF", {}), ("GIF", {}), ("HEIF", {"quality": 95})])
+@pytest.mark.parametrize(
+    "fmt,ext_kw",
+    [
+        ("PNG", {}),
+        ("JPEG", {"quality": 95}),
+        ("WEBP", {"lossless": True}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("GIF", {}),
+        ("HEIF", {"quality": 95}),
+    ],
+)
 def test_formats_decode_to_rgb(fmt, ext_kw):
     a = scene()
     d = decode_image(encoded(Image.fromarray(a), fmt, **ext_kw))
@@ -29,13 +39,21 @@ def test_formats_decode_to_rgb(fmt, ext_kw):
     assert d.rgb[5, 5, 0] < 90
 
 
-@pytest.mark.parametrize("orientation,expected_size", [(1, (160, 120)), (3, (160, 120)), (6, (120, 160)),
-                                                       (8, (120, 160)), (2, (160, 120)), (5, (120, 160))])
+@pytest.mark.parametrize(
+    "orientation,expected_size",
+    [(1, (160, 120)), (3, (160, 120)), (6, (120, 160)), (8, (120, 160)), (2, (160, 120)), (5, (120, 160))],
+)
 def test_exif_orientation_is_applied(orientation, expected_size):
     upright = scene()
     # store pixels so that applying the EXIF orientation gives back `upright`
-    inverse = {1: None, 2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 5: Image.TRANSPOSE,
-               6: Image.ROTATE_90, 8: Image.ROTATE_270}[orientation]
+    inverse = {
+        1: None,
+        2: Image.FLIP_LEFT_RIGHT,
+        3: Image.ROTATE_180,
+        5: Image.TRANSPOSE,
+        6: Image.ROTATE_90,
+        8: Image.ROTATE_270,
+    }[orientation]
     im = Image.fromarray(upright)
     stored = im.transpose(inverse) if inverse is not None else im
     exif = Image.Exif()

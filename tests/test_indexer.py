@@ -131,10 +131,10 @@ def test_force_reindexes_without_duplicates(settings, index, stores, tmp_path):
     assert store_state(settings) == state  # deterministic ids: same set, nothing doubled
 
 
-@pytest.mark.parametrize("orientation,transpose", [(6, Image.ROTATE_90), (3, Image.ROTATE_180),
-                                                   (8, Image.ROTATE_270)])
-def test_exif_rotated_input_is_stored_in_corrected_coordinates(settings, index, stores, make_models, tmp_path,
-                                                               orientation, transpose):
+@pytest.mark.parametrize("orientation,transpose", [(6, Image.ROTATE_90), (3, Image.ROTATE_180), (8, Image.ROTATE_270)])
+def test_exif_rotated_input_is_stored_in_corrected_coordinates(
+    settings, index, stores, make_models, tmp_path, orientation, transpose
+):
     upright = scene(width=160, height=120, box=(100, 10, 40, 30))
     stored = Image.fromarray(upright).transpose(transpose)
     exif = Image.Exif()
@@ -199,8 +199,9 @@ class Crash(BaseException):
     """Stands in for the process dying (not an Exception: nothing catches it)."""
 
 
-def test_crash_between_vector_write_and_sql_commit_then_resume(settings, index, stores, tmp_path, monkeypatch,
-                                                               relocate):
+def test_crash_between_vector_write_and_sql_commit_then_resume(
+    settings, index, stores, tmp_path, monkeypatch, relocate
+):
     lib = tmp_path / "lib"
     library(lib, 3)
     clean = tmp_path / "clean"

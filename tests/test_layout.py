@@ -6,8 +6,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {"segsearch": "segsearch", "indexer": "segsearch.indexer", "api": "segsearch.api", "cli": "segsearch.cli",
-           "migrations": "segsearch.migrations"}
+FOLDERS = {
+    "segsearch": "segsearch",
+    "indexer": "segsearch.indexer",
+    "api": "segsearch.api",
+    "cli": "segsearch.cli",
+    "migrations": "segsearch.migrations",
+}
 
 # layer -> packages it must never import
 FORBIDDEN = {
@@ -31,9 +36,14 @@ def modules():
 def layer(name: str) -> str | None:
     if name == "segsearch.__main__":  # `python -m segsearch` is the command line
         return "cli"
-    for prefix, lay in (("segsearch.indexer", "indexer"), ("segsearch.api", "api"), ("segsearch.cli", "cli"),
-                        ("segsearch.eval", "eval"), ("segsearch.library", "library"),
-                        ("segsearch.migrations", None)):
+    for prefix, lay in (
+        ("segsearch.indexer", "indexer"),
+        ("segsearch.api", "api"),
+        ("segsearch.cli", "cli"),
+        ("segsearch.eval", "eval"),
+        ("segsearch.library", "library"),
+        ("segsearch.migrations", None),
+    ):
         if name == prefix or name.startswith(prefix + "."):
             return lay
     return "core"
@@ -65,10 +75,23 @@ def test_dependencies_point_one_way():
 
 def test_one_place_builds_models_and_stores():
     """Only segsearch.runtime loads models and opens stores for the product's code."""
-    builders = ("ClipEmbedder.from_spec", "load_sam(", "Catalog.open(", "open_vector_index(", "EdgeVectorIndex(",
-                "ServerVectorIndex(")
-    allowed = {"segsearch.runtime", "segsearch.models.clip", "segsearch.models.sam", "segsearch.store.vectors",
-               "segsearch.store.sql", "segsearch.store.edge", "segsearch.store.server"}
+    builders = (
+        "ClipEmbedder.from_spec",
+        "load_sam(",
+        "Catalog.open(",
+        "open_vector_index(",
+        "EdgeVectorIndex(",
+        "ServerVectorIndex(",
+    )
+    allowed = {
+        "segsearch.runtime",
+        "segsearch.models.clip",
+        "segsearch.models.sam",
+        "segsearch.store.vectors",
+        "segsearch.store.sql",
+        "segsearch.store.edge",
+        "segsearch.store.server",
+    }
     found = []
     for name, path in modules():
         if name in allowed:

@@ -28,8 +28,12 @@ def lib(root, n, offset=0):
 
 def env_for(tmp_path, **extra):
     """A user's environment: only the data dir and checkpoints; models come from flags or the record."""
-    return {"SEGSEARCH_DATA": str(tmp_path / "data"), "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
-            "SEGSEARCH_OFFLINE": "1", **extra}
+    return {
+        "SEGSEARCH_DATA": str(tmp_path / "data"),
+        "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+        "SEGSEARCH_OFFLINE": "1",
+        **extra,
+    }
 
 
 def tiny_flags():
@@ -76,8 +80,9 @@ def test_switching_models_is_explicit(tmp_path):
     r = runner.invoke(app, ["search", "red", "--clip", "clip-test-tiny-b"], env=env)
     assert r.exit_code == 2 and "holds vectors of clip-test-tiny" in r.output
     # --reindex switches: the record changes, the images are redone, and plain commands follow
-    r = runner.invoke(app, ["index", str(tmp_path / "photos"), "--clip", "clip-test-tiny-b", "--reindex", "--json"],
-                      env=env)
+    r = runner.invoke(
+        app, ["index", str(tmp_path / "photos"), "--clip", "clip-test-tiny-b", "--reindex", "--json"], env=env
+    )
     assert r.exit_code == 0 and json.loads(r.stdout)["indexed"] == 2, r.output
     info = json.loads(runner.invoke(app, ["info", "--json"], env=env).stdout)
     assert info["library"]["clip"]["name"] == "clip-test-tiny-b"
@@ -206,10 +211,10 @@ def test_toml_config_files(tmp_path, monkeypatch):
     monkeypatch.delenv("SEGSEARCH_DATA", raising=False)
     user = tmp_path / "config" / "segsearch" / "config.toml"
     user.parent.mkdir(parents=True)
-    user.write_text('top_k_unused = 1\nhnsw_ef = 512\nport = 9000\n')
+    user.write_text("top_k_unused = 1\nhnsw_ef = 512\nport = 9000\n")
     data = tmp_path / "data"
     data.mkdir()
-    (data / "segsearch.toml").write_text('port = 9100\n')
+    (data / "segsearch.toml").write_text("port = 9100\n")
     s = Settings(data=data)
     assert (s.hnsw_ef, s.port) == (512, 9100)  # the library's file over the user's
     monkeypatch.setenv("SEGSEARCH_PORT", "9200")

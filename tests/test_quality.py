@@ -34,8 +34,9 @@ def test_validation_scenes_are_not_the_reported_ones(tmp_path):
     val = shapes_eval_set(tmp_path / "v", 2, split="validation")
     held = shapes_eval_set(tmp_path / "h", 2)
     assert [p.path.name for p in val.images] != [p.path.name for p in held.images]
-    assert not any((v.masks.shape == h.masks.shape and (v.masks == h.masks).all())
-                   for v in val.images for h in held.images)
+    assert not any(
+        (v.masks.shape == h.masks.shape and (v.masks == h.masks).all()) for v in val.images for h in held.images
+    )
 
 
 def test_demo_offline(tmp_path):

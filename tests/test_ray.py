@@ -25,12 +25,22 @@ def library(root, n=4):
 
 
 def run(data, lib, *extra):
-    env = {"SEGSEARCH_DATA": str(data), "SEGSEARCH_SAM": "sam-shapes-tiny", "SEGSEARCH_CLIP": "clip-shapes-tiny",
-           "SEGSEARCH_OFFLINE": "1", **{f"SEGSEARCH_{k.upper()}": str(v) for k, v in SHAPES_AMG.items()}}
+    env = {
+        "SEGSEARCH_DATA": str(data),
+        "SEGSEARCH_SAM": "sam-shapes-tiny",
+        "SEGSEARCH_CLIP": "clip-shapes-tiny",
+        "SEGSEARCH_OFFLINE": "1",
+        **{f"SEGSEARCH_{k.upper()}": str(v) for k, v in SHAPES_AMG.items()},
+    }
     import os
 
-    r = subprocess.run([sys.executable, "-m", "segsearch", "index", str(lib), "--json", *extra],
-                       env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "segsearch", "index", str(lib), "--json", *extra],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -47,8 +57,11 @@ def stored(data):
             for im in catalog.images_by_status(st):
                 for seg in catalog.image_segments(im.id):
                     segs[seg.id] = (seg.image_id, seg.kind, seg.bbox, seg.area, seg.rle)
-        statuses = {im.id: (im.status, im.error) for st in ("indexed", "failed", "pending")
-                    for im in catalog.images_by_status(st)}
+        statuses = {
+            im.id: (im.status, im.error)
+            for st in ("indexed", "failed", "pending")
+            for im in catalog.images_by_status(st)
+        }
         vecs = {k: np.asarray(v.vector) for k, v in vectors.retrieve(coll, list(segs)).items()}
     finally:
         vectors.close()

@@ -24,15 +24,28 @@ def points(n, dim=8, seed=0):
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return [VectorPoint(f"00000000-0000-0000-0000-{i + 1:012d}", v[i], {"image_id": f"img{i % 3}", "kind": "object",
-                                                                         "area_frac": 0.5, "dirs": ["/"]})
-            for i in range(n)]
+    return [
+        VectorPoint(
+            f"00000000-0000-0000-0000-{i + 1:012d}",
+            v[i],
+            {"image_id": f"img{i % 3}", "kind": "object", "area_frac": 0.5, "dirs": ["/"]},
+        )
+        for i in range(n)
+    ]
 
 
 def test_collection_options_from_settings_reach_the_server(qdrant_server):
-    s = Settings(vector_backend="server", qdrant_url=qdrant_server.url, qdrant_shards=3,
-                 qdrant_replication_factor=2, qdrant_write_consistency_factor=2, qdrant_on_disk=True,
-                 qdrant_quantization="int8", hnsw_m=32, hnsw_ef_construct=200)
+    s = Settings(
+        vector_backend="server",
+        qdrant_url=qdrant_server.url,
+        qdrant_shards=3,
+        qdrant_replication_factor=2,
+        qdrant_write_consistency_factor=2,
+        qdrant_on_disk=True,
+        qdrant_quantization="int8",
+        hnsw_m=32,
+        hnsw_ef_construct=200,
+    )
     idx = open_vector_index(s)
     try:
         idx.ensure_collection("c", 8)
@@ -77,8 +90,14 @@ def test_a_server_that_keeps_failing_is_a_clear_error(qdrant_server):
 # --- several indexers at once -------------------------------------------------------------------------------
 def shared_env(settings, pg_url, qdrant_url, **extra):
     env = env_for(settings)
-    env.update({"SEGSEARCH_DATABASE_URL": pg_url, "SEGSEARCH_VECTOR_BACKEND": "server",
-                "SEGSEARCH_QDRANT_URL": qdrant_url, "SEGSEARCH_QDRANT_BACKOFF_S": "0.05"})
+    env.update(
+        {
+            "SEGSEARCH_DATABASE_URL": pg_url,
+            "SEGSEARCH_VECTOR_BACKEND": "server",
+            "SEGSEARCH_QDRANT_URL": qdrant_url,
+            "SEGSEARCH_QDRANT_BACKOFF_S": "0.05",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -97,8 +116,9 @@ def final_state(pg_url, qdrant_url):
 
 
 def start(env, lib):
-    return subprocess.Popen([*CLI, "index", str(lib), "--json"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*CLI, "index", str(lib), "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_three_indexers_split_the_work_without_doing_an_image_twice(settings, pg_url, qdrant_server, tmp_path):
@@ -125,8 +145,9 @@ def test_a_crashed_indexers_images_are_taken_over(settings, pg_url, qdrant_serve
     """Named workers (no pid check): the dead worker's claims are taken over once its lease expires."""
     lib = tmp_path / "lib"
     make_library(lib, 12)
-    env = shared_env(settings, pg_url, qdrant_server.url, SEGSEARCH_TEST_SECONDS_PER_IMAGE=0.4,
-                     SEGSEARCH_CLAIM_LEASE_S=3)
+    env = shared_env(
+        settings, pg_url, qdrant_server.url, SEGSEARCH_TEST_SECONDS_PER_IMAGE=0.4, SEGSEARCH_CLAIM_LEASE_S=3
+    )
     victim = start({**env, "SEGSEARCH_WORKER_ID": "victim"}, lib)
     catalog = Catalog.open(pg_url)
     try:

@@ -45,10 +45,19 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(indexed):
     port = free_port()
-    env = {**os.environ, "SEGSEARCH_DATA": str(indexed.data), "SEGSEARCH_CLIP": "clip-shapes-tiny",
-           "SEGSEARCH_SAM": "sam-shapes-tiny"}
-    proc = subprocess.Popen([sys.executable, "-m", "segsearch", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "SEGSEARCH_DATA": str(indexed.data),
+        "SEGSEARCH_CLIP": "clip-shapes-tiny",
+        "SEGSEARCH_SAM": "sam-shapes-tiny",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segsearch", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -86,16 +95,27 @@ def test_web_page_in_headless_chromium(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         page.goto(server + "/")
         page.fill("#q", "blue star")
         page.press("#q", "Enter")
         page.wait_for_selector(".hit img", timeout=20_000)
-        page.wait_for_function("[...document.querySelectorAll('.hit img')].some(i => i.complete && i.naturalWidth > 0)",
-                               timeout=20_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('.hit img')].some(i => i.complete && i.naturalWidth > 0)", timeout=20_000
+        )
         n = page.locator(".hit").count()
         assert n > 0
         assert "results" in page.inner_text("#status")

@@ -11,8 +11,7 @@ from segsearch.store.sql import Base, Catalog, make_engine, migrate
 def test_migrations_create_the_models_schema(sql_url):
     engine = make_engine(sql_url)
     migrate(engine)
-    assert set(inspect(engine).get_table_names()) >= {"images", "image_paths", "segments", "runs",
-                                                        "alembic_version"}
+    assert set(inspect(engine).get_table_names()) >= {"images", "image_paths", "segments", "runs", "alembic_version"}
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"models and migrations disagree: {diff}"
@@ -58,11 +57,15 @@ def test_several_processes_opening_a_new_database_at_once(sql_url):
     import sys
     import time
 
-    code = ("import sys, time; from segsearch.store.sql import Catalog; "
-            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); Catalog.open(sys.argv[1]).close()")
+    code = (
+        "import sys, time; from segsearch.store.sql import Catalog; "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); Catalog.open(sys.argv[1]).close()"
+    )
     start_at = str(time.time() + 4)  # imports done first, then all open at the same instant
-    procs = [subprocess.Popen([sys.executable, "-c", code, sql_url, start_at], stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, sql_url, start_at], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     errors = [err for p in procs for _, err in [p.communicate(timeout=120)] if p.returncode != 0]
     assert not errors, errors
     c = Catalog.open(sql_url)

@@ -39,9 +39,20 @@ def make_points(n=20, seed=0, image_ids=("img-a", "img-b"), paths=None):
     for i in range(n):
         image = image_ids[i % len(image_ids)]
         p = paths or [f"/photos/{'trip' if image == 'img-a' else 'home'}/{image}.jpg"]
-        pts.append(VectorPoint(str(uuid.UUID(int=i + 1)), unit(rng.normal(size=DIM)), {
-            "image_id": image, "kind": "image" if i < 2 else "object", "area_frac": i / n,
-            "bbox": [i, i, 10, 10], "paths": p, "dirs": path_dirs(p)}))
+        pts.append(
+            VectorPoint(
+                str(uuid.UUID(int=i + 1)),
+                unit(rng.normal(size=DIM)),
+                {
+                    "image_id": image,
+                    "kind": "image" if i < 2 else "object",
+                    "area_frac": i / n,
+                    "bbox": [i, i, 10, 10],
+                    "paths": p,
+                    "dirs": path_dirs(p),
+                },
+            )
+        )
     return pts
 
 
@@ -183,8 +194,13 @@ def test_hnsw_search_after_optimize_matches_exact(tmp_path):
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(3000, 16)).astype(np.float32)
     idx.ensure_collection("c", 16)
-    idx.upsert("c", [VectorPoint(str(uuid.UUID(int=i + 1)), v, {"image_id": f"i{i % 7}", "kind": "object"})
-                     for i, v in enumerate(vecs)])
+    idx.upsert(
+        "c",
+        [
+            VectorPoint(str(uuid.UUID(int=i + 1)), v, {"image_id": f"i{i % 7}", "kind": "object"})
+            for i, v in enumerate(vecs)
+        ],
+    )
     idx.optimize()
     hits = 0
     for q in rng.normal(size=(20, 16)):

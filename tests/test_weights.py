@@ -149,14 +149,27 @@ def test_cli_models_download_and_offline_exit_code(server, tmp_path, monkeypatch
     assert "sam_vit_b_01ec64.pth" in r.output and str(tmp_path / "ckpt") in r.output
 
 
-@pytest.mark.parametrize("config", [
-    sam_config("vit_b"),
-    SAM_SHAPES_TINY_CONFIG,
-    {**SAM_SHAPES_TINY_CONFIG, "image_size": 512},  # a model fine-tuned at another input size
-    sam_config("vit_b", image_size=64, encoder_embed_dim=32, encoder_depth=3, encoder_num_heads=2,
-               encoder_global_attn_indexes=[0, 2], encoder_window_size=2, prompt_embed_dim=16,
-               decoder_mlp_dim=32, iou_head_hidden_dim=8),
-], ids=["vit-b", "shapes-tiny", "shapes-tiny-512", "odd"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        sam_config("vit_b"),
+        SAM_SHAPES_TINY_CONFIG,
+        {**SAM_SHAPES_TINY_CONFIG, "image_size": 512},  # a model fine-tuned at another input size
+        sam_config(
+            "vit_b",
+            image_size=64,
+            encoder_embed_dim=32,
+            encoder_depth=3,
+            encoder_num_heads=2,
+            encoder_global_attn_indexes=[0, 2],
+            encoder_window_size=2,
+            prompt_embed_dim=16,
+            decoder_mlp_dim=32,
+            iou_head_hidden_dim=8,
+        ),
+    ],
+    ids=["vit-b", "shapes-tiny", "shapes-tiny-512", "odd"],
+)
 def test_a_sam_checkpoint_file_loads_with_the_architecture_it_was_saved_with(config, tmp_path):
     """`--sam path/to/file.pt`: the architecture is read back from the file (input size, heads,
     global blocks...), so a checkpoint of any SAM-family model loads and segments as saved."""

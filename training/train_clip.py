@@ -42,8 +42,18 @@ from segsearch.masks import mask_box_xywh
 from segsearch.models.registry import CLIP_SHAPES_TINY_CFG
 
 SIZE = CLIP_SHAPES_TINY_CFG["vision_cfg"]["image_size"]
-TRAIN_TEMPLATES = ["a {}", "a photo of a {}.", "{}", "a {} shape", "a picture of a {}", "the {}",
-                   "an image of a {}", "a drawing of a {}", "a photo of the {}", "there is a {}"]
+TRAIN_TEMPLATES = [
+    "a {}",
+    "a photo of a {}.",
+    "{}",
+    "a {} shape",
+    "a picture of a {}",
+    "the {}",
+    "an image of a {}",
+    "a drawing of a {}",
+    "a photo of the {}",
+    "there is a {}",
+]
 HELDOUT_TEMPLATES = ["find the {}", "a close-up photo of a {}", "show me a {}"]
 BACKGROUND_CAPTIONS = ["background", "a plain background", "an empty background", "a texture", "nothing"]
 MODES = ("masked", "masked", "masked", "box", "blur")  # mostly the default mode
@@ -79,8 +89,12 @@ def render(seed: int):
     box[y : y + bh, x : x + bw] = True
     bg = box & ~(sc.masks.any(0) if len(sc.masks) else np.zeros_like(box))
     if bg.sum() > 0.5 * bw * bh:
-        out.append((np.asarray(cut_crop(sc.image, bg, mask_box_xywh(bg), mode="masked", padding=0.1, size=SIZE)),
-                    ("", "background")))
+        out.append(
+            (
+                np.asarray(cut_crop(sc.image, bg, mask_box_xywh(bg), mode="masked", padding=0.1, size=SIZE)),
+                ("", "background"),
+            )
+        )
     return out
 
 
@@ -98,8 +112,12 @@ def _amg():
 
         from segsearch.indexer.amg import mask_generator_for
 
-        s = Settings(sam="sam-shapes-tiny", clip="clip-shapes-tiny", offline=True,
-                     **{**SHAPES_AMG, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5})
+        s = Settings(
+            sam="sam-shapes-tiny",
+            clip="clip-shapes-tiny",
+            offline=True,
+            **{**SHAPES_AMG, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5},
+        )
         _AMG = mask_generator_for(Models(s))
     return _AMG
 
@@ -229,8 +247,11 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     images = to_tensor(crops)
     if args.init and args.amg_scenes:
-        print(f"before: heldout top1 {accuracy(model, tokenizer, vcrops, vlabels, TRAIN_TEMPLATES):.3f}, "
-              f"SAM-mask crops {accuracy(model, tokenizer, vacrops, valabels, TRAIN_TEMPLATES):.3f}", flush=True)
+        print(
+            f"before: heldout top1 {accuracy(model, tokenizer, vcrops, vlabels, TRAIN_TEMPLATES):.3f}, "
+            f"SAM-mask crops {accuracy(model, tokenizer, vacrops, valabels, TRAIN_TEMPLATES):.3f}",
+            flush=True,
+        )
     start = time.time()
     for step in range(args.steps):
         lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
@@ -246,24 +267,31 @@ def main() -> None:
         tf = F.normalize(model.encode_text(tokenizer(list(caps))), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * imf @ tf.T
         target = torch.tensor([[consistent(lab, a) for a in attrs] for lab in batch_labels], dtype=torch.float32)
-        loss = 0.5 * (-(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-                      - (target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
+        loss = 0.5 * (
+            -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+            - (target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0:
             msg = f"step {step + 1} {(time.time() - start) / 60:.1f}min loss {loss.item():.3f}"
             if (step + 1) % 500 == 0 or step + 1 == args.steps:
-                msg += (f" | heldout top1 seen-templates {accuracy(model, tokenizer, vcrops, vlabels, TRAIN_TEMPLATES):.3f}"
-                        f" unseen-templates {accuracy(model, tokenizer, vcrops, vlabels, HELDOUT_TEMPLATES):.3f}")
+                msg += (
+                    f" | heldout top1 seen-templates {accuracy(model, tokenizer, vcrops, vlabels, TRAIN_TEMPLATES):.3f}"
+                    f" unseen-templates {accuracy(model, tokenizer, vcrops, vlabels, HELDOUT_TEMPLATES):.3f}"
+                )
                 if args.amg_scenes:
                     msg += f" SAM-mask crops {accuracy(model, tokenizer, vacrops, valabels, TRAIN_TEMPLATES):.3f}"
             print(msg, flush=True)
 
     acc_seen = accuracy(model, tokenizer, vcrops, vlabels, TRAIN_TEMPLATES)
     acc_unseen = accuracy(model, tokenizer, vcrops, vlabels, HELDOUT_TEMPLATES)
-    print(f"final after {args.steps} steps, {(time.time() - start) / 60:.1f} min: heldout 40-way top1 "
-          f"{acc_seen:.3f} (seen templates), {acc_unseen:.3f} (unseen templates)", flush=True)
+    print(
+        f"final after {args.steps} steps, {(time.time() - start) / 60:.1f} min: heldout 40-way top1 "
+        f"{acc_seen:.3f} (seen templates), {acc_unseen:.3f} (unseen templates)",
+        flush=True,
+    )
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, args.out)

@@ -62,7 +62,8 @@ def resize_sam_state(state: dict, image_size: int, patch_size: int) -> dict:
     pos = state["image_encoder.pos_embed"].float()  # (1, H, W, C)
     if pos.shape[1] != grid:
         out["image_encoder.pos_embed"] = F.interpolate(
-            pos.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+            pos.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False
+        ).permute(0, 2, 3, 1)
         old = pos.shape[1]
         for k, v in state.items():
             if k.endswith((".rel_pos_h", ".rel_pos_w")) and v.shape[0] == 2 * old - 1:  # a global block
@@ -86,7 +87,9 @@ def prepare(seed: int):
     regions.append(bg)
     masks = np.zeros((len(regions), IMG, IMG), np.uint8)
     for i, m in enumerate(regions):
-        masks[i, :nh, :nw] = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)) > 127
+        masks[i, :nh, :nw] = (
+            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)) > 127
+        )
     if BG_COMPONENTS:
         # the background as its connected regions (a ring's hole, a gap enclosed by shapes, the
         # rest): a point in a hole then asks for the hole, as SAM segments background regions,
@@ -180,8 +183,13 @@ def forward(sam, images, prompts):
         pts = torch.as_tensor(coords)[:, None, :]
         labels = torch.ones(pts.shape[:2], dtype=torch.int)
         sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
-        m, iou = sam.mask_decoder(image_embeddings=emb[b : b + 1], image_pe=pe, sparse_prompt_embeddings=sparse,
-                                  dense_prompt_embeddings=dense, multimask_output=True)
+        m, iou = sam.mask_decoder(
+            image_embeddings=emb[b : b + 1],
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
         all_masks.append(m)
         all_iou.append(iou)
     return torch.cat(all_masks), torch.cat(all_iou)
@@ -230,12 +238,23 @@ def main() -> None:
     ap.add_argument("--pool-start", type=int, default=0, help="first training seed of the pool")
     ap.add_argument("--init", type=Path, help="start from these weights (continue training) instead of random init")
     ap.add_argument("--save-every", type=int, default=0, help="also write --out every N steps (0: only at the end)")
-    ap.add_argument("--bg-components", action="store_true",
-                    help="background prompts target their connected background region (e.g. a ring's hole)")
-    ap.add_argument("--image-size", type=int, default=SAM_SHAPES_TINY_CONFIG["image_size"],
-                    help="SAM input side; --init weights trained at another size are resized (pos-embed, rel-pos)")
-    ap.add_argument("--val-split", choices=["heldout", "validation"], default="heldout",
-                    help="scenes for the printed point-prompt mIoU (stages 1-4 used heldout; use validation)")
+    ap.add_argument(
+        "--bg-components",
+        action="store_true",
+        help="background prompts target their connected background region (e.g. a ring's hole)",
+    )
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=SAM_SHAPES_TINY_CONFIG["image_size"],
+        help="SAM input side; --init weights trained at another size are resized (pos-embed, rel-pos)",
+    )
+    ap.add_argument(
+        "--val-split",
+        choices=["heldout", "validation"],
+        default="heldout",
+        help="scenes for the printed point-prompt mIoU (stages 1-4 used heldout; use validation)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("checkpoints/sam-shapes-tiny.pt"))
@@ -253,7 +272,12 @@ def main() -> None:
     sam = build_sam_model({**SAM_SHAPES_TINY_CONFIG, "image_size": IMG}).train()
     if args.init:
         state = torch.load(args.init, weights_only=True)
-        sam.load_state_dict({k: v.float() for k, v in resize_sam_state(state, IMG, sam.image_encoder.patch_embed.proj.kernel_size[0]).items()})
+        sam.load_state_dict(
+            {
+                k: v.float()
+                for k, v in resize_sam_state(state, IMG, sam.image_encoder.patch_embed.proj.kernel_size[0]).items()
+            }
+        )
         print(f"continuing from {args.init}", flush=True)
     n_params = sum(p.numel() for p in sam.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
@@ -272,7 +296,10 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
         opt.step()
         if (step + 1) % 50 == 0:
-            msg = f"step {step + 1} {elapsed / 60:.1f}min lr {lr:.2e} mask {ml:.3f} iou-head {il:.4f} train-mIoU {miou:.3f}"
+            msg = (
+                f"step {step + 1} {elapsed / 60:.1f}min lr {lr:.2e} mask {ml:.3f} iou-head {il:.4f} "
+                f"train-mIoU {miou:.3f}"
+            )
             if (step + 1) % 250 == 0:
                 vml, vil, vmiou = evaluate(sam, val, np.random.default_rng(1))
                 msg += f" | heldout mask {vml:.3f} iou-head {vil:.4f} mIoU {vmiou:.3f}"
@@ -281,8 +308,11 @@ def main() -> None:
             save(sam, args.out)
 
     vml, vil, vmiou = evaluate(sam, val, np.random.default_rng(1))
-    print(f"final after {args.steps} steps, {(time.time() - start) / 60:.1f} min: "
-          f"heldout point-prompt mIoU {vmiou:.3f} (mask loss {vml:.3f})", flush=True)
+    print(
+        f"final after {args.steps} steps, {(time.time() - start) / 60:.1f} min: "
+        f"heldout point-prompt mIoU {vmiou:.3f} (mask loss {vml:.3f})",
+        flush=True,
+    )
     save(sam, args.out)
 
 

@@ -124,8 +124,11 @@ def mask_quality(eval_set: EvalSet, generator, max_pixels: int) -> dict:
         ious = iou_matrix(im.masks, ms.masks)
         best.extend(ious.max(1) if ious.shape[1] else np.zeros(len(im.masks)))
     best = np.array(best)
-    return {"mask_recall": float((best >= MATCH_IOU).mean()), "mean_best_iou": float(best.mean()),
-            "masks_per_image": n_masks / max(len(eval_set.images), 1)}
+    return {
+        "mask_recall": float((best >= MATCH_IOU).mean()),
+        "mean_best_iou": float(best.mean()),
+        "masks_per_image": n_masks / max(len(eval_set.images), 1),
+    }
 
 
 def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries: dict[str, str] | None = None) -> dict:
@@ -168,14 +171,28 @@ def retrieval_quality(eval_set: EvalSet, settings: Settings, models, *, queries:
                 correct.append(ok)
             p5.append(sum(correct[:5]) / max(1, min(5, correct_segments.get(cls, 0))))
             r10.append(len(found) / min(10, n_rel))
-            per_query[text] = {"precision_at_5": p5[-1], "recall_at_10": r10[-1], "objects": n_rel,
-                               "correct_segments": correct_segments.get(cls, 0)}
-        return {"precision_at_5": float(np.mean(p5)), "recall_at_10": float(np.mean(r10)),
-                "queries": len(p5), "per_query": per_query}
+            per_query[text] = {
+                "precision_at_5": p5[-1],
+                "recall_at_10": r10[-1],
+                "objects": n_rel,
+                "correct_segments": correct_segments.get(cls, 0),
+            }
+        return {
+            "precision_at_5": float(np.mean(p5)),
+            "recall_at_10": float(np.mean(r10)),
+            "queries": len(p5),
+            "per_query": per_query,
+        }
 
 
-def evaluate(eval_set: EvalSet, settings: Settings, *, crop_modes=("masked", "box", "blur"),
-             workdir: Path | None = None, models_factory=None) -> dict:
+def evaluate(
+    eval_set: EvalSet,
+    settings: Settings,
+    *,
+    crop_modes=("masked", "box", "blur"),
+    workdir: Path | None = None,
+    models_factory=None,
+) -> dict:
     """Full report: mask quality once, retrieval for the settings' crop mode and each of ``crop_modes``."""
     from segsearch.runtime import Models
 
@@ -188,22 +205,33 @@ def evaluate(eval_set: EvalSet, settings: Settings, *, crop_modes=("masked", "bo
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         by_mode = {}
         for mode in dict.fromkeys([settings.crop_mode, *crop_modes]):
-            s = settings.model_copy(update={"crop_mode": mode, "data": Path(tmp) / mode, "database_url": None,
-                                            "vector_backend": "embedded"})
-            models = Models(s, sam_spec=base.sam_spec, clip_spec=base.clip_spec, mask_generator=cached,
-                            embedder=base.embedder)
+            s = settings.model_copy(
+                update={"crop_mode": mode, "data": Path(tmp) / mode, "database_url": None, "vector_backend": "embedded"}
+            )
+            models = Models(
+                s, sam_spec=base.sam_spec, clip_spec=base.clip_spec, mask_generator=cached, embedder=base.embedder
+            )
             by_mode[mode] = retrieval_quality(eval_set, s, models)
     main = by_mode[settings.crop_mode]
-    report.update({
-        "precision_at_5": main["precision_at_5"], "recall_at_10": main["recall_at_10"],
-        "by_crop_mode": {m: {"precision_at_5": r["precision_at_5"], "recall_at_10": r["recall_at_10"]}
-                         for m, r in by_mode.items()},
-        "per_query": main["per_query"],
-        "images": len(eval_set.images), "objects": sum(len(im.labels) for im in eval_set.images),
-        "queries": main["queries"], "sam": base.sam_spec.name, "clip": base.clip_spec.name,
-        "crop_mode": settings.crop_mode, "amg": settings.amg_params(),
-        "seconds": round(time.perf_counter() - started, 1),
-    })
+    report.update(
+        {
+            "precision_at_5": main["precision_at_5"],
+            "recall_at_10": main["recall_at_10"],
+            "by_crop_mode": {
+                m: {"precision_at_5": r["precision_at_5"], "recall_at_10": r["recall_at_10"]}
+                for m, r in by_mode.items()
+            },
+            "per_query": main["per_query"],
+            "images": len(eval_set.images),
+            "objects": sum(len(im.labels) for im in eval_set.images),
+            "queries": main["queries"],
+            "sam": base.sam_spec.name,
+            "clip": base.clip_spec.name,
+            "crop_mode": settings.crop_mode,
+            "amg": settings.amg_params(),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     return report
 
 
@@ -218,4 +246,3 @@ def format_report(r: dict) -> str:
         lines.append(f"  crop {mode:6s}  precision@5 {m['precision_at_5']:.3f}  recall@10 {m['recall_at_10']:.3f}")
     lines.append(f"{r['seconds']}s")
     return "\n".join(lines)
-

@@ -46,16 +46,19 @@ class Scene:
         return [f"{c} {s}" for c, s in self.labels]
 
 
-def shape_mask(shape: str, cx: float, cy: float, size: float, angle: float, width: int, height: int,
-               ring_ratio: float = 0.55) -> np.ndarray:
+def shape_mask(
+    shape: str, cx: float, cy: float, size: float, angle: float, width: int, height: int, ring_ratio: float = 0.55
+) -> np.ndarray:
     """Binary mask of one shape of bounding size ``size`` centred at (cx, cy), rotated ``angle`` rad."""
     im = Image.new("L", (width, height), 0)
     d = ImageDraw.Draw(im)
     r = size / 2.0
 
     def poly(points):
-        rot = [(cx + x * math.cos(angle) - y * math.sin(angle), cy + x * math.sin(angle) + y * math.cos(angle))
-               for x, y in points]
+        rot = [
+            (cx + x * math.cos(angle) - y * math.sin(angle), cy + x * math.sin(angle) + y * math.cos(angle))
+            for x, y in points
+        ]
         d.polygon(rot, fill=255)
 
     if shape == "circle":
@@ -99,14 +102,22 @@ def background(rng: np.random.Generator, width: int, height: int, kind: str | No
         c2 = _far_from_named(rng)
         a = rng.uniform(0, 2 * math.pi)
         yy, xx = np.mgrid[0:height, 0:width].astype(float)
-        t = (xx * math.cos(a) + yy * math.sin(a))
+        t = xx * math.cos(a) + yy * math.sin(a)
         t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
         img = c1 * (1 - t[..., None]) + c2 * t[..., None]
     elif kind == "texture":
         # low-frequency blobs + fine grain, around one colour
         small = rng.normal(0, 1, size=(max(2, height // 48), max(2, width // 48), 3))
-        low = np.asarray(Image.fromarray(((small - small.min()) / (np.ptp(small) + 1e-6) * 255).astype(np.uint8))
-                         .resize((width, height), Image.BICUBIC), float) / 255.0 - 0.5
+        low = (
+            np.asarray(
+                Image.fromarray(((small - small.min()) / (np.ptp(small) + 1e-6) * 255).astype(np.uint8)).resize(
+                    (width, height), Image.BICUBIC
+                ),
+                float,
+            )
+            / 255.0
+            - 0.5
+        )
         grain = rng.normal(0, 8, size=(height, width, 1))
         img = c1 + low * 50 + grain
     else:
@@ -122,8 +133,16 @@ def _dilate(mask: np.ndarray, r: int = 2) -> np.ndarray:
     return out
 
 
-def make_scene(seed: int, *, width: int | None = None, height: int | None = None, n_shapes: int | None = None,
-               min_size: float = 0.15, max_size: float = 0.38, jitter: int = 14) -> Scene:
+def make_scene(
+    seed: int,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    n_shapes: int | None = None,
+    min_size: float = 0.15,
+    max_size: float = 0.38,
+    jitter: int = 14,
+) -> Scene:
     """One scene, fully determined by ``seed`` (and the optional overrides)."""
     rng = np.random.default_rng(seed)
     width = width or int(rng.integers(8, 25)) * 32  # 256..768
@@ -142,8 +161,9 @@ def make_scene(seed: int, *, width: int | None = None, height: int | None = None
             size = rng.uniform(min_size, max_size) * side
             cx = rng.uniform(size * 0.45, width - size * 0.45)
             cy = rng.uniform(size * 0.45, height - size * 0.45)
-            m = shape_mask(shape, cx, cy, size, rng.uniform(0, 2 * math.pi), width, height,
-                           ring_ratio=rng.uniform(0.45, 0.62))
+            m = shape_mask(
+                shape, cx, cy, size, rng.uniform(0, 2 * math.pi), width, height, ring_ratio=rng.uniform(0.45, 0.62)
+            )
             if m.sum() < 200:
                 continue
             grown = _dilate(m)
@@ -197,5 +217,10 @@ VALIDATION_SEEDS = range(30_000_000, 30_100_000)
 # small shape in a large square. Validation, min_mask_region_area 0 / 30 / 100 / 300 / 600 / 1200:
 # precision@5 0.954 / 0.959 / 0.979 / 0.990 / 0.990 / 0.995, recall@10 0.873 / 0.878 / 0.887 /
 # 0.890 / 0.899 / 0.902, mask recall 0.872 / 0.867 (30 to 600) / 0.863.
-SHAPES_AMG = {"points_per_side": 16, "points_per_batch": 64, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.6,
-              "min_mask_region_area": 600}
+SHAPES_AMG = {
+    "points_per_side": 16,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.7,
+    "stability_score_thresh": 0.6,
+    "min_mask_region_area": 600,
+}

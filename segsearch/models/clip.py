@@ -20,7 +20,10 @@ def _register_cfg(spec: ClipSpec) -> str:
     import open_clip
 
     with _CFG_LOCK:
-        if spec.model_name not in open_clip.list_models() or open_clip.get_model_config(spec.model_name) != spec.model_cfg:
+        if (
+            spec.model_name not in open_clip.list_models()
+            or open_clip.get_model_config(spec.model_name) != spec.model_cfg
+        ):
             with tempfile.TemporaryDirectory() as d:
                 p = Path(d) / f"{spec.model_name}.json"
                 p.write_text(json.dumps(spec.model_cfg))
@@ -46,9 +49,16 @@ def create_clip(spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offli
     pre = {}
     if spec.pretrained_tag:
         cfg = open_clip.get_pretrained_cfg(spec.model_name, spec.pretrained_tag)
-        pre = {k_out: cfg[k_in] for k_in, k_out in (("mean", "image_mean"), ("std", "image_std"),
-                                                    ("interpolation", "image_interpolation"),
-                                                    ("resize_mode", "image_resize_mode")) if cfg.get(k_in)}
+        pre = {
+            k_out: cfg[k_in]
+            for k_in, k_out in (
+                ("mean", "image_mean"),
+                ("std", "image_std"),
+                ("interpolation", "image_interpolation"),
+                ("resize_mode", "image_resize_mode"),
+            )
+            if cfg.get(k_in)
+        }
     model, _, preprocess = open_clip.create_model_and_transforms(
         name,
         pretrained=pretrained,
@@ -78,12 +88,16 @@ class ClipEmbedder:
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
-        self.dim = int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
-                       else model.visual.output_dim)
+        self.dim = int(
+            model.text_projection.shape[1]
+            if getattr(model, "text_projection", None) is not None
+            else model.visual.output_dim
+        )
 
     @classmethod
-    def from_spec(cls, spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offline: bool = False,
-                  batch_size: int = 32) -> ClipEmbedder:
+    def from_spec(
+        cls, spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offline: bool = False, batch_size: int = 32
+    ) -> ClipEmbedder:
         model, preprocess, tokenizer = create_clip(spec, checkpoints, device=device, offline=offline)
         return cls(spec, model, preprocess, tokenizer, device, batch_size)
 

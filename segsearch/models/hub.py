@@ -115,10 +115,12 @@ def _offline_message(w: HubWeights, revision: str | None, checkpoints: Path, why
     from segsearch.models.weights import BUNDLED_HINT
 
     rev = revision or "main"
-    return (f"Cannot fetch {w.filename} of Hugging Face model {w.repo} (revision {rev}): {why}. "
-            f"On a machine with internet run `hf download {w.repo} {w.filename} --revision {rev}` and copy the "
-            f"Hugging Face cache ({_hub_cache()}; HF_HOME / HF_HUB_CACHE move it), or place the file at "
-            f"{placed_path(w, checkpoints)}. {BUNDLED_HINT}")
+    return (
+        f"Cannot fetch {w.filename} of Hugging Face model {w.repo} (revision {rev}): {why}. "
+        f"On a machine with internet run `hf download {w.repo} {w.filename} --revision {rev}` and copy the "
+        f"Hugging Face cache ({_hub_cache()}; HF_HOME / HF_HUB_CACHE move it), or place the file at "
+        f"{placed_path(w, checkpoints)}. {BUNDLED_HINT}"
+    )
 
 
 def _download(w: HubWeights, revision: str | None, checkpoints: Path, offline: bool, timeout: float) -> str:
@@ -136,23 +138,28 @@ def _download(w: HubWeights, revision: str | None, checkpoints: Path, offline: b
     offline = offline or bool(constants.HF_HUB_OFFLINE)
     what = f"{w.filename} of {w.repo} (revision {revision or 'main'})"
     try:
-        return hf_hub_download(w.repo, w.filename, revision=revision, local_files_only=offline,
-                               etag_timeout=timeout)
+        return hf_hub_download(w.repo, w.filename, revision=revision, local_files_only=offline, etag_timeout=timeout)
     except LocalEntryNotFoundError as exc:
-        why = ("offline mode is on (SEGSEARCH_OFFLINE or HF_HUB_OFFLINE) and it is not in the cache" if offline
-               else f"the hub could not be reached ({exc.__cause__ or exc})")
+        why = (
+            "offline mode is on (SEGSEARCH_OFFLINE or HF_HUB_OFFLINE) and it is not in the cache"
+            if offline
+            else f"the hub could not be reached ({exc.__cause__ or exc})"
+        )
         raise WeightsUnavailable(_offline_message(w, revision, checkpoints, why)) from None
     except GatedRepoError:
-        raise WeightsUnavailable(f"{what}: the repository is gated (HTTP 401/403); accept its terms on the hub "
-                                 "and log in (`hf auth login` or HF_TOKEN).") from None
+        raise WeightsUnavailable(
+            f"{what}: the repository is gated (HTTP 401/403); accept its terms on the hub "
+            "and log in (`hf auth login` or HF_TOKEN)."
+        ) from None
     except RevisionNotFoundError:
         raise WeightsUnavailable(f"{what}: the hub has no such revision (HTTP 404).") from None
     except (EntryNotFoundError, RemoteEntryNotFoundError):
         raise WeightsUnavailable(f"{what}: the repository has no such file (HTTP 404).") from None
     except RepositoryNotFoundError as exc:
         code = exc.response.status_code if exc.response is not None else "404"
-        raise WeightsUnavailable(f"{what}: repository not found, or private and needs a login (HTTP {code}; "
-                                 "`hf auth login` or HF_TOKEN).") from None
+        raise WeightsUnavailable(
+            f"{what}: repository not found, or private and needs a login (HTTP {code}; `hf auth login` or HF_TOKEN)."
+        ) from None
     except HfHubHTTPError as exc:
         code = exc.response.status_code if exc.response is not None else "?"
         raise WeightsUnavailable(f"{what}: the hub answered HTTP {code}: {str(exc).splitlines()[0]}") from None
@@ -184,13 +191,27 @@ def ensure_hub_weights(w: HubWeights, checkpoints: Path, *, offline: bool = Fals
                 real.unlink(missing_ok=True)
         raise ChecksumMismatch(
             f"{w.filename} of {w.repo} (revision {commit or 'main'}) has SHA-256 {got}, expected {sha}"
-            + (" (pinned in segsearch's model registry)" if w.sha256 else f" (recorded at its first download in "
-               f"{Path(checkpoints) / PINS})")
-            + ("; the cached copy was deleted, run again to download it anew." if path != placed else
-               f"; replace {placed} with a good copy."))
+            + (
+                " (pinned in segsearch's model registry)"
+                if w.sha256
+                else f" (recorded at its first download in {Path(checkpoints) / PINS})"
+            )
+            + (
+                "; the cached copy was deleted, run again to download it anew."
+                if path != placed
+                else f"; replace {placed} with a good copy."
+            )
+        )
     got = sha256_file(path)  # trust on first use: this copy defines the model from now on
-    log.warning("%s of %s has no published hash we could verify: recorded SHA-256 %s (revision %s) in %s; "
-                "later copies must match it", w.filename, w.repo, got, commit, Path(checkpoints) / PINS)
+    log.warning(
+        "%s of %s has no published hash we could verify: recorded SHA-256 %s (revision %s) in %s; "
+        "later copies must match it",
+        w.filename,
+        w.repo,
+        got,
+        commit,
+        Path(checkpoints) / PINS,
+    )
     _record_pin(checkpoints, w, commit, got, path.stat().st_size)
     is_verified(path, got, stamp)
     return path

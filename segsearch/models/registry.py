@@ -33,12 +33,24 @@ class Weights:
 
 # SAM architectures as in segment_anything.build_sam, plus room for small custom ones.
 SAM_ARCHS: dict[str, dict] = {
-    "vit_b": {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12,
-              "encoder_global_attn_indexes": [2, 5, 8, 11]},
-    "vit_l": {"encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16,
-              "encoder_global_attn_indexes": [5, 11, 17, 23]},
-    "vit_h": {"encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16,
-              "encoder_global_attn_indexes": [7, 15, 23, 31]},
+    "vit_b": {
+        "encoder_embed_dim": 768,
+        "encoder_depth": 12,
+        "encoder_num_heads": 12,
+        "encoder_global_attn_indexes": [2, 5, 8, 11],
+    },
+    "vit_l": {
+        "encoder_embed_dim": 1024,
+        "encoder_depth": 24,
+        "encoder_num_heads": 16,
+        "encoder_global_attn_indexes": [5, 11, 17, 23],
+    },
+    "vit_h": {
+        "encoder_embed_dim": 1280,
+        "encoder_depth": 32,
+        "encoder_num_heads": 16,
+        "encoder_global_attn_indexes": [7, 15, 23, 31],
+    },
 }
 
 SAM_DEFAULTS = {
@@ -100,8 +112,11 @@ class ClipSpec:
     @property
     def fingerprint(self) -> str:
         if isinstance(self.weights, HubWeights):
-            origin = hashlib.sha256(self.weights.identity.encode()).hexdigest() if not self.weights.sha256 \
+            origin = (
+                hashlib.sha256(self.weights.identity.encode()).hexdigest()
+                if not self.weights.sha256
                 else self.weights.sha256
+            )
         elif self.weights:
             origin = self.weights.sha256
         else:
@@ -138,15 +153,44 @@ def register_clip(spec: ClipSpec) -> ClipSpec:
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 # Cost: image-encoder compute relative to ViT-B (the decoder is the same for all three).
 for _name, _arch, _file, _sha, _size, _params, _cost in [
-    ("sam-vit-b", "vit_b", "sam_vit_b_01ec64.pth",
-     "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383, "91M", "1x"),
-    ("sam-vit-l", "vit_l", "sam_vit_l_0b3195.pth",
-     "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607, "308M", "3x"),
-    ("sam-vit-h", "vit_h", "sam_vit_h_4b8939.pth",
-     "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879, "636M", "6x"),
+    (
+        "sam-vit-b",
+        "vit_b",
+        "sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        375_042_383,
+        "91M",
+        "1x",
+    ),
+    (
+        "sam-vit-l",
+        "vit_l",
+        "sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        1_249_524_607,
+        "308M",
+        "3x",
+    ),
+    (
+        "sam-vit-h",
+        "vit_h",
+        "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        2_564_550_879,
+        "636M",
+        "6x",
+    ),
 ]:
-    register_sam(SamSpec(_name, sam_config(_arch), Weights(_file, _sha, _SAM_URL + _file, _size),
-                         f"Segment Anything {_arch} (Meta, {_params} params)", licence="Apache-2.0", cost=_cost))
+    register_sam(
+        SamSpec(
+            _name,
+            sam_config(_arch),
+            Weights(_file, _sha, _SAM_URL + _file, _size),
+            f"Segment Anything {_arch} (Meta, {_params} params)",
+            licence="Apache-2.0",
+            cost=_cost,
+        )
+    )
 
 # CLIP models users pick in 2026, from the Hugging Face Hub (open_clip 3.x fetches its `openai` tags there
 # too: OpenAI's CDN answers 404 since 2025-10). OpenAI weights need QuickGELU (the `-quickgelu` configs).
@@ -155,33 +199,129 @@ for _name, _arch, _file, _sha, _size, _params, _cost in [
 # clip-vit-b-32's pin: revision a6f597a3… and open_clip_model.safetensors 605,143,284 bytes,
 # SHA-256 e6d1bd77…, as several public projects record them (HfApi model_info + downloaded file).
 for _name, _arch, _tag, _repo, _file, _rev, _sha, _size, _dim, _lic, _cost, _needs, _what in [
-    ("clip-vit-b-32", "ViT-B-32-quickgelu", "openai", "timm/vit_base_patch32_clip_224.openai",
-     "open_clip_model.safetensors", "a6f597a30f7b82c51704746581f9a4e41421e878",
-     "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31", 605_143_284, 512, "MIT", "1x", "",
-     "OpenAI CLIP ViT-B/32, QuickGELU"),
-    ("clip-vit-b-16", "ViT-B-16-quickgelu", "openai", "timm/vit_base_patch16_clip_224.openai",
-     "open_clip_model.safetensors", None, None, None, 512, "MIT", "4x", "", "OpenAI CLIP ViT-B/16, QuickGELU"),
-    ("clip-vit-l-14", "ViT-L-14-quickgelu", "openai", "timm/vit_large_patch14_clip_224.openai",
-     "open_clip_model.safetensors", None, None, None, 768, "MIT", "18x", "", "OpenAI CLIP ViT-L/14, QuickGELU"),
-    ("siglip2-vit-b-16", "ViT-B-16-SigLIP2", "webli", "timm/ViT-B-16-SigLIP2", "open_clip_model.safetensors",
-     None, None, None, 768, "Apache-2.0", "5x", "transformers, sentencepiece (its tokenizer)",
-     "Google SigLIP 2 ViT-B/16 (WebLI)"),
-    ("datacomp-vit-l-14", "ViT-L-14", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K",
-     "open_clip_pytorch_model.bin", None, None, None, 768, "MIT", "18x", "", "DataComp-XL CLIP ViT-L/14 (LAION)"),
-    ("pe-core-b-16", "PE-Core-B-16", "meta", "timm/PE-Core-B-16", "open_clip_model.safetensors", None, None, None,
-     1024, "Apache-2.0", "4x", "", "Meta Perception Encoder PE-Core-B/16"),
+    (
+        "clip-vit-b-32",
+        "ViT-B-32-quickgelu",
+        "openai",
+        "timm/vit_base_patch32_clip_224.openai",
+        "open_clip_model.safetensors",
+        "a6f597a30f7b82c51704746581f9a4e41421e878",
+        "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31",
+        605_143_284,
+        512,
+        "MIT",
+        "1x",
+        "",
+        "OpenAI CLIP ViT-B/32, QuickGELU",
+    ),
+    (
+        "clip-vit-b-16",
+        "ViT-B-16-quickgelu",
+        "openai",
+        "timm/vit_base_patch16_clip_224.openai",
+        "open_clip_model.safetensors",
+        None,
+        None,
+        None,
+        512,
+        "MIT",
+        "4x",
+        "",
+        "OpenAI CLIP ViT-B/16, QuickGELU",
+    ),
+    (
+        "clip-vit-l-14",
+        "ViT-L-14-quickgelu",
+        "openai",
+        "timm/vit_large_patch14_clip_224.openai",
+        "open_clip_model.safetensors",
+        None,
+        None,
+        None,
+        768,
+        "MIT",
+        "18x",
+        "",
+        "OpenAI CLIP ViT-L/14, QuickGELU",
+    ),
+    (
+        "siglip2-vit-b-16",
+        "ViT-B-16-SigLIP2",
+        "webli",
+        "timm/ViT-B-16-SigLIP2",
+        "open_clip_model.safetensors",
+        None,
+        None,
+        None,
+        768,
+        "Apache-2.0",
+        "5x",
+        "transformers, sentencepiece (its tokenizer)",
+        "Google SigLIP 2 ViT-B/16 (WebLI)",
+    ),
+    (
+        "datacomp-vit-l-14",
+        "ViT-L-14",
+        "datacomp_xl_s13b_b90k",
+        "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K",
+        "open_clip_pytorch_model.bin",
+        None,
+        None,
+        None,
+        768,
+        "MIT",
+        "18x",
+        "",
+        "DataComp-XL CLIP ViT-L/14 (LAION)",
+    ),
+    (
+        "pe-core-b-16",
+        "PE-Core-B-16",
+        "meta",
+        "timm/PE-Core-B-16",
+        "open_clip_model.safetensors",
+        None,
+        None,
+        None,
+        1024,
+        "Apache-2.0",
+        "4x",
+        "",
+        "Meta Perception Encoder PE-Core-B/16",
+    ),
 ]:
-    register_clip(ClipSpec(
-        _name, _arch, HubWeights(_repo, _file, _rev, _sha, _size), quick_gelu=_arch.endswith("quickgelu"),
-        pretrained_tag=_tag, dim=_dim, licence=_lic, cost=_cost, needs=_needs,
-        description=f"{_what} (open_clip '{_arch}', '{_tag}')"))
+    register_clip(
+        ClipSpec(
+            _name,
+            _arch,
+            HubWeights(_repo, _file, _rev, _sha, _size),
+            quick_gelu=_arch.endswith("quickgelu"),
+            pretrained_tag=_tag,
+            dim=_dim,
+            licence=_lic,
+            cost=_cost,
+            needs=_needs,
+            description=f"{_what} (open_clip '{_arch}', '{_tag}')",
+        )
+    )
 
 
 # --- bundled small models trained by this repo on the shapes world (training/) ------------------------
 SAM_SHAPES_TINY_CONFIG = sam_config(
-    "vit_b", image_size=512, vit_patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=3,
-    encoder_global_attn_indexes=[1, 3], encoder_window_size=5, prompt_embed_dim=64, decoder_depth=2,
-    decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64)
+    "vit_b",
+    image_size=512,
+    vit_patch_size=16,
+    encoder_embed_dim=96,
+    encoder_depth=4,
+    encoder_num_heads=3,
+    encoder_global_attn_indexes=[1, 3],
+    encoder_window_size=5,
+    prompt_embed_dim=64,
+    decoder_depth=2,
+    decoder_mlp_dim=256,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=64,
+)
 
 CLIP_SHAPES_TINY_CFG = {
     "embed_dim": 64,
@@ -189,16 +329,30 @@ CLIP_SHAPES_TINY_CFG = {
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
-register_sam(SamSpec("sam-shapes-tiny", SAM_SHAPES_TINY_CONFIG, Weights(
-    "sam-shapes-tiny.pt", "c3bedf10ed0910889b6bed51d84adae52cc2928f972e2c4c593c8f2c71de68e3"),
-    "bundled: tiny SAM trained on the shapes world (training/train_sam.py); knows only coloured shapes",
-    licence="Apache-2.0", cost="0.002x"))
+register_sam(
+    SamSpec(
+        "sam-shapes-tiny",
+        SAM_SHAPES_TINY_CONFIG,
+        Weights("sam-shapes-tiny.pt", "c3bedf10ed0910889b6bed51d84adae52cc2928f972e2c4c593c8f2c71de68e3"),
+        "bundled: tiny SAM trained on the shapes world (training/train_sam.py); knows only coloured shapes",
+        licence="Apache-2.0",
+        cost="0.002x",
+    )
+)
 
-register_clip(ClipSpec("clip-shapes-tiny", "segsearch-shapes-tiny", Weights(
-    "clip-shapes-tiny.pt", "7d1cee5ed18675027501c4824d91327750b971ce39c956bb12372e43f5c83320"),
-    model_cfg=CLIP_SHAPES_TINY_CFG,
-    description="bundled: tiny CLIP trained on shapes-world crops (training/train_clip.py); knows only coloured "
-                "shapes", dim=64, licence="Apache-2.0", cost="0.01x"))
+register_clip(
+    ClipSpec(
+        "clip-shapes-tiny",
+        "segsearch-shapes-tiny",
+        Weights("clip-shapes-tiny.pt", "7d1cee5ed18675027501c4824d91327750b971ce39c956bb12372e43f5c83320"),
+        model_cfg=CLIP_SHAPES_TINY_CFG,
+        description="bundled: tiny CLIP trained on shapes-world crops (training/train_clip.py); knows only coloured "
+        "shapes",
+        dim=64,
+        licence="Apache-2.0",
+        cost="0.01x",
+    )
+)
 
 
 # --- lookup ---------------------------------------------------------------------------------
@@ -216,8 +370,12 @@ def get_sam_spec(name_or_path: str) -> SamSpec:
         from segsearch.models.sam import infer_sam_config
         from segsearch.models.weights import sha256_file
 
-        return SamSpec(f"file:{path.name}", infer_sam_config(path),
-                       Weights(str(path.resolve()), sha256_file(path)), f"user checkpoint {path}")
+        return SamSpec(
+            f"file:{path.name}",
+            infer_sam_config(path),
+            Weights(str(path.resolve()), sha256_file(path)),
+            f"user checkpoint {path}",
+        )
     raise ConfigError(
         f"Unknown SAM model {name_or_path!r}: not a registered name ({', '.join(sorted(_SAM))}) "
         "nor an existing checkpoint file. See `segsearch models list`."
@@ -232,8 +390,12 @@ def get_clip_spec(name_or_path: str, arch: str = "ViT-B-32") -> ClipSpec:
     if path.is_file():
         from segsearch.models.weights import sha256_file
 
-        return ClipSpec(f"file:{path.name}", arch, Weights(str(path.resolve()), sha256_file(path)),
-                        description=f"user checkpoint {path} ({arch})")
+        return ClipSpec(
+            f"file:{path.name}",
+            arch,
+            Weights(str(path.resolve()), sha256_file(path)),
+            description=f"user checkpoint {path} ({arch})",
+        )
     raise ConfigError(
         f"Unknown CLIP model {name_or_path!r}: not a registered name ({', '.join(sorted(_CLIP))}) "
         "nor an existing checkpoint file. See `segsearch models list`."
@@ -260,21 +422,23 @@ def list_specs() -> list[dict]:
                 pin = w.pin_status
             else:
                 pin = "pinned (SHA-256 in the registry)" if w.url else "bundled (SHA-256 in the registry)"
-            rows.append({
-                "name": spec.name,
-                "kind": kind,
-                "description": spec.description,
-                "file": w.filename if w else None,
-                "url": w.url if w else None,
-                "hub_repo": w.repo if hub else None,
-                "revision": w.revision if hub else None,
-                "sha256": w.sha256 if w else None,
-                "size": w.size if w else None,
-                "pin": pin,
-                "dim": getattr(spec, "dim", None),
-                "licence": spec.licence,
-                "cost": spec.cost,
-                "needs": getattr(spec, "needs", ""),
-                "bundled": bool(w and not hub and not w.url),
-            })
+            rows.append(
+                {
+                    "name": spec.name,
+                    "kind": kind,
+                    "description": spec.description,
+                    "file": w.filename if w else None,
+                    "url": w.url if w else None,
+                    "hub_repo": w.repo if hub else None,
+                    "revision": w.revision if hub else None,
+                    "sha256": w.sha256 if w else None,
+                    "size": w.size if w else None,
+                    "pin": pin,
+                    "dim": getattr(spec, "dim", None),
+                    "licence": spec.licence,
+                    "cost": spec.cost,
+                    "needs": getattr(spec, "needs", ""),
+                    "bundled": bool(w and not hub and not w.url),
+                }
+            )
     return rows

@@ -90,8 +90,11 @@ def config_from_state(state: dict) -> dict:
     global_idx = [i for i, r in enumerate(rel) if r[0] == 2 * grid - 1]
     windowed = [r[0] for r in rel if r[0] != 2 * grid - 1]
     c = {
-        "image_size": grid * patch, "vit_patch_size": patch,
-        "encoder_embed_dim": dim, "encoder_depth": depth, "encoder_num_heads": dim // rel[0][1],
+        "image_size": grid * patch,
+        "vit_patch_size": patch,
+        "encoder_embed_dim": dim,
+        "encoder_depth": depth,
+        "encoder_num_heads": dim // rel[0][1],
         "encoder_global_attn_indexes": global_idx,
         "encoder_window_size": (windowed[0] + 1) // 2 if windowed else SAM_DEFAULTS["encoder_window_size"],
         "encoder_mlp_ratio": state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / dim,
@@ -154,12 +157,16 @@ class PromptSegmenter:
             else:
                 with torch.inference_mode():
                     predictor.set_image(rgb)
-                self._cache[key] = {"features": predictor.features, "original_size": predictor.original_size,
-                                    "input_size": predictor.input_size}
+                self._cache[key] = {
+                    "features": predictor.features,
+                    "original_size": predictor.original_size,
+                    "input_size": predictor.input_size,
+                }
                 while len(self._cache) > self.cache_images:
                     self._cache.popitem(last=False)
             box = None if box_xyxy is None else np.asarray(box_xyxy, np.float32)
             with torch.inference_mode():
-                masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels, box=box,
-                                                     multimask_output=multimask)
+                masks, scores, _ = predictor.predict(
+                    point_coords=points, point_labels=labels, box=box, multimask_output=multimask
+                )
         return masks.astype(bool), scores, state is not None

@@ -81,8 +81,9 @@ def is_present(weights: Weights | HubWeights, checkpoints: Path) -> bool:
 
         if placed_path(weights, checkpoints).is_file():
             return True
-        found = try_to_load_from_cache(weights.repo, weights.filename,
-                                       revision=expected(weights, checkpoints)[0] or "main")
+        found = try_to_load_from_cache(
+            weights.repo, weights.filename, revision=expected(weights, checkpoints)[0] or "main"
+        )
         return isinstance(found, str)
     return local_path(weights, checkpoints).exists()
 
@@ -116,8 +117,7 @@ def ensure_weights(
 
     if weights.url is None:
         raise WeightsUnavailable(
-            f"Checkpoint {weights.filename} is missing: place it at {path} "
-            f"(SHA-256 {weights.sha256}). {BUNDLED_HINT}"
+            f"Checkpoint {weights.filename} is missing: place it at {path} (SHA-256 {weights.sha256}). {BUNDLED_HINT}"
         )
     if offline:
         raise WeightsUnavailable(_offline_message(weights, path, "offline mode is on"))
@@ -167,7 +167,8 @@ def _download(weights: Weights, path: Path, *, progress: bool, timeout: float) -
             os.replace(part, path)
             st = path.stat()
             _stamp_path(path).write_text(
-                json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": weights.sha256}))
+                json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": weights.sha256})
+            )
             return
         part.unlink(missing_ok=True)
         if not offset:
@@ -197,8 +198,14 @@ class _progress:
             return _Bar(None, None)
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-        self.p = Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeRemainingColumn(), transient=True)
+        self.p = Progress(
+            "[bold]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self.p.__enter__()
         return _Bar(self.p, self.p.add_task(f"downloading {self.name}", total=self.total))
 

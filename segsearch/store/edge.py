@@ -40,7 +40,8 @@ def _lock_dir(root: Path):
         f.close()
         raise StorageError(
             f"the embedded vector store {root} is in use by {holder} (one data directory serves one segsearch "
-            "process at a time; wait for it, or use the server backend to share the data)") from None
+            "process at a time; wait for it, or use the server backend to share the data)"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"segsearch pid {os.getpid()}")
@@ -91,7 +92,8 @@ class EdgeVectorIndex(VectorIndex):
                 if "WouldBlock" in str(exc):
                     raise StorageError(
                         f"the embedded vector store {path} is in use by another process (one data directory "
-                        "serves one segsearch process at a time; use the server backend to share it)") from exc
+                        "serves one segsearch process at a time; use the server backend to share it)"
+                    ) from exc
                 raise StorageError(f"cannot open vector shard {path}: {exc}") from exc
             self._shards[name] = shard
             return shard
@@ -103,10 +105,15 @@ class EdgeVectorIndex(VectorIndex):
         tmp = path.with_name(f".{path.name}.creating")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)  # an empty leftover directory
-        shard = q.EdgeShard.create(str(tmp), q.EdgeConfig(
-            vectors=q.EdgeVectorParams(size=dim, distance=q.Distance.Cosine),
-            hnsw_config=q.HnswIndexConfig(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct,
-                                          full_scan_threshold=10_000)))
+        shard = q.EdgeShard.create(
+            str(tmp),
+            q.EdgeConfig(
+                vectors=q.EdgeVectorParams(size=dim, distance=q.Distance.Cosine),
+                hnsw_config=q.HnswIndexConfig(
+                    m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=10_000
+                ),
+            ),
+        )
         for key, kind in PAYLOAD_INDEXES.items():
             schema = q.PayloadSchemaType.Keyword if kind == "keyword" else q.PayloadSchemaType.Float
             shard.update(q.UpdateOperation.create_field_index(key, schema))
@@ -120,8 +127,9 @@ class EdgeVectorIndex(VectorIndex):
         self._shard(name, create_dim=dim)
 
     def collections(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and any(p.iterdir()))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())
+        )
 
     def has_collection(self, name: str) -> bool:
         if name in self._shards:
@@ -139,8 +147,12 @@ class EdgeVectorIndex(VectorIndex):
         import qdrant_edge as q
 
         if points:
-            self._apply(name, q.UpdateOperation.upsert_points(
-                [q.Point(uuid.UUID(p.id), as_list(p.vector), p.payload) for p in points]))
+            self._apply(
+                name,
+                q.UpdateOperation.upsert_points(
+                    [q.Point(uuid.UUID(p.id), as_list(p.vector), p.payload) for p in points]
+                ),
+            )
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         import qdrant_edge as q
@@ -152,14 +164,19 @@ class EdgeVectorIndex(VectorIndex):
         import qdrant_edge as q
 
         if self.has_collection(name):
-            self._apply(name, q.UpdateOperation.delete_points_by_filter(
-                self._filter(SearchFilter(image_ids=[image_id]))))
+            self._apply(
+                name, q.UpdateOperation.delete_points_by_filter(self._filter(SearchFilter(image_ids=[image_id])))
+            )
 
     def set_image_paths(self, name: str, image_id: str, paths: Sequence[str]) -> None:
         import qdrant_edge as q
 
-        self._apply(name, q.UpdateOperation.set_payload_by_filter(
-            self._filter(SearchFilter(image_ids=[image_id])), {"paths": list(paths), "dirs": path_dirs(paths)}))
+        self._apply(
+            name,
+            q.UpdateOperation.set_payload_by_filter(
+                self._filter(SearchFilter(image_ids=[image_id])), {"paths": list(paths), "dirs": path_dirs(paths)}
+            ),
+        )
 
     @staticmethod
     def _filter(flt: SearchFilter | None):
@@ -167,23 +184,39 @@ class EdgeVectorIndex(VectorIndex):
 
         if flt is None or flt.is_empty():
             return None
-        spell = {"any": lambda k, v: q.FieldCondition(k, match=q.MatchAny(v)),
-                 "eq": lambda k, v: q.FieldCondition(k, match=q.MatchValue(v)),
-                 "range": lambda k, lo, hi: q.FieldCondition(k, range=q.RangeFloat(gte=lo, lte=hi))}
+        spell = {
+            "any": lambda k, v: q.FieldCondition(k, match=q.MatchAny(v)),
+            "eq": lambda k, v: q.FieldCondition(k, match=q.MatchValue(v)),
+            "range": lambda k, lo, hi: q.FieldCondition(k, range=q.RangeFloat(gte=lo, lte=hi)),
+        }
         return q.Filter(must=[spell[c[0]](*c[1:]) for c in flt.conditions()])
 
-    def search(self, name: str, vector: Sequence[float], limit: int, flt: SearchFilter | None = None,
-               offset: int = 0, score_threshold: float | None = None, exact: bool = False) -> list[VectorHit]:
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        limit: int,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[VectorHit]:
         import qdrant_edge as q
 
         if not self.has_collection(name):
             return []
         shard = self._shard(name)
-        res = shard.query(q.QueryRequest(limit=limit, offset=offset or None, query=q.Query.Nearest(as_list(vector)),
-                                         filter=self._filter(flt), with_payload=True,
-                                         score_threshold=score_threshold,
-                                         params=q.SearchParams(exact=True) if exact else
-                                         q.SearchParams(hnsw_ef=self.hnsw_ef)))
+        res = shard.query(
+            q.QueryRequest(
+                limit=limit,
+                offset=offset or None,
+                query=q.Query.Nearest(as_list(vector)),
+                filter=self._filter(flt),
+                with_payload=True,
+                score_threshold=score_threshold,
+                params=q.SearchParams(exact=True) if exact else q.SearchParams(hnsw_ef=self.hnsw_ef),
+            )
+        )
         return to_hits(res)
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> dict[str, VectorPoint]:
@@ -206,8 +239,9 @@ class EdgeVectorIndex(VectorIndex):
         shard = self._shard(name)
         offset = None
         while True:
-            recs, offset = shard.scroll(q.ScrollRequest(offset=offset, limit=1024, with_payload=False,
-                                                        with_vector=False))
+            recs, offset = shard.scroll(
+                q.ScrollRequest(offset=offset, limit=1024, with_payload=False, with_vector=False)
+            )
             for r in recs:
                 yield str(r.id)
             if offset is None:

@@ -155,5 +155,12 @@ class SegmentRecord:
 
     def payload(self, image_id: str, paths: list[str], dirs: list[str]) -> dict:
         """The vector point's payload (what search filters on and returns without SQL)."""
-        return {"image_id": image_id, "kind": self.kind, "area_frac": self.area_frac, "bbox": self.bbox,
-                "mask_index": self.mask_index, "paths": paths, "dirs": dirs}
+        return {
+            "image_id": image_id,
+            "kind": self.kind,
+            "area_frac": self.area_frac,
+            "bbox": self.bbox,
+            "mask_index": self.mask_index,
+            "paths": paths,
+            "dirs": dirs,
+        }

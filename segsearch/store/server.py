@@ -43,12 +43,22 @@ class ServerOptions:
 
     @classmethod
     def from_settings(cls, s) -> ServerOptions:
-        return cls(shards=s.qdrant_shards, replication_factor=s.qdrant_replication_factor,
-                   write_consistency_factor=s.qdrant_write_consistency_factor, on_disk=s.qdrant_on_disk,
-                   quantization=s.qdrant_quantization, oversampling=s.qdrant_oversampling, hnsw_m=s.hnsw_m,
-                   hnsw_ef_construct=s.hnsw_ef_construct, hnsw_ef=s.hnsw_ef, upsert_batch=s.qdrant_upsert_batch,
-                   retries=s.qdrant_retries, backoff_s=s.qdrant_backoff_s, timeout_s=s.qdrant_timeout_s,
-                   prefer_grpc=s.qdrant_prefer_grpc)
+        return cls(
+            shards=s.qdrant_shards,
+            replication_factor=s.qdrant_replication_factor,
+            write_consistency_factor=s.qdrant_write_consistency_factor,
+            on_disk=s.qdrant_on_disk,
+            quantization=s.qdrant_quantization,
+            oversampling=s.qdrant_oversampling,
+            hnsw_m=s.hnsw_m,
+            hnsw_ef_construct=s.hnsw_ef_construct,
+            hnsw_ef=s.hnsw_ef,
+            upsert_batch=s.qdrant_upsert_batch,
+            retries=s.qdrant_retries,
+            backoff_s=s.qdrant_backoff_s,
+            timeout_s=s.qdrant_timeout_s,
+            prefer_grpc=s.qdrant_prefer_grpc,
+        )
 
 
 def _transient(exc: BaseException) -> bool:
@@ -82,8 +92,13 @@ class ServerVectorIndex(VectorIndex):
             if url == ":memory:":
                 self.client = QdrantClient(location=":memory:")
             elif url.startswith(("http://", "https://")):
-                self.client = QdrantClient(url=url, api_key=api_key or None, timeout=self.opt.timeout_s,
-                                           prefer_grpc=self.opt.prefer_grpc, check_compatibility=False)
+                self.client = QdrantClient(
+                    url=url,
+                    api_key=api_key or None,
+                    timeout=self.opt.timeout_s,
+                    prefer_grpc=self.opt.prefer_grpc,
+                    check_compatibility=False,
+                )
             else:  # a folder: the client's local on-disk mode
                 self.client = QdrantClient(path=url)
         except Exception as exc:  # noqa: BLE001
@@ -119,15 +134,21 @@ class ServerVectorIndex(VectorIndex):
         o = self.opt
         quant = None
         if o.quantization == "int8":
-            quant = m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(
-                type=m.ScalarType.INT8, quantile=0.99, always_ram=True))
+            quant = m.ScalarQuantization(
+                scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
         try:
-            self._call("create collection", self.client.create_collection, name,
-                       vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE, on_disk=o.on_disk or None),
-                       shard_number=o.shards, replication_factor=o.replication_factor,
-                       write_consistency_factor=o.write_consistency_factor,
-                       hnsw_config=m.HnswConfigDiff(m=o.hnsw_m, ef_construct=o.hnsw_ef_construct),
-                       quantization_config=quant)
+            self._call(
+                "create collection",
+                self.client.create_collection,
+                name,
+                vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE, on_disk=o.on_disk or None),
+                shard_number=o.shards,
+                replication_factor=o.replication_factor,
+                write_consistency_factor=o.write_consistency_factor,
+                hnsw_config=m.HnswConfigDiff(m=o.hnsw_m, ef_construct=o.hnsw_ef_construct),
+                quantization_config=quant,
+            )
         except (UnexpectedResponse, ValueError):
             # another indexer created it between our look and our request
             if not self.client.collection_exists(name):
@@ -137,8 +158,9 @@ class ServerVectorIndex(VectorIndex):
             return  # local mode has no payload indexes (and warns about them)
         for key, kind in PAYLOAD_INDEXES.items():  # the fields filters use (idempotent on the server)
             schema = m.PayloadSchemaType.KEYWORD if kind == "keyword" else m.PayloadSchemaType.FLOAT
-            self._call("create payload index", self.client.create_payload_index, name, key, field_schema=schema,
-                       wait=True)
+            self._call(
+                "create payload index", self.client.create_payload_index, name, key, field_schema=schema, wait=True
+            )
 
     def _search_params(self, exact: bool):
         from qdrant_client import models as m
@@ -166,8 +188,10 @@ class ServerVectorIndex(VectorIndex):
         from qdrant_client import models as m
 
         for i in range(0, len(points), self.opt.upsert_batch):
-            batch = [m.PointStruct(id=p.id, vector=as_list(p.vector), payload=p.payload)
-                     for p in points[i : i + self.opt.upsert_batch]]
+            batch = [
+                m.PointStruct(id=p.id, vector=as_list(p.vector), payload=p.payload)
+                for p in points[i : i + self.opt.upsert_batch]
+            ]
             self._call("upsert", self.client.upsert, name, batch, wait=True)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -180,12 +204,23 @@ class ServerVectorIndex(VectorIndex):
         from qdrant_client import models as m
 
         if self.has_collection(name):
-            self._call("delete", self.client.delete, name,
-                       m.FilterSelector(filter=self._filter(SearchFilter(image_ids=[image_id]))), wait=True)
+            self._call(
+                "delete",
+                self.client.delete,
+                name,
+                m.FilterSelector(filter=self._filter(SearchFilter(image_ids=[image_id]))),
+                wait=True,
+            )
 
     def set_image_paths(self, name: str, image_id: str, paths: Sequence[str]) -> None:
-        self._call("set payload", self.client.set_payload, name, {"paths": list(paths), "dirs": path_dirs(paths)},
-                   points=self._filter(SearchFilter(image_ids=[image_id])), wait=True)
+        self._call(
+            "set payload",
+            self.client.set_payload,
+            name,
+            {"paths": list(paths), "dirs": path_dirs(paths)},
+            points=self._filter(SearchFilter(image_ids=[image_id])),
+            wait=True,
+        )
 
     @staticmethod
     def _filter(flt: SearchFilter | None):
@@ -193,25 +228,46 @@ class ServerVectorIndex(VectorIndex):
 
         if flt is None or flt.is_empty():
             return None
-        spell = {"any": lambda k, v: m.FieldCondition(key=k, match=m.MatchAny(any=v)),
-                 "eq": lambda k, v: m.FieldCondition(key=k, match=m.MatchValue(value=v)),
-                 "range": lambda k, lo, hi: m.FieldCondition(key=k, range=m.Range(gte=lo, lte=hi))}
+        spell = {
+            "any": lambda k, v: m.FieldCondition(key=k, match=m.MatchAny(any=v)),
+            "eq": lambda k, v: m.FieldCondition(key=k, match=m.MatchValue(value=v)),
+            "range": lambda k, lo, hi: m.FieldCondition(key=k, range=m.Range(gte=lo, lte=hi)),
+        }
         return m.Filter(must=[spell[c[0]](*c[1:]) for c in flt.conditions()])
 
-    def search(self, name: str, vector: Sequence[float], limit: int, flt: SearchFilter | None = None,
-               offset: int = 0, score_threshold: float | None = None, exact: bool = False) -> list[VectorHit]:
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        limit: int,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[VectorHit]:
         if not self.has_collection(name):
             return []
-        res = self._call("search", self.client.query_points, name, query=as_list(vector), limit=limit,
-                         offset=offset or None, search_params=self._search_params(exact),
-                         query_filter=self._filter(flt), with_payload=True, score_threshold=score_threshold)
+        res = self._call(
+            "search",
+            self.client.query_points,
+            name,
+            query=as_list(vector),
+            limit=limit,
+            offset=offset or None,
+            search_params=self._search_params(exact),
+            query_filter=self._filter(flt),
+            with_payload=True,
+            score_threshold=score_threshold,
+        )
         return to_hits(res.points)
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> dict[str, VectorPoint]:
         if not ids or not self.has_collection(name):
             return {}
-        return to_points(self._call("retrieve", self.client.retrieve, name, list(ids), with_payload=True,
-                                    with_vectors=with_vectors), with_vectors)
+        return to_points(
+            self._call("retrieve", self.client.retrieve, name, list(ids), with_payload=True, with_vectors=with_vectors),
+            with_vectors,
+        )
 
     def count(self, name: str, flt: SearchFilter | None = None) -> int:
         if not self.has_collection(name):
@@ -223,8 +279,9 @@ class ServerVectorIndex(VectorIndex):
             return
         offset = None
         while True:
-            recs, offset = self._call("scroll", self.client.scroll, name, limit=1024, offset=offset,
-                                      with_payload=False, with_vectors=False)
+            recs, offset = self._call(
+                "scroll", self.client.scroll, name, limit=1024, offset=offset, with_payload=False, with_vectors=False
+            )
             for r in recs:
                 yield str(r.id)
             if offset is None:

@@ -155,48 +155,88 @@ class Catalog:
 
     def image_paths(self, image_id: str) -> list[str]:
         with self.Session() as s:
-            return list(s.scalars(select(ImagePathRow.path).where(ImagePathRow.image_id == image_id)
-                                  .order_by(ImagePathRow.path)))
+            return list(
+                s.scalars(
+                    select(ImagePathRow.path).where(ImagePathRow.image_id == image_id).order_by(ImagePathRow.path)
+                )
+            )
 
     def paths_by_image(self, image_ids: Iterable[str]) -> dict[str, list[str]]:
         """The paths of many images in one query, by image id (each list sorted)."""
         out: dict[str, list[str]] = {}
         with self.Session() as s:
-            rows = s.execute(select(ImagePathRow.image_id, ImagePathRow.path)
-                             .where(ImagePathRow.image_id.in_(list(set(image_ids))))
-                             .order_by(ImagePathRow.path))
+            rows = s.execute(
+                select(ImagePathRow.image_id, ImagePathRow.path)
+                .where(ImagePathRow.image_id.in_(list(set(image_ids))))
+                .order_by(ImagePathRow.path)
+            )
             for image_id, path in rows:
                 out.setdefault(image_id, []).append(path)
         return out
 
     def mark_pending(self, image_id: str, fingerprint: str, collection: str) -> None:
         with self.Session.begin() as s:
-            s.execute(update(ImageRow).where(ImageRow.id == image_id)
-                      .values(status="pending", error=None, fingerprint=fingerprint, collection=collection,
-                              updated_at=utcnow()))
+            s.execute(
+                update(ImageRow)
+                .where(ImageRow.id == image_id)
+                .values(
+                    status="pending", error=None, fingerprint=fingerprint, collection=collection, updated_at=utcnow()
+                )
+            )
 
     def mark_failed(self, image_id: str, error: str, fingerprint: str | None = None) -> None:
         with self.Session.begin() as s:
-            s.execute(update(ImageRow).where(ImageRow.id == image_id)
-                      .values(status="failed", error=error, fingerprint=fingerprint, updated_at=utcnow()))
+            s.execute(
+                update(ImageRow)
+                .where(ImageRow.id == image_id)
+                .values(status="failed", error=error, fingerprint=fingerprint, updated_at=utcnow())
+            )
 
     def segment_refs(self, image_id: str) -> list[tuple[str, str]]:
         """(segment id, collection) of every stored segment of an image."""
         with self.Session() as s:
-            return [tuple(r) for r in s.execute(
-                select(SegmentRow.id, SegmentRow.collection).where(SegmentRow.image_id == image_id))]
+            return [
+                tuple(r)
+                for r in s.execute(select(SegmentRow.id, SegmentRow.collection).where(SegmentRow.image_id == image_id))
+            ]
 
-    def commit_segments(self, image_id: str, *, fingerprint: str, collection: str, width: int, height: int,
-                        fmt: str, segments: Sequence[SegmentRecord]) -> None:
+    def commit_segments(
+        self,
+        image_id: str,
+        *,
+        fingerprint: str,
+        collection: str,
+        width: int,
+        height: int,
+        fmt: str,
+        segments: Sequence[SegmentRecord],
+    ) -> None:
         """Replace the image's segments and mark it indexed, atomically. Call only after its
         vectors were durably written."""
         with self.Session.begin() as s:
             s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
-            s.add_all([SegmentRow(image_id=image_id, fingerprint=fingerprint, collection=collection, **seg.columns())
-                       for seg in segments])
-            s.execute(update(ImageRow).where(ImageRow.id == image_id).values(
-                status="indexed", error=None, fingerprint=fingerprint, collection=collection, width=width,
-                height=height, format=fmt, n_segments=len(segments), indexed_at=utcnow(), updated_at=utcnow()))
+            s.add_all(
+                [
+                    SegmentRow(image_id=image_id, fingerprint=fingerprint, collection=collection, **seg.columns())
+                    for seg in segments
+                ]
+            )
+            s.execute(
+                update(ImageRow)
+                .where(ImageRow.id == image_id)
+                .values(
+                    status="indexed",
+                    error=None,
+                    fingerprint=fingerprint,
+                    collection=collection,
+                    width=width,
+                    height=height,
+                    format=fmt,
+                    n_segments=len(segments),
+                    indexed_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
 
     def delete_image(self, image_id: str) -> None:
         with self.Session.begin() as s:
@@ -212,21 +252,31 @@ class Catalog:
 
     def image_segments(self, image_id: str) -> list[SegmentRow]:
         with self.Session() as s:
-            return list(s.scalars(select(SegmentRow).where(SegmentRow.image_id == image_id)
-                                  .order_by(SegmentRow.mask_index)))
+            return list(
+                s.scalars(select(SegmentRow).where(SegmentRow.image_id == image_id).order_by(SegmentRow.mask_index))
+            )
 
     def iter_indexed_segments(self, batch: int = 500) -> Iterable[tuple[ImageRow, list[SegmentRow]]]:
         """Every indexed image with its segments, in image id order, a batch of images at a time."""
         after = ""
         while True:
             with self.Session() as s:
-                images = list(s.scalars(select(ImageRow).where(ImageRow.status == "indexed", ImageRow.id > after)
-                                        .order_by(ImageRow.id).limit(batch)))
+                images = list(
+                    s.scalars(
+                        select(ImageRow)
+                        .where(ImageRow.status == "indexed", ImageRow.id > after)
+                        .order_by(ImageRow.id)
+                        .limit(batch)
+                    )
+                )
                 if not images:
                     return
                 rows: dict[str, list[SegmentRow]] = {im.id: [] for im in images}
-                for r in s.scalars(select(SegmentRow).where(SegmentRow.image_id.in_(list(rows)))
-                                   .order_by(SegmentRow.image_id, SegmentRow.mask_index)):
+                for r in s.scalars(
+                    select(SegmentRow)
+                    .where(SegmentRow.image_id.in_(list(rows)))
+                    .order_by(SegmentRow.image_id, SegmentRow.mask_index)
+                ):
                     rows[r.image_id].append(r)
             yield from ((im, rows[im.id]) for im in images)
             after = images[-1].id
@@ -258,8 +308,9 @@ class Catalog:
     def segment_owner_map(self, collection: str) -> dict[str, str]:
         """segment id -> image id, for the segments stored in one vector collection."""
         with self.Session() as s:
-            return dict(s.execute(select(SegmentRow.id, SegmentRow.image_id)
-                                  .where(SegmentRow.collection == collection)).all())
+            return dict(
+                s.execute(select(SegmentRow.id, SegmentRow.image_id).where(SegmentRow.collection == collection)).all()
+            )
 
     def segment_collections(self) -> list[str]:
         with self.Session() as s:
@@ -268,8 +319,10 @@ class Catalog:
     def all_paths(self) -> list[tuple[str, str]]:
         """(path, image id) of every known file."""
         with self.Session() as s:
-            return [tuple(r) for r in s.execute(select(ImagePathRow.path, ImagePathRow.image_id)
-                                                .order_by(ImagePathRow.path))]
+            return [
+                tuple(r)
+                for r in s.execute(select(ImagePathRow.path, ImagePathRow.image_id).order_by(ImagePathRow.path))
+            ]
 
     def delete_path(self, path: str) -> None:
         with self.Session.begin() as s:
@@ -286,7 +339,8 @@ class Catalog:
         stmt = stmt.on_conflict_do_update(
             index_elements=[table.c.image_id],
             set_={"worker": worker, "claimed_at": now, "expires_at": expires},
-            where=(table.c.expires_at < now) | (table.c.worker == worker)).returning(table.c.worker)
+            where=(table.c.expires_at < now) | (table.c.worker == worker),
+        ).returning(table.c.worker)
         with self.engine.begin() as conn:  # a row comes back only when we inserted or took over
             return conn.execute(stmt).first() is not None
 
@@ -295,16 +349,24 @@ class Catalog:
         claim changed hands meanwhile."""
         now = utcnow()
         with self.engine.begin() as conn:
-            return conn.execute(update(ClaimRow.__table__)
-                                .where(ClaimRow.image_id == image_id, ClaimRow.worker == holder)
-                                .values(worker=worker, claimed_at=now, expires_at=now + dt.timedelta(seconds=lease_s))
-                                .returning(ClaimRow.worker)).first() is not None
+            return (
+                conn.execute(
+                    update(ClaimRow.__table__)
+                    .where(ClaimRow.image_id == image_id, ClaimRow.worker == holder)
+                    .values(worker=worker, claimed_at=now, expires_at=now + dt.timedelta(seconds=lease_s))
+                    .returning(ClaimRow.worker)
+                ).first()
+                is not None
+            )
 
     def renew_claims(self, worker: str, lease_s: float) -> int:
         """Extend every claim the worker holds (its heartbeat)."""
         with self.Session.begin() as s:
-            return s.execute(update(ClaimRow).where(ClaimRow.worker == worker)
-                             .values(expires_at=utcnow() + dt.timedelta(seconds=lease_s))).rowcount
+            return s.execute(
+                update(ClaimRow)
+                .where(ClaimRow.worker == worker)
+                .values(expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+            ).rowcount
 
     def release_claim(self, image_id: str, worker: str) -> None:
         with self.Session.begin() as s:
@@ -335,12 +397,23 @@ class Catalog:
             s.flush()
             return run.id
 
-    def finish_run(self, run_id: int, *, status: str, indexed: int, skipped: int, failed: int, segments: int,
-                   failures: list[dict]) -> None:
+    def finish_run(
+        self, run_id: int, *, status: str, indexed: int, skipped: int, failed: int, segments: int, failures: list[dict]
+    ) -> None:
         with self.Session.begin() as s:
-            s.execute(update(RunRow).where(RunRow.id == run_id).values(
-                status=status, finished_at=utcnow(), indexed=indexed, skipped=skipped, failed=failed,
-                segments=segments, failures=failures))
+            s.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(
+                    status=status,
+                    finished_at=utcnow(),
+                    indexed=indexed,
+                    skipped=skipped,
+                    failed=failed,
+                    segments=segments,
+                    failures=failures,
+                )
+            )
 
     def get_run(self, run_id: int) -> RunRow | None:
         with self.Session() as s:
@@ -368,8 +441,11 @@ class Catalog:
         with self.engine.begin() as conn:
             for key, value in values.items():
                 stmt = insert(table).values(key=key, value=value, updated_at=now)
-                conn.execute(stmt.on_conflict_do_update(index_elements=[table.c.key],
-                                                        set_={"value": stmt.excluded.value, "updated_at": now}))
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[table.c.key], set_={"value": stmt.excluded.value, "updated_at": now}
+                    )
+                )
 
     def _insert(self):
         """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL)."""

@@ -51,8 +51,9 @@ class SearchFilter:
     max_area: float | None = None
 
     def is_empty(self) -> bool:
-        return not (self.image_ids or self.kind or self.path_prefix or self.min_area is not None
-                    or self.max_area is not None)
+        return not (
+            self.image_ids or self.kind or self.path_prefix or self.min_area is not None or self.max_area is not None
+        )
 
     def conditions(self) -> list[tuple]:
         """The filter as backend-neutral conditions, all of which must hold; each backend only
@@ -95,8 +96,12 @@ def to_hits(points) -> list[VectorHit]:
 
 def to_points(records, with_vectors: bool) -> dict[str, VectorPoint]:
     """Retrieved records of either backend (``.id``, ``.vector``, ``.payload``) by id."""
-    return {str(r.id): VectorPoint(str(r.id), list(r.vector) if with_vectors and r.vector is not None else [],
-                                   dict(r.payload or {})) for r in records}
+    return {
+        str(r.id): VectorPoint(
+            str(r.id), list(r.vector) if with_vectors and r.vector is not None else [], dict(r.payload or {})
+        )
+        for r in records
+    }
 
 
 class VectorIndex(ABC):
@@ -121,8 +126,16 @@ class VectorIndex(ABC):
     def set_image_paths(self, name: str, image_id: str, paths: Sequence[str]) -> None: ...
 
     @abstractmethod
-    def search(self, name: str, vector: Sequence[float], limit: int, flt: SearchFilter | None = None,
-               offset: int = 0, score_threshold: float | None = None, exact: bool = False) -> list[VectorHit]:
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        limit: int,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[VectorHit]:
         """Nearest points; ``exact`` bypasses the HNSW index (brute force, for recall checks)."""
 
     @abstractmethod
@@ -156,5 +169,9 @@ def open_vector_index(settings) -> VectorIndex:
         return ServerVectorIndex(settings.qdrant_url, settings.qdrant_api_key, ServerOptions.from_settings(settings))
     from segsearch.store.edge import EdgeVectorIndex
 
-    return EdgeVectorIndex(settings.vectors_path, hnsw_m=settings.hnsw_m, hnsw_ef_construct=settings.hnsw_ef_construct,
-                           hnsw_ef=settings.hnsw_ef)
+    return EdgeVectorIndex(
+        settings.vectors_path,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construct=settings.hnsw_ef_construct,
+        hnsw_ef=settings.hnsw_ef,
+    )

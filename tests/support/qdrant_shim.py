@@ -131,9 +131,17 @@ async def query(name: str, request: Request):
     def run(body):
         req = parse(m.QueryRequest, body)
         q = req.query.nearest if isinstance(req.query, m.NearestQuery) else req.query
-        return client.query_points(name, query=q, query_filter=req.filter, limit=req.limit or 10,
-                                   offset=req.offset, with_payload=req.with_payload, with_vectors=req.with_vector,
-                                   score_threshold=req.score_threshold, search_params=req.params)
+        return client.query_points(
+            name,
+            query=q,
+            query_filter=req.filter,
+            limit=req.limit or 10,
+            offset=req.offset,
+            with_payload=req.with_payload,
+            with_vectors=req.with_vector,
+            score_threshold=req.score_threshold,
+            search_params=req.params,
+        )
 
     return await handle("query", request, run)
 
@@ -160,8 +168,14 @@ async def count(name: str, request: Request):
 async def scroll(name: str, request: Request):
     def run(body):
         req = parse(m.ScrollRequest, body)
-        points, nxt = client.scroll(name, scroll_filter=req.filter, limit=req.limit or 10, offset=req.offset,
-                                    with_payload=req.with_payload, with_vectors=req.with_vector)
+        points, nxt = client.scroll(
+            name,
+            scroll_filter=req.filter,
+            limit=req.limit or 10,
+            offset=req.offset,
+            with_payload=req.with_payload,
+            with_vectors=req.with_vector,
+        )
         return m.ScrollResult(points=points, next_page_offset=nxt)
 
     return await handle("scroll", request, run)
