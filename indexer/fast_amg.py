@@ -229,12 +229,16 @@ class FastAMG(BoxBounds):
         band = (stab - t).abs() < self.LOW_RES_ERR
         if band.any():
             idx = band.nonzero().flatten()
-            in_h, in_w = self.predictor.input_size
-            img = self.sam.image_encoder.img_size
-            for j in range(0, len(idx), 64):
-                sel = idx[j : j + 64]
-                up = F.interpolate(low[sel][:, None], (img, img), mode="bilinear", align_corners=False)
-                stab[sel] = calculate_stability_score(up[:, 0, :in_h, :in_w], thr, off)
+            framed = self._input_frame_stability(low, idx, thr, off)
+            if framed is not None:
+                stab[idx] = framed
+            else:
+                in_h, in_w = self.predictor.input_size
+                img = self.sam.image_encoder.img_size
+                for j in range(0, len(idx), 64):
+                    sel = idx[j : j + 64]
+                    up = F.interpolate(low[sel][:, None], (img, img), mode="bilinear", align_corners=False)
+                    stab[sel] = calculate_stability_score(up[:, 0, :in_h, :in_w], thr, off)
             band2 = (stab - t).abs() < self.INPUT_ERR
             band2 &= band
             idx = band2.nonzero().flatten()

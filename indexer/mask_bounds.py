@@ -30,6 +30,56 @@ class BoxBounds:
             self._maps_key, self._maps = key, maps
         return self._maps
 
+    def _input_frame_stability(self, low, idx, thr: float, off: float):
+        """SAM's stability score of each ``low[idx]`` as it would be at the model's input frame
+        (bilinear x4 to the padded square input, cropped to the image's part), counted per
+        low-resolution *cell* instead of per pixel: a cell's output pixels are convex combinations
+        of its four corner logits, so a cell whose corners are all above a threshold counts all its
+        pixels, one whose corners are all at or below it counts none, and only the cells the mask's
+        edge crosses are evaluated pixel by pixel. Work follows the masks' outlines, not the frame.
+        None when the model's input is not 4x its low-resolution masks (then the caller upsamples)."""
+        import torch
+        import torch.nn.functional as F
+
+        img = self.sam.image_encoder.img_size
+        lh, lw = low.shape[-2:]
+        if img != 4 * lh or img != 4 * lw:
+            return None
+        in_h, in_w = self.predictor.input_size
+        frac = torch.tensor([0.125, 0.375, 0.625, 0.875], device=low.device)  # (k + 0.5) / 4
+
+        def valid(n_low, n_in):  # output row 4j + 2 + k of padded cell j in [-1, n_low - 1], inside the crop
+            r = 4 * torch.arange(-1, n_low, device=low.device)[:, None] + 2 + torch.arange(4, device=low.device)
+            return (r >= 0) & (r < n_in)
+
+        vy, vx = valid(lh, in_h), valid(lw, in_w)
+        pixels = vy.sum(1).float()[:, None] * vx.sum(1).float()[None, :]  # valid output pixels per cell
+        fy, fx = frac[:, None], frac[None, :]
+        out = torch.empty(len(idx), device=low.device)
+        for j0 in range(0, len(idx), 64):
+            sel = idx[j0 : j0 + 64]
+            # replicate padding reproduces PyTorch's clamping of the source index at both borders
+            lp = F.pad(low[sel].float()[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+            c00, c01, c10, c11 = lp[:, :-1, :-1], lp[:, :-1, 1:], lp[:, 1:, :-1], lp[:, 1:, 1:]
+            cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
+            cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
+            counts = []
+            for t in (thr + off, thr - off):  # intersections, unions
+                n = ((cmin > t) * pixels).sum((1, 2))
+                b, y, x = ((cmax > t) & ~(cmin > t)).nonzero(as_tuple=True)  # cells the edge crosses
+                if len(b):
+                    v = (
+                        c00[b, y, x, None, None] * (1 - fy) * (1 - fx)
+                        + c01[b, y, x, None, None] * (1 - fy) * fx
+                        + c10[b, y, x, None, None] * fy * (1 - fx)
+                        + c11[b, y, x, None, None] * fy * fx
+                    )
+                    hit = ((v > t) & vy[y][:, :, None] & vx[x][:, None, :]).sum((1, 2)).float()
+                    n = n.index_add(0, b, hit)
+                counts.append(n)
+            out[j0 : j0 + len(sel)] = counts[0] / counts[1]  # 0 / 0 = nan, as the reference computes it
+        return out
+
     def _outer_boxes(self, low, crop_size):
         """XYXY boxes that surely contain ``upsample(low) > threshold``: the full-resolution rows and
         columns whose interpolation support meets the low-resolution box."""

@@ -219,3 +219,38 @@ def test_memory_bounded_upsampling_gives_identical_masks(shapes_sam, monkeypatch
     assert len(batched) > 0 and len(single) == len(batched)
     assert (single.masks == batched.masks).all() and (single.boxes == batched.boxes).all()
     assert (single.stability_score == batched.stability_score).all()
+
+
+def test_at_sams_default_parameters_the_masks_are_the_reference_masks(shapes_sam):
+    """What `segsearch index` runs with no flags (32x32 prompts, predicted IoU 0.88, stability 0.95,
+    where many candidates' scores sit near the threshold): the same masks, pixel for pixel, the
+    same boxes and the same count as the official generator."""
+    params = {k: Settings.model_fields[k].default for k in Settings().amg_params()}
+    img = make_scene(HELDOUT_SEEDS[1], width=384, height=288).image
+    a = ReferenceAMG(shapes_sam, **params).generate(img)
+    b = make_mask_generator("fast", shapes_sam, **params).generate(img)
+    assert len(a) > 0 and len(a) == len(b)
+    assert (a.masks == b.masks).all() and (a.boxes == b.boxes).all()
+    np.testing.assert_allclose(a.predicted_iou, b.predicted_iou, atol=1e-5)
+
+
+def test_stability_counted_per_cell_equals_counting_every_pixel(shapes_sam):
+    """The input-frame stability score the fast engine counts per low-resolution cell equals the
+    score of the upsampled frame, pixel by pixel (crops of several shapes, logits with sharp and
+    flat edges, values on both sides of both thresholds)."""
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.utils.amg import calculate_stability_score
+
+    from segsearch.indexer.fast_encoder import set_image
+
+    gen = make_mask_generator("fast", shapes_sam)
+    g = torch.Generator().manual_seed(0)
+    for w, h in [(640, 480), (333, 517), (512, 512), (90, 700)]:
+        set_image(gen.predictor, make_scene(HELDOUT_SEEDS[0], width=w, height=h).image)
+        low = torch.randn(24, 128, 128, generator=g) * 3 + torch.linspace(-6, 6, 128)[None, :, None]
+        low[:4] = low[:4].round()  # plateaus exactly at the thresholds
+        got = gen._input_frame_stability(low, torch.arange(24), 0.0, 1.0)
+        in_h, in_w = gen.predictor.input_size
+        up = F.interpolate(low[:, None], (512, 512), mode="bilinear", align_corners=False)[:, 0, :in_h, :in_w]
+        torch.testing.assert_close(got, calculate_stability_score(up, 0.0, 1.0), atol=1e-4, rtol=0)
