@@ -25,6 +25,95 @@ import time
 from pathlib import Path
 
 
+def amg_params(name: str) -> dict:
+    from segsearch.eval.shapes import SHAPES_AMG
+    from segsearch.settings import Settings
+
+    if name == "defaults":  # the class defaults, not whatever this shell's SEGSEARCH_* say
+        return {k: Settings.model_fields[k].default for k in Settings().amg_params()}
+    if name == "shapes":
+        return dict(SHAPES_AMG)
+    return json.loads(Path(name).read_text())
+
+
+def size_sweep(args) -> int:
+    """Each size in a fresh process (its peak RSS is its own): the fast engine on one 4:3 scene."""
+    import subprocess
+
+    if args.child_size is not None:
+        import resource
+
+        import torch
+
+        from segsearch.eval.shapes import HELDOUT_SEEDS, make_scene
+        from segsearch.runtime import load_sam
+        from segsearch.settings import Settings
+
+        from segsearch.indexer.amg import make_mask_generator
+
+        w = int(round((args.child_size * 1e6 * 4 / 3) ** 0.5))
+        h = int(round(w * 3 / 4))
+        sam = load_sam(Settings(sam=args.model, device=args.device, offline=True))
+        gen = make_mask_generator("fast", sam, **amg_params(args.params))
+        img = make_scene(HELDOUT_SEEDS[0], width=w, height=h).image
+        gen.generate(img[:64, :64].copy())  # warm-up
+        t = time.perf_counter()
+        masks = gen.generate(img)
+        secs = time.perf_counter() - t
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "megapixels": args.child_size,
+                    "size": f"{w}x{h}",
+                    "s_per_image": round(secs, 3),
+                    "stages_s": {k: round(v, 3) for k, v in gen.timings.items()},
+                    "masks": len(masks),
+                    "peak_rss_mb": round(peak, 1),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        )
+        return 0
+    runs = []
+    for mp in [float(v) for v in args.sizes.split(",")]:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--sizes",
+            args.sizes,
+            "--child-size",
+            str(mp),
+            "--model",
+            args.model,
+            "--params",
+            args.params,
+            "--device",
+            args.device,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return out.returncode
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if not args.json:
+            r = runs[-1]
+            print(
+                f"{r['megapixels']:5.1f} MP {r['size']:>11s}  {r['s_per_image']:7.2f} s  "
+                f"peak RSS {r['peak_rss_mb']:7.0f} MiB  masks {r['masks']}  {r['stages_s']}",
+                flush=True,
+            )
+    report = {"model": args.model, "params_name": args.params, "runs": runs}
+    base = next((r for r in runs if r["megapixels"] == 4), None)
+    if base:
+        report["time_vs_4mp"] = {str(r["megapixels"]): round(r["s_per_image"] / base["s_per_image"], 2) for r in runs}
+    if args.json:
+        print(json.dumps(report))
+    elif base:
+        print("time vs 4 MP:", report["time_vs_4mp"])
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="sam-shapes-tiny", help="registered SAM name")
@@ -45,14 +134,23 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--random-weights", action="store_true", help="do not load a checkpoint")
     ap.add_argument("--skip-reference", action="store_true", help="time the fast engine only")
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="photo-size sweep instead: comma-separated megapixels (e.g. 1,4,12,24,48), 4:3 scenes; "
+        "fast engine, all cores, each size in its own process (s/image and peak RSS)",
+    )
+    ap.add_argument("--child-size", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.sizes:
+        return size_sweep(args)
 
     import numpy as np
     import torch
 
     from segsearch.eval.quality import iou_matrix
-    from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+    from segsearch.eval.shapes import HELDOUT_SEEDS, make_scene
     from segsearch.models.registry import get_sam_spec
     from segsearch.models.sam import build_sam_model
     from segsearch.models.weights import WeightsUnavailable
@@ -78,12 +176,7 @@ def main(argv=None) -> int:
     if sam is None:
         torch.manual_seed(0)
         sam = build_sam_model(spec.config).to(args.device).eval()
-    if args.params == "defaults":  # the class defaults, not whatever this shell's SEGSEARCH_* say
-        params = {k: Settings.model_fields[k].default for k in settings.amg_params()}
-    elif args.params == "shapes":
-        params = dict(SHAPES_AMG)
-    else:
-        params = json.loads(Path(args.params).read_text())
+    params = amg_params(args.params)
     if args.points_per_side:
         params["points_per_side"] = args.points_per_side
     if args.min_mask_region_area is not None:

@@ -222,30 +222,16 @@ class FastAMG(BoxBounds):
         Low resolution is within ``LOW_RES_ERR`` of the full-resolution score (measured: max 0.07 on
         shapes-world candidates), the padded input frame within ``INPUT_ERR`` (max 0.01); only
         scores still that close to the threshold are computed at full resolution."""
-        import torch.nn.functional as F
-        from segment_anything.utils.amg import calculate_stability_score
 
         t, thr, off = self.stability_score_thresh, self.sam.mask_threshold, self.stability_score_offset
         band = (stab - t).abs() < self.LOW_RES_ERR
         if band.any():
             idx = band.nonzero().flatten()
-            framed = self._input_frame_stability(low, idx, thr, off)
-            if framed is not None:
-                stab[idx] = framed
-            else:
-                in_h, in_w = self.predictor.input_size
-                img = self.sam.image_encoder.img_size
-                for j in range(0, len(idx), 64):
-                    sel = idx[j : j + 64]
-                    up = F.interpolate(low[sel][:, None], (img, img), mode="bilinear", align_corners=False)
-                    stab[sel] = calculate_stability_score(up[:, 0, :in_h, :in_w], thr, off)
-            band2 = (stab - t).abs() < self.INPUT_ERR
-            band2 &= band
+            stab[idx] = self._input_frame_stability(low, idx, thr, off)
+            band2 = ((stab - t).abs() < self.INPUT_ERR) & band
             idx = band2.nonzero().flatten()
-            step = self._upsample_step(crop_size)
-            for j in range(0, len(idx), step):
-                sel = idx[j : j + step]
-                stab[sel] = calculate_stability_score(self._upsample(low[sel], crop_size), thr, off)
+            if len(idx):
+                stab[idx] = self._full_stability(low, idx, crop_size, thr, off)
         return stab
 
     def _nms(self, low, scores, crop_box, orig_size, crop_size):

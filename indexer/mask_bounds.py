@@ -32,53 +32,35 @@ class BoxBounds:
 
     def _input_frame_stability(self, low, idx, thr: float, off: float):
         """SAM's stability score of each ``low[idx]`` as it would be at the model's input frame
-        (bilinear x4 to the padded square input, cropped to the image's part), counted per
-        low-resolution *cell* instead of per pixel: a cell's output pixels are convex combinations
-        of its four corner logits, so a cell whose corners are all above a threshold counts all its
-        pixels, one whose corners are all at or below it counts none, and only the cells the mask's
-        edge crosses are evaluated pixel by pixel. Work follows the masks' outlines, not the frame.
-        None when the model's input is not 4x its low-resolution masks (then the caller upsamples)."""
+        (bilinear to the padded square input, cropped to the image's part): the first step of
+        ``postprocess_masks``, counted per cell (``bilinear_counts``)."""
+        img = self.sam.image_encoder.img_size
+        in_h, in_w = self.predictor.input_size
+        return _stability(low[idx], (img, img), (in_h, in_w), thr, off)
+
+    CELLS_FROM_SCALE = 4  # count per cell when the photo has this many times the input frame's pixels
+
+    def _full_stability(self, low, idx, crop_size, thr: float, off: float):
+        """SAM's stability score of each ``low[idx]`` at full resolution, as the reference computes
+        it. For a photo much larger than the model's input, the second bilinear step (input frame ->
+        photo) is counted per cell, so the work follows the masks' outlines, not the photo's pixels;
+        otherwise the model's own upsampling is cheaper."""
         import torch
         import torch.nn.functional as F
+        from segment_anything.utils.amg import calculate_stability_score
 
         img = self.sam.image_encoder.img_size
-        lh, lw = low.shape[-2:]
-        if img != 4 * lh or img != 4 * lw:
-            return None
         in_h, in_w = self.predictor.input_size
-        frac = torch.tensor([0.125, 0.375, 0.625, 0.875], device=low.device)  # (k + 0.5) / 4
-
-        def valid(n_low, n_in):  # output row 4j + 2 + k of padded cell j in [-1, n_low - 1], inside the crop
-            r = 4 * torch.arange(-1, n_low, device=low.device)[:, None] + 2 + torch.arange(4, device=low.device)
-            return (r >= 0) & (r < n_in)
-
-        vy, vx = valid(lh, in_h), valid(lw, in_w)
-        pixels = vy.sum(1).float()[:, None] * vx.sum(1).float()[None, :]  # valid output pixels per cell
-        fy, fx = frac[:, None], frac[None, :]
-        out = torch.empty(len(idx), device=low.device)
-        for j0 in range(0, len(idx), 64):
-            sel = idx[j0 : j0 + 64]
-            # replicate padding reproduces PyTorch's clamping of the source index at both borders
-            lp = F.pad(low[sel].float()[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-            c00, c01, c10, c11 = lp[:, :-1, :-1], lp[:, :-1, 1:], lp[:, 1:, :-1], lp[:, 1:, 1:]
-            cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
-            cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
-            counts = []
-            for t in (thr + off, thr - off):  # intersections, unions
-                n = ((cmin > t) * pixels).sum((1, 2))
-                b, y, x = ((cmax > t) & ~(cmin > t)).nonzero(as_tuple=True)  # cells the edge crosses
-                if len(b):
-                    v = (
-                        c00[b, y, x, None, None] * (1 - fy) * (1 - fx)
-                        + c01[b, y, x, None, None] * (1 - fy) * fx
-                        + c10[b, y, x, None, None] * fy * (1 - fx)
-                        + c11[b, y, x, None, None] * fy * fx
-                    )
-                    hit = ((v > t) & vy[y][:, :, None] & vx[x][:, None, :]).sum((1, 2)).float()
-                    n = n.index_add(0, b, hit)
-                counts.append(n)
-            out[j0 : j0 + len(sel)] = counts[0] / counts[1]  # 0 / 0 = nan, as the reference computes it
-        return out
+        if crop_size[0] * crop_size[1] < self.CELLS_FROM_SCALE * in_h * in_w:
+            step = self._upsample_step(crop_size)
+            return torch.cat(
+                [
+                    calculate_stability_score(self._upsample(low[idx[j : j + step]], crop_size), thr, off)
+                    for j in range(0, len(idx), step)
+                ]
+            )
+        frame = F.interpolate(low[idx][:, None], (img, img), mode="bilinear", align_corners=False)
+        return _stability(frame[:, 0, :in_h, :in_w], tuple(crop_size), tuple(crop_size), thr, off)
 
     def _outer_boxes(self, low, crop_size):
         """XYXY boxes that surely contain ``upsample(low) > threshold``: the full-resolution rows and
@@ -206,3 +188,82 @@ def _min_filter(x, k: int):
     for d in range(2, 2 * r + 1):
         torch.minimum(out, op[:, :, d : d + w], out=out)
     return out
+
+
+def _taps(n_in: int, n_out: int, device):
+    """PyTorch's bilinear (``align_corners=False``) taps along one axis, computed as its CPU kernel
+    does in float32: for each output index, the source cell ``h`` (its row pair is ``h``, ``h + 1``
+    of the source padded by one replicated row) and the weight ``lam`` of the second row."""
+    import numpy as np
+    import torch
+
+    scale = np.float32(n_in) / np.float32(n_out)
+    dst = np.arange(n_out, dtype=np.float32)
+    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    h = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    lam = (src - h.astype(np.float32)).astype(np.float32)
+    lam[h == n_in - 1] = 0  # the last row interpolates with itself
+    return torch.from_numpy(h).to(device), torch.from_numpy(lam).to(device)
+
+
+def _cell_table(h, lam, n_in: int, valid: int):
+    """Per source cell: how many (valid) output indices fall in it, and their weights padded to the
+    most any cell has (-1 weight = no output)."""
+    import torch
+
+    h, lam = h[:valid], lam[:valid]
+    count = torch.bincount(h, minlength=n_in)
+    width = int(count.max()) if len(count) else 0
+    first = torch.zeros(n_in + 1, dtype=torch.long, device=h.device)
+    first[1:] = torch.cumsum(count, 0)
+    slot = torch.arange(len(h), device=h.device) - first[h]
+    table = torch.full((n_in, max(width, 1)), -1.0, device=h.device)
+    table[h, slot] = lam
+    return count.float(), table
+
+
+def bilinear_counts(src, out_hw, valid_hw, thresholds):
+    """For each map of ``src`` (B, H, W): how many pixels of its bilinear resize to ``out_hw``
+    (``align_corners=False``), cropped to its first ``valid_hw`` rows and columns, lie above each
+    threshold, without making the resized maps. An output pixel is a convex combination of the
+    four corners of its source cell, so a cell whose corners are all above a threshold counts all
+    its output pixels, one whose corners are all at or below counts none, and only the cells an
+    edge crosses are evaluated pixel by pixel (with the kernel's own weights and order)."""
+    import torch
+    import torch.nn.functional as F
+
+    (n_h, n_w), (out_h, out_w), (v_h, v_w) = src.shape[-2:], out_hw, valid_hw
+    hy, ly = _taps(n_h, out_h, src.device)
+    hx, lx = _taps(n_w, out_w, src.device)
+    cy, ty = _cell_table(hy, ly, n_h, v_h)
+    cx, tx = _cell_table(hx, lx, n_w, v_w)
+    pixels = cy[:, None] * cx[None, :]
+    sp = F.pad(src.float()[:, None], (0, 1, 0, 1), mode="replicate")[:, 0]
+    c00, c01, c10, c11 = sp[:, :-1, :-1], sp[:, :-1, 1:], sp[:, 1:, :-1], sp[:, 1:, 1:]
+    cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
+    cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
+    out = []
+    for t in thresholds:
+        n = ((cmin > t) * pixels).sum((1, 2))
+        b, y, x = ((cmax > t) & ~(cmin > t) & (pixels > 0)).nonzero(as_tuple=True)  # cells an edge crosses
+        for j in range(0, len(b), 4096):  # bounded temporaries: 4096 cells x their output pixels
+            bb, yy, xx = b[j : j + 4096], y[j : j + 4096], x[j : j + 4096]
+            wy, wx = ty[yy][:, :, None], tx[xx][:, None, :]
+            top = c00[bb, yy, xx, None, None] * (1 - wx) + c01[bb, yy, xx, None, None] * wx
+            bottom = c10[bb, yy, xx, None, None] * (1 - wx) + c11[bb, yy, xx, None, None] * wx
+            v = top * (1 - wy) + bottom * wy
+            hit = ((v > t) & (wy >= 0) & (wx >= 0)).sum((1, 2)).float()
+            n = n.index_add(0, bb, hit)
+        out.append(n)
+    return out
+
+
+def _stability(src, out_hw, valid_hw, thr: float, off: float):
+    """``calculate_stability_score`` of the resized maps, from ``bilinear_counts`` (64 maps at a time)."""
+    import torch
+
+    res = []
+    for j in range(0, len(src), 64):
+        inter, union = bilinear_counts(src[j : j + 64], out_hw, valid_hw, (thr + off, thr - off))
+        res.append(inter / union)  # 0 / 0 = nan, as the reference computes it
+    return torch.cat(res) if res else torch.empty(0, device=src.device)

@@ -235,9 +235,9 @@ def test_at_sams_default_parameters_the_masks_are_the_reference_masks(shapes_sam
 
 
 def test_stability_counted_per_cell_equals_counting_every_pixel(shapes_sam):
-    """The input-frame stability score the fast engine counts per low-resolution cell equals the
-    score of the upsampled frame, pixel by pixel (crops of several shapes, logits with sharp and
-    flat edges, values on both sides of both thresholds)."""
+    """The stability scores the fast engine counts per cell (input frame, and full resolution of a
+    large photo) equal the scores of the upsampled maps, pixel by pixel (crops of several shapes,
+    logits with sharp and flat edges, values on both sides of both thresholds)."""
     import torch
     import torch.nn.functional as F
     from segment_anything.utils.amg import calculate_stability_score
@@ -254,3 +254,10 @@ def test_stability_counted_per_cell_equals_counting_every_pixel(shapes_sam):
         in_h, in_w = gen.predictor.input_size
         up = F.interpolate(low[:, None], (512, 512), mode="bilinear", align_corners=False)[:, 0, :in_h, :in_w]
         torch.testing.assert_close(got, calculate_stability_score(up, 0.0, 1.0), atol=1e-4, rtol=0)
+    # and at full resolution of a photo many times the input frame (the second step counted per cell)
+    h, w = 1732, 2309
+    gen.predictor.original_size = (h, w)
+    gen.predictor.input_size = tuple(gen.predictor.transform.get_preprocess_shape(h, w, 512))
+    got = gen._full_stability(low, torch.arange(24), (h, w), 0.0, 1.0)
+    want = calculate_stability_score(gen._upsample(low, (h, w)), 0.0, 1.0)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
