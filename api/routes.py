@@ -85,10 +85,7 @@ def search(body: schemas.SearchRequest, services: ServicesDep):
         vector = np.asarray(point.vector, np.float32)
     if body.negative_text:
         vector = minus(vector, services.text_vector(body.negative_text))
-    f = body.filters
-    flt = SearchFilter(
-        image_ids=f.image_ids, kind=f.kind, path_prefix=f.path_prefix, min_area=f.min_area, max_area=f.max_area
-    )
+    flt = body.filters.to_filter()
     return schemas.SearchResponse.of(
         services.searcher.page(
             vector,

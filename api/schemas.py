@@ -26,6 +26,17 @@ class Filters(BaseModel):
     max_area: float | None = Field(None, ge=0, le=1)
     image_ids: list[str] | None = Field(None, max_length=1000)
 
+    def to_filter(self):
+        from segsearch.store.vectors import SearchFilter
+
+        return SearchFilter(
+            image_ids=self.image_ids,
+            kind=self.kind,
+            path_prefix=self.path_prefix,
+            min_area=self.min_area,
+            max_area=self.max_area,
+        )
+
 
 _ONE_QUERY = {
     "oneOf": [

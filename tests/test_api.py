@@ -144,6 +144,9 @@ def test_stats_health_page_openapi(client):
     assert page.status_code == 200 and "segsearch" in page.text and "/v1/search" in page.text
     spec = client.get("/openapi.json").json()
     assert {"/v1/search", "/v1/search/image", "/v1/segment", "/v1/stats"} <= set(spec["paths"])
+    # client generators name methods after operation ids: short and stable, not path-derived
+    ids = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    assert {"search", "search_image", "get_segment", "get_image", "segment", "submit_index_job"} <= ids
 
 
 @pytest.mark.parametrize(
