@@ -1,1 +1,2 @@
-"""Query service (FastAPI). Built in the query-service issue; it reuses ``segsearch.search``."""
+"""The query service (FastAPI): ``app`` (factory), ``deps``, ``schemas``, ``routes`` (search, records,
+renders, segment), ``admin`` (jobs, info, doctor), ``jobs``, ``watch``, ``guard``, ``errors``."""

@@ -1,1 +1,2 @@
-"""Stores: SQL records (``sql``) and vectors (``vectors``)."""
+"""Stores: SQL records (``sql``, tables in ``schema``) and vectors (``vectors``: the interface;
+``edge``: embedded Qdrant Edge; ``server``: qdrant-client)."""
