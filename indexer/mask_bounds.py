@@ -222,22 +222,26 @@ def _cell_table(h, lam, n_in: int, valid: int):
     return count.float(), table
 
 
-def bilinear_counts(src, out_hw, valid_hw, thresholds):
-    """For each map of ``src`` (B, H, W): how many pixels of its bilinear resize to ``out_hw``
-    (``align_corners=False``), cropped to its first ``valid_hw`` rows and columns, lie above each
-    threshold, without making the resized maps. An output pixel is a convex combination of the
+def cell_plan(src_hw, out_hw, valid_hw, device):
+    """The per-cell tables of one bilinear resize of ``src_hw`` maps to ``out_hw`` (``align_corners=
+    False``), cropped to its first ``valid_hw`` rows and columns: valid output pixels per source
+    cell, and each cell's row and column weights. The same for every map of that size."""
+    (n_h, n_w), (out_h, out_w), (v_h, v_w) = src_hw, out_hw, valid_hw
+    cy, ty = _cell_table(*_taps(n_h, out_h, device), n_h, v_h)
+    cx, tx = _cell_table(*_taps(n_w, out_w, device), n_w, v_w)
+    return cy[:, None] * cx[None, :], ty, tx
+
+
+def bilinear_counts(src, plan, thresholds):
+    """For each map of ``src`` (B, H, W): how many pixels of the resize that ``plan`` (``cell_plan``)
+    describes lie above each threshold, without making the resized maps. An output pixel is a convex combination of the
     four corners of its source cell, so a cell whose corners are all above a threshold counts all
     its output pixels, one whose corners are all at or below counts none, and only the cells an
     edge crosses are evaluated pixel by pixel (with the kernel's own weights and order)."""
     import torch
     import torch.nn.functional as F
 
-    (n_h, n_w), (out_h, out_w), (v_h, v_w) = src.shape[-2:], out_hw, valid_hw
-    hy, ly = _taps(n_h, out_h, src.device)
-    hx, lx = _taps(n_w, out_w, src.device)
-    cy, ty = _cell_table(hy, ly, n_h, v_h)
-    cx, tx = _cell_table(hx, lx, n_w, v_w)
-    pixels = cy[:, None] * cx[None, :]
+    pixels, ty, tx = plan
     sp = F.pad(src.float()[:, None], (0, 1, 0, 1), mode="replicate")[:, 0]
     c00, c01, c10, c11 = sp[:, :-1, :-1], sp[:, :-1, 1:], sp[:, 1:, :-1], sp[:, 1:, 1:]
     cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
@@ -262,8 +266,9 @@ def _stability(src, out_hw, valid_hw, thr: float, off: float):
     """``calculate_stability_score`` of the resized maps, from ``bilinear_counts`` (64 maps at a time)."""
     import torch
 
+    plan = cell_plan(src.shape[-2:], out_hw, valid_hw, src.device)  # once, not per chunk
     res = []
     for j in range(0, len(src), 64):
-        inter, union = bilinear_counts(src[j : j + 64], out_hw, valid_hw, (thr + off, thr - off))
+        inter, union = bilinear_counts(src[j : j + 64], plan, (thr + off, thr - off))
         res.append(inter / union)  # 0 / 0 = nan, as the reference computes it
     return torch.cat(res) if res else torch.empty(0, device=src.device)

@@ -87,7 +87,7 @@ class Indexer:
             }
         )
         self._done, self._group = set(), []
-        self.times = self.reader.times = self.writer.times = StageTimes()
+        self.times.reset()  # shared with the reader and the writer
         self._run_started = utcnow()
         status = "crashed"
 

@@ -69,3 +69,7 @@ class StageTimes:
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds = {}

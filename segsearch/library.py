@@ -67,6 +67,7 @@ class Library:
         self.stores = stores or open_stores(settings)
         self._models = models
         self._search_models: Models | None = None
+        self._segmenter = None  # SAM with its embedding cache, made on the first segment()
 
     # --- life cycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -270,7 +271,7 @@ class Library:
 
         rgb = np.asarray(self._pil(image))
         m = self.models()
-        if not hasattr(self, "_segmenter"):
+        if self._segmenter is None:
             self._segmenter = PromptSegmenter(m.sam)
         pts = None if points is None else np.asarray(points, np.float32).reshape(-1, 2)
         lab = None if pts is None else np.asarray(labels if labels is not None else [1] * len(pts), np.int64)

@@ -130,7 +130,3 @@ class Models:
         if self._sam is None:
             self._sam = load_sam(self.settings, self.sam_spec)
         return self._sam
-
-    @property
-    def sam_loaded(self) -> bool:
-        return self._sam is not None or self.mask_generator is not None
