@@ -14,8 +14,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# torch first (its own index: CPU or the CUDA build), then segsearch with PostgreSQL and Ray support
+# torch first (its own index: CPU or the CUDA build), then SAM 2 (source-only; built against that torch,
+# without its optional CUDA extension, which only speeds up a post-processing step segsearch does not use),
+# then segsearch with PostgreSQL, Ray and SAM 2 support
 RUN pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION} --index-url ${TORCH_INDEX}
+RUN pip install setuptools && SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0
 COPY pyproject.toml README.md ./
 COPY segsearch ./segsearch
 COPY indexer ./indexer
@@ -23,7 +26,7 @@ COPY api ./api
 COPY cli ./cli
 COPY migrations ./migrations
 COPY checkpoints ./checkpoints
-RUN pip install '.[postgres,ray]'
+RUN pip install '.[postgres,ray,sam2]'
 
 # checkpoints/ is also mounted from the host by docker-compose (downloaded real weights)
 VOLUME ["/data"]

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from segsearch import render
 from segsearch.errors import ImageError, ImageTooLarge, SegsearchError
 from segsearch.images import DecodedImage, check_sam_view, decode_image
-from segsearch.masks import encode_rle, mask_box_xywh
+from segsearch.masks import decode_logits_token, encode_logits_token, encode_rle, mask_box_xywh
 from segsearch.search import minus
 from segsearch.store.vectors import SearchFilter
 
@@ -223,6 +223,9 @@ def segment(
     labels: str | None = Form(None, description="JSON [1, 0, ...]: 1 foreground, 0 background"),
     box: str | None = Form(None, description="'x,y,w,h'"),
     multimask_output: bool = Form(True),
+    mask_input: str | None = Form(
+        None, description="A `mask_token` of an earlier answer on this image: refine that mask with these prompts"
+    ),
     overlay: bool = Form(False, description="Also return a PNG overlay of the best mask"),
 ):
     """Point/box prompts on one image -> masks. The image embedding is cached by content."""
@@ -247,17 +250,26 @@ def segment(
             raise ProblemError(422, "Invalid request", "give points and/or a box")
         xyxy = [b[0], b[1], b[0] + b[2], b[1] + b[3]] if b else None
         try:
-            masks, scores, cached = services.segmenter.predict(
-                key, rgb, points=coords, labels=lab, box_xyxy=xyxy, multimask=multimask_output
+            segmenter = services.segmenter
+            prior = None
+            if mask_input is not None:
+                try:
+                    prior = decode_logits_token(mask_input, key, segmenter.low_res_shape)
+                except ValueError as exc:
+                    raise ProblemError(422, "Invalid mask_input", str(exc)) from None
+            got = segmenter.predict(
+                key, rgb, points=coords, labels=lab, box_xyxy=xyxy, multimask=multimask_output, mask_input=prior
             )
         except SegsearchError as exc:  # e.g. SAM weights missing on an offline server
             raise ProblemError(503, "Segmentation model unavailable", str(exc)) from None
+        masks, scores, cached = got.masks, got.scores, got.cached
         out = [
             schemas.MaskOut(
                 rle=encode_rle(masks[i]),
                 bbox=list(mask_box_xywh(masks[i])),
                 area=int(masks[i].sum()),
                 score=float(scores[i]),
+                mask_token=encode_logits_token(got.logits[i], key),
             )
             for i in np.argsort(-scores)
         ]

@@ -208,6 +208,10 @@ class MaskOut(BaseModel):
     bbox: list[int]
     area: int
     score: float
+    mask_token: str = Field(
+        description="This mask's low-resolution logits, opaque: send it back as `mask_input` with more "
+        "points to refine the mask (SAM's iterative prompting). Valid for the same image and model."
+    )
 
 
 class SegmentResponse(BaseModel):

@@ -116,7 +116,11 @@ def size_sweep(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="sam-shapes-tiny", help="registered SAM name")
+    ap.add_argument(
+        "--model",
+        default="sam-shapes-tiny",
+        help="registered SAM name, or several comma-separated (e.g. sam-shapes-tiny,sam2-shapes-tiny: side by side)",
+    )
     ap.add_argument("--images", type=int, default=10, help="held-out shapes-world scenes to run")
     ap.add_argument("--size", default=None, help="WxH: render every scene at this size (e.g. 1024x768)")
     ap.add_argument(
@@ -145,14 +149,38 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.sizes:
         return size_sweep(args)
+    results = [_bench(args, name) for name in args.model.split(",")]
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else {"by_model": results}))
+        return 0
+    for result in results:
+        runs = result["runs"]
+        for k, v in result.items():
+            if k != "runs":
+                print(f"{k:24s} {v}")
+        for r in runs:
+            print(f"-- {r['threads']} thread(s)")
+            for k, v in r.items():
+                print(f"   {k:24s} {v}")
+    if len(results) > 1:  # side by side: seconds per image of each engine, per thread count
+        print("\nmodel".ljust(24) + "threads  reference s  fast s  speedup  masks")
+        for result in results:
+            for r in result["runs"]:
+                print(
+                    f"{result['model']:23s} {r['threads']:7d} {r.get('reference_s_per_image', float('nan')):12.3f} "
+                    f"{r['fast_s_per_image']:7.3f} {r.get('speedup', float('nan')):8.2f} {r['fast_masks']:6d}"
+                )
+    return 0
 
+
+def _bench(args, model: str) -> dict:
+    """Both engines on the scenes with one model, at each thread count."""
     import numpy as np
     import torch
 
     from segsearch.eval.quality import iou_matrix
     from segsearch.eval.shapes import HELDOUT_SEEDS, make_scene
     from segsearch.models.registry import get_sam_spec
-    from segsearch.models.sam import build_sam_model
     from segsearch.models.weights import WeightsUnavailable
     from segsearch.runtime import load_sam
     from segsearch.settings import Settings
@@ -164,18 +192,21 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         threads = [all_cores]  # the GPU does the work: one CPU setting is enough
     threads = list(dict.fromkeys(threads))
-    spec = get_sam_spec(args.model)
+    spec = get_sam_spec(model)
     settings = Settings()
     weights, sam = "random", None
     if not args.random_weights and spec.weights is not None:
         try:  # bundled (package data) or downloaded weights, wherever the product would find them
-            sam = load_sam(settings.model_copy(update={"sam": args.model, "device": args.device, "offline": True}))
+            sam = load_sam(settings.model_copy(update={"sam": model, "device": args.device, "offline": True}))
             weights = spec.weights.filename
         except WeightsUnavailable:
             pass
-    if sam is None:
-        torch.manual_seed(0)
-        sam = build_sam_model(spec.config).to(args.device).eval()
+    if sam is None:  # the same architecture, random init (either family)
+        import dataclasses
+
+        from segsearch.models.sam import load_sam as load_spec
+
+        sam = load_spec(dataclasses.replace(spec, weights=None), Path("unused"), device=args.device)
     params = amg_params(args.params)
     if args.points_per_side:
         params["points_per_side"] = args.points_per_side
@@ -232,7 +263,7 @@ def main(argv=None) -> int:
 
     runs = [one(t) for t in threads]
     result = {
-        "model": args.model,
+        "model": model,
         "weights": weights,
         "device": args.device,
         "params_name": args.params,
@@ -243,17 +274,7 @@ def main(argv=None) -> int:
     }
     if len(runs) > 1:
         result["fast_thread_scaling"] = round(runs[0]["fast_s_per_image"] / runs[-1]["fast_s_per_image"], 2)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            if k != "runs":
-                print(f"{k:24s} {v}")
-        for r in runs:
-            print(f"-- {r['threads']} thread(s)")
-            for k, v in r.items():
-                print(f"   {k:24s} {v}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

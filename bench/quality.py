@@ -2,6 +2,7 @@
 
     python bench/quality.py                        # bundled shapes models, 60 held-out scenes
     python bench/quality.py --scenes 200 --json
+    python bench/quality.py --sam sam-shapes-tiny,sam2-shapes-tiny   # both SAM families, side by side
     python bench/quality.py --split validation --pred-iou-thresh 0.5   # tune on scenes the report never uses
     python bench/quality.py --coco-images val2017/ --coco-annotations instances_val2017.json \
         --sam sam-vit-b --clip clip-vit-b-32 --limit 200     # real photos, category names as queries
@@ -31,7 +32,12 @@ def main(argv=None) -> int:
     ap.add_argument("--coco-images", type=Path, help="COCO-format image folder")
     ap.add_argument("--coco-annotations", type=Path, help="COCO instances JSON")
     ap.add_argument("--limit", type=int, help="at most this many COCO images")
-    ap.add_argument("--sam", default=None, help="SAM model (default: sam-shapes-tiny, or settings for COCO)")
+    ap.add_argument(
+        "--sam",
+        default=None,
+        help="SAM model, or several comma-separated (reported side by side on the same scenes); "
+        "default: sam-shapes-tiny, or the settings' for COCO",
+    )
     ap.add_argument("--clip", default=None, help="CLIP model (default: clip-shapes-tiny, or settings for COCO)")
     ap.add_argument("--crop-mode", default="masked", choices=["masked", "box", "blur"])
     ap.add_argument("--points-per-side", type=int, default=None)
@@ -52,30 +58,48 @@ def main(argv=None) -> int:
     from segsearch.eval.shapes import SHAPES_AMG
     from segsearch.settings import Settings
 
+    sams = args.sam.split(",") if args.sam else [None]
+    reports = {}
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = {"crop_mode": args.crop_mode}
-        if args.device:
-            overrides["device"] = args.device
         if args.coco_images:
             eval_set = coco_eval_set(args.coco_images, args.coco_annotations, args.limit)
-            overrides.update({k: v for k, v in {"sam": args.sam, "clip": args.clip}.items() if v})
         else:
             eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes, split=args.split)
-            overrides.update(
-                {"sam": args.sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny", **SHAPES_AMG}
-            )
-        for key in (
-            "points_per_side",
-            "pred_iou_thresh",
-            "stability_score_thresh",
-            "crop_n_layers",
-            "min_mask_region_area",
-        ):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        settings = Settings(data=Path(tmp) / "data", **overrides)
-        report = evaluate(eval_set, settings, workdir=Path(tmp))
-    print(json.dumps(report) if args.json else format_report(report))
+        for i, sam in enumerate(sams):
+            overrides = {"crop_mode": args.crop_mode}
+            if args.device:
+                overrides["device"] = args.device
+            if args.coco_images:
+                overrides.update({k: v for k, v in {"sam": sam, "clip": args.clip}.items() if v})
+            else:
+                overrides.update(
+                    {"sam": sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny", **SHAPES_AMG}
+                )
+            for key in (
+                "points_per_side",
+                "pred_iou_thresh",
+                "stability_score_thresh",
+                "crop_n_layers",
+                "min_mask_region_area",
+            ):
+                if getattr(args, key) is not None:
+                    overrides[key] = getattr(args, key)
+            settings = Settings(data=Path(tmp) / f"data{i}", **overrides)
+            reports[settings.sam] = evaluate(eval_set, settings, workdir=Path(tmp) / f"work{i}")
+    if len(reports) == 1:
+        report = next(iter(reports.values()))
+        print(json.dumps(report) if args.json else format_report(report))
+        return 0
+    if args.json:
+        print(json.dumps({"by_sam": reports}))
+        return 0
+    for name, report in reports.items():
+        print(f"== {name}")
+        print(format_report(report))
+    keys = ["mask_recall", "mean_best_iou", "precision_at_5", "recall_at_10", "seconds"]
+    print("\n" + "model".ljust(22) + "".join(k.rjust(16) for k in keys))
+    for name, r in reports.items():
+        print(name.ljust(22) + "".join(f"{r.get(k, float('nan')):16.3f}" for k in keys))
     return 0
 
 

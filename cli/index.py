@@ -39,7 +39,10 @@ def index(
     points_per_batch: Annotated[
         Optional[int], typer.Option(help="AMG prompts per decoder batch (default: 64).")
     ] = None,
-    pred_iou_thresh: Annotated[Optional[float], typer.Option(help="AMG predicted-IoU filter (default: 0.88).")] = None,
+    pred_iou_thresh: Annotated[
+        Optional[float],
+        typer.Option(help="AMG predicted-IoU filter (default: the SAM family's, 0.88 SAM 1, 0.8 SAM 2)."),
+    ] = None,
     stability_score_thresh: Annotated[
         Optional[float], typer.Option(help="AMG stability filter (default: 0.95).")
     ] = None,

@@ -39,7 +39,7 @@ def models_list(json_out: Json = False):
         where = r["hub_repo"] or ("bundled" if r["bundled"] else (r["url"] or "-").rsplit("/", 1)[-1])
         t.add_row(
             r["name"],
-            r["kind"],
+            "sam2" if r.get("family") == "sam2" else r["kind"],
             "yes" if r["present"] else "no",
             r["licence"] or "-",
             r["cost"] or "-",

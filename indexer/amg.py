@@ -19,16 +19,45 @@ class MaskGenerator(Protocol):
     def generate(self, rgb: np.ndarray) -> MaskSet: ...
 
 
+def family_params(sam, params: dict) -> dict:
+    """``params`` with unset (None) values replaced by the model family's defaults."""
+    from segsearch.models.registry import FAMILY_AMG_DEFAULTS
+    from segsearch.models.sam import is_sam2
+
+    defaults = FAMILY_AMG_DEFAULTS["sam2" if is_sam2(sam) else "sam1"]
+    return {k: (defaults.get(k) if v is None else v) for k, v in params.items() if v is not None or k in defaults}
+
+
 class ReferenceAMG:
-    """The official ``segment_anything.SamAutomaticMaskGenerator``."""
+    """The official generator of the model's family: ``segment_anything.SamAutomaticMaskGenerator``
+    or ``sam2.SAM2AutomaticMaskGenerator``. For SAM 2 the small-region clean-up is segsearch's
+    (:func:`clean_small_regions`, SAM 1's algorithm): the package's own needs its CUDA extension for
+    one of its two steps and skips it without one, so ``min_mask_region_area`` would mean different
+    things on different machines."""
 
     name = "reference"
 
     def __init__(self, sam, **params):
-        from segment_anything import SamAutomaticMaskGenerator
+        from segsearch.models.sam import image_predictor, is_sam2
 
         self.params = params
-        self._amg = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **params)
+        self.sam2 = is_sam2(sam)
+        if self.sam2:
+            import warnings
+
+            from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+            self.clean_area = params.get("min_mask_region_area", 0)
+            with warnings.catch_warnings():  # (its transforms use the deprecated torch.jit.script)
+                warnings.simplefilter("ignore", FutureWarning)
+                self._amg = SAM2AutomaticMaskGenerator(
+                    sam, output_mode="binary_mask", **{**params, "min_mask_region_area": 0}
+                )
+            self._amg.predictor = image_predictor(sam)  # (feature sizes for any input size)
+        else:
+            from segment_anything import SamAutomaticMaskGenerator
+
+            self._amg = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **params)
 
     def generate(self, rgb: np.ndarray) -> MaskSet:
         import torch
@@ -38,14 +67,53 @@ class ReferenceAMG:
         if not records:
             return MaskSet.empty(rgb.shape[0], rgb.shape[1])
         masks = np.stack([r["segmentation"] for r in records])
-        return MaskSet.from_masks(
-            masks,
-            [r["predicted_iou"] for r in records],
-            [r["stability_score"] for r in records],
-        ).sort_canonical()
+        iou = np.array([r["predicted_iou"] for r in records], np.float32)
+        stab = np.array([r["stability_score"] for r in records], np.float32)
+        if self.sam2 and self.clean_area > 0:
+            nms = max(self.params.get("box_nms_thresh", 0.7), self.params.get("crop_nms_thresh", 0.7))
+            masks, iou, stab = clean_small_regions(masks, iou, stab, self.clean_area, nms)
+        return MaskSet.from_masks(masks, iou, stab).sort_canonical()
+
+
+def clean_small_regions(masks: np.ndarray, iou, stab, min_area: int, nms_thresh: float):
+    """SAM's small-region clean-up (``postprocess_small_regions`` of both generators): holes, then
+    islands, under ``min_area`` pixels are removed from each mask, then box NMS, preferring masks
+    the clean-up did not change. ``(masks, iou, stab)`` of the kept masks."""
+    import torch
+    from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
+    from torchvision.ops.boxes import batched_nms
+
+    if len(masks) == 0:
+        return masks, iou, stab
+    new, scores = [], []
+    for m in masks:
+        m, c1 = remove_small_regions(m, min_area, mode="holes")
+        m, c2 = remove_small_regions(m, min_area, mode="islands")
+        new.append(m)
+        scores.append(float(not (c1 or c2)))
+    cleaned = np.stack(new)
+    boxes = batched_mask_to_box(torch.as_tensor(cleaned))
+    keep = batched_nms(
+        boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)), iou_threshold=nms_thresh
+    ).numpy()
+    return cleaned[keep], np.asarray(iou)[keep], np.asarray(stab)[keep]
+
+
+def masks_from_data(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense masks, predicted IoUs and stability scores of a generator's ``MaskData`` (RLEs)."""
+    from segment_anything.utils.amg import rle_to_mask
+
+    masks = np.stack([rle_to_mask(r) for r in data["rles"]])
+    return masks, data["iou_preds"].float().cpu().numpy(), data["stability_score"].float().cpu().numpy()
 
 
 def _fast(sam, **params):
+    from segsearch.models.sam import is_sam2
+
+    if is_sam2(sam):
+        from segsearch.indexer.fast_amg2 import FastAMG2
+
+        return FastAMG2(sam, **params)
     from segsearch.indexer.fast_amg import FastAMG
 
     return FastAMG(sam, **params)
@@ -60,7 +128,7 @@ def make_mask_generator(engine: str, sam, **params) -> MaskGenerator:
 
         raise ConfigError(f"unknown mask engine {engine!r}; choose one of {', '.join(ENGINES)}")
     keep_freed_memory()
-    return ENGINES[engine](sam, **params)
+    return ENGINES[engine](sam, **family_params(sam, params))
 
 
 def mask_generator_for(models):

@@ -111,12 +111,14 @@ class FastAMG(BoxBounds):
                 data.filter(keep)
         if "masks" not in data._stats or len(data["masks"]) == 0:
             return MaskSet.empty(*orig_size)
-        if self.min_mask_region_area > 0:
-            data = self._small_regions(data)
         masks = data["masks"].cpu().numpy()
-        return MaskSet.from_masks(
-            masks, data["iou_preds"].float().cpu().numpy(), data["stability_score"].float().cpu().numpy()
-        ).sort_canonical()
+        iou, stab = data["iou_preds"].float().cpu().numpy(), data["stability_score"].float().cpu().numpy()
+        if self.min_mask_region_area > 0:
+            from segsearch.indexer.amg import clean_small_regions
+
+            nms = max(self.box_nms_thresh, self.crop_nms_thresh)
+            masks, iou, stab = clean_small_regions(masks, iou, stab, self.min_mask_region_area, nms)
+        return MaskSet.from_masks(masks, iou, stab).sort_canonical()
 
     # --- stages -------------------------------------------------------------------------------
     def _process_crop(self, rgb, crop_box, layer_idx, orig_size):
@@ -320,31 +322,6 @@ class FastAMG(BoxBounds):
         if not self.autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-
-    def _small_regions(self, data):
-        """The reference's small-region clean-up (holes and islands, then NMS), on dense masks."""
-        import torch
-        from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
-        from torchvision.ops.boxes import batched_nms
-
-        new, scores = [], []
-        for m in data["masks"].numpy():
-            m, c1 = remove_small_regions(m, self.min_mask_region_area, mode="holes")
-            m, c2 = remove_small_regions(m, self.min_mask_region_area, mode="islands")
-            new.append(torch.as_tensor(m))
-            scores.append(float(not (c1 or c2)))
-        masks = torch.stack(new)
-        boxes = batched_mask_to_box(masks)
-        keep = batched_nms(
-            boxes.float(),
-            torch.as_tensor(scores),
-            torch.zeros(len(boxes)),
-            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh),
-        )
-        data["masks"] = masks
-        data["boxes"] = boxes
-        data.filter(keep)
-        return data
 
 
 def _decode_batch(features) -> int:

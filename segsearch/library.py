@@ -259,10 +259,22 @@ class Library:
             ) from exc
 
     # --- segments ------------------------------------------------------------------------------------
-    def segment(self, image: Any, *, points=None, labels=None, box=None, multimask: bool = True):
+    def segment(
+        self,
+        image: Any,
+        *,
+        points=None,
+        labels=None,
+        box=None,
+        multimask: bool = True,
+        mask_input=None,
+        with_logits: bool = False,
+    ):
         """Interactive segmentation: point prompts (``[[x, y], ...]``, labels 1 foreground / 0
         background) and/or a box (``[x, y, w, h]``) on an image (path, bytes or RGB array) ->
-        ``(masks (N, H, W) bool, scores)``, best first. Loads SAM (the library's)."""
+        ``(masks (N, H, W) bool, scores)``, best first; with ``with_logits`` also each mask's
+        low-resolution logits, which given back as ``mask_input`` (with more points) refine that
+        mask, as the SAM and SAM 2 tutorials do. Loads SAM (the library's, either family)."""
         import hashlib
 
         import numpy as np
@@ -277,9 +289,13 @@ class Library:
         lab = None if pts is None else np.asarray(labels if labels is not None else [1] * len(pts), np.int64)
         xyxy = None if box is None else [box[0], box[1], box[0] + box[2], box[1] + box[3]]
         key = hashlib.sha256(rgb.tobytes()).hexdigest()
-        masks, scores, _ = self._segmenter.predict(key, rgb, points=pts, labels=lab, box_xyxy=xyxy, multimask=multimask)
-        order = np.argsort(-scores)
-        return masks[order], scores[order]
+        got = self._segmenter.predict(
+            key, rgb, points=pts, labels=lab, box_xyxy=xyxy, multimask=multimask, mask_input=mask_input
+        )
+        order = np.argsort(-got.scores)
+        if with_logits:
+            return got.masks[order], got.scores[order], got.logits[order]
+        return got.masks[order], got.scores[order]
 
     def info(self) -> dict:
         """Recorded models and settings, counts, last run and size on disk (``segsearch info``)."""

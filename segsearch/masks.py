@@ -83,3 +83,51 @@ class MaskSet:
         segment ids, do not depend on the engine's internal order."""
         order = np.lexsort((self.boxes[:, 0], self.boxes[:, 1], -self.areas))
         return self.filter(order)
+
+
+# --- low-resolution logits as an opaque token (iterative prompting across requests) -------------
+_TOKEN_VERSION = b"M1"
+LOGIT_SCALE = 4.0  # int8 steps of 0.25 logit over SAM's clamped range [-32, 32]: ample for a mask prior
+
+
+def encode_logits_token(logits: np.ndarray, key: str) -> str:
+    """A previous answer's low-resolution logits (h x w) as a compact token tied to one image
+    (``key``): int8 at 0.25-logit steps, zlib, base64url (a 256x256 mask is a few KB)."""
+    import base64
+    import struct
+    import zlib
+
+    q = np.clip(np.round(np.asarray(logits, np.float32) * LOGIT_SCALE), -128, 127).astype(np.int8)
+    h, w = q.shape
+    head = _TOKEN_VERSION + struct.pack("<HH", h, w) + key.encode()[:16].ljust(16, b"\0")
+    return base64.urlsafe_b64encode(head + zlib.compress(q.tobytes(), 6)).decode()
+
+
+def decode_logits_token(token: str, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """The logits of a token made by :func:`encode_logits_token` for the same image and model
+    (``shape``); ``ValueError`` saying why for anything else (it comes from a client)."""
+    import base64
+    import binascii
+    import struct
+    import zlib
+
+    if len(token) > 4 * (1 + shape[0] * shape[1] // 3) + 64:  # > its raw size: not ours
+        raise ValueError("mask_input token is too long")
+    try:
+        raw = base64.urlsafe_b64decode(token.encode())
+    except (binascii.Error, ValueError):
+        raise ValueError("mask_input is not a token returned by this service (bad base64)") from None
+    if len(raw) < 22 or raw[:2] != _TOKEN_VERSION:
+        raise ValueError("mask_input is not a token returned by this service")
+    h, w = struct.unpack("<HH", raw[2:6])
+    if (h, w) != tuple(shape):
+        raise ValueError(f"mask_input was made by a model with {h}x{w} logits; this one uses {shape[0]}x{shape[1]}")
+    if raw[6:22] != key.encode()[:16].ljust(16, b"\0"):
+        raise ValueError("mask_input belongs to another image")
+    try:
+        body = zlib.decompressobj().decompress(raw[22:], h * w + 1)
+    except zlib.error:
+        raise ValueError("mask_input token is corrupt") from None
+    if len(body) != h * w:
+        raise ValueError("mask_input token is corrupt (wrong length)")
+    return np.frombuffer(body, np.int8).reshape(h, w).astype(np.float32) / LOGIT_SCALE

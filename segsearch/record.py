@@ -71,6 +71,7 @@ def sam_entry(settings: Settings) -> dict:
     spec = get_sam_spec(settings.sam)
     return {
         "name": spec.name,
+        "family": spec.family,
         "source": _source(settings.sam),
         "fingerprint": spec.fingerprint,
         "sha256": spec.weights.sha256 if spec.weights else None,
@@ -173,7 +174,7 @@ def recalled(rec: Recorded) -> dict:
 def describe(rec: Recorded) -> str:
     parts = []
     if rec.sam:
-        parts.append(f"SAM {rec.sam['name']}")
+        parts.append(f"{'SAM 2' if rec.sam.get('family') == 'sam2' else 'SAM'} {rec.sam['name']}")
     if rec.clip:
         parts.append(f"CLIP {rec.clip['name']}")
     return " and ".join(parts) or "nothing yet"

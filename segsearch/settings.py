@@ -140,7 +140,9 @@ class Settings(BaseSettings):
     )
     points_per_side: int = Field(32, ge=1)
     points_per_batch: int = Field(64, ge=1)
-    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    pred_iou_thresh: float | None = Field(
+        None, ge=0.0, le=1.0, description="Unset: the SAM family's own default (SAM 1: 0.88, SAM 2: 0.8)."
+    )
     stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
     box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
     crop_n_layers: int = Field(0, ge=0)
@@ -223,12 +225,18 @@ class Settings(BaseSettings):
         return {
             "points_per_side": self.points_per_side,
             "points_per_batch": self.points_per_batch,
-            "pred_iou_thresh": self.pred_iou_thresh,
+            "pred_iou_thresh": self.pred_iou_thresh if self.pred_iou_thresh is not None else self._family_iou(),
             "stability_score_thresh": self.stability_score_thresh,
             "box_nms_thresh": self.box_nms_thresh,
             "crop_n_layers": self.crop_n_layers,
             "min_mask_region_area": self.min_mask_region_area,
         }
+
+    def _family_iou(self) -> float:
+        from segsearch.models import get_sam_spec
+        from segsearch.models.registry import FAMILY_AMG_DEFAULTS
+
+        return FAMILY_AMG_DEFAULTS[get_sam_spec(self.sam).family]["pred_iou_thresh"]
 
     def crop_params(self) -> dict:
         return {"mode": self.crop_mode, "padding": self.crop_padding, "min_area": self.min_segment_area}

@@ -82,7 +82,11 @@ def test_api_listens_where_it_is_published_and_indexers_pick_a_device(compose):
 def test_dockerfile_installs_torch_first_and_every_package_dir():
     text = (ROOT / "Dockerfile").read_text()
     torch_at = text.index("pip install torch==")
-    assert torch_at < text.index("pip install '.[postgres,ray]'")
+    assert (
+        torch_at
+        < text.index("pip install --no-build-isolation sam2")
+        < text.index("pip install '.[postgres,ray,sam2]'")
+    )
     import tomllib
 
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]

@@ -66,6 +66,11 @@ SAM_DEFAULTS = {
 }
 
 
+# Each family's generator defaults where they differ (SamAutomaticMaskGenerator vs
+# SAM2AutomaticMaskGenerator): used when the setting is left unset.
+FAMILY_AMG_DEFAULTS = {"sam1": {"pred_iou_thresh": 0.88}, "sam2": {"pred_iou_thresh": 0.8}}
+
+
 def sam_config(arch: str, **overrides) -> dict:
     return {**SAM_DEFAULTS, **SAM_ARCHS[arch], **overrides}
 
@@ -76,18 +81,33 @@ def _digest(obj) -> str:
 
 @dataclass(frozen=True)
 class SamSpec:
+    """A Segment Anything model of either family: ``sam1`` (``segment_anything``; ``config`` is
+    SAM_DEFAULTS + encoder dims) or ``sam2`` (the ``sam2`` package; ``config`` names its YAML)."""
+
     name: str
-    config: dict  # full architecture: SAM_DEFAULTS + encoder dims
-    weights: Weights | None  # None: random init (tests, timing benchmarks)
+    config: dict
+    weights: Weights | HubWeights | None  # None: random init (tests, timing benchmarks)
     description: str = ""
     seed: int = 0
     licence: str = ""
     cost: str = ""  # relative compute per image, for `models list`
+    family: str = "sam1"
+    mirror: str | None = None  # another official source of the same file (Meta's URL for SAM 2.1)
 
     @property
     def fingerprint(self) -> str:
-        origin = self.weights.sha256 if self.weights else f"random{self.seed}-{_digest(self.config)}"
+        w = self.weights
+        if isinstance(w, HubWeights):
+            origin = w.sha256 or hashlib.sha256(w.identity.encode()).hexdigest()
+        elif w is not None:
+            origin = w.sha256
+        else:
+            origin = f"random{self.seed}-{_digest(self.config)}"
         return f"{self.name}@{origin[:16]}"
+
+    @property
+    def needs(self) -> str:
+        return "sam2 (pip install 'segsearch[sam2]')" if self.family == "sam2" else ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,30 @@ for _name, _arch, _file, _sha, _size, _params, _cost in [
             f"Segment Anything {_arch} (Meta, {_params} params)",
             licence="Apache-2.0",
             cost=_cost,
+        )
+    )
+
+# SAM 2.1 (Meta, 2024-09-28 release). Meta publishes no SHA-256 for these files and we found no public
+# record of one, so they are trust on first use: the Hugging Face copy (Meta's own `facebook` org) is
+# fetched with the hub machinery, its commit and hash recorded at the first download; Meta's URL is
+# listed as the mirror. Cost: image-encoder compute relative to SAM ViT-B at 1024 px.
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+for _name, _cfg, _file, _params, _cost in [
+    ("sam2.1-hiera-tiny", "t", "sam2.1_hiera_tiny.pt", "38.9M", "0.25x"),
+    ("sam2.1-hiera-small", "s", "sam2.1_hiera_small.pt", "46M", "0.3x"),
+    ("sam2.1-hiera-base-plus", "b+", "sam2.1_hiera_base_plus.pt", "80.8M", "0.6x"),
+    ("sam2.1-hiera-large", "l", "sam2.1_hiera_large.pt", "224.4M", "1.7x"),
+]:
+    register_sam(
+        SamSpec(
+            _name,
+            {"family": "sam2", "yaml": f"sam2:configs/sam2.1/sam2.1_hiera_{_cfg}.yaml", "image_size": 1024},
+            HubWeights(f"facebook/{_name}", _file),
+            f"Segment Anything 2.1 Hiera-{_cfg.upper()} (Meta, {_params} params)",
+            licence="Apache-2.0",
+            cost=_cost,
+            family="sam2",
+            mirror=_SAM2_URL + _file,
         )
     )
 
@@ -323,6 +367,12 @@ SAM_SHAPES_TINY_CONFIG = sam_config(
     iou_head_hidden_dim=64,
 )
 
+SAM2_SHAPES_TINY_CONFIG = {
+    "family": "sam2",
+    "yaml": "segsearch:models/configs/sam2_shapes_tiny.yaml",
+    "image_size": 512,  # (as in the YAML: the input side, for the request-size checks)
+}
+
 CLIP_SHAPES_TINY_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
@@ -356,9 +406,9 @@ register_clip(
 
 
 # --- lookup ---------------------------------------------------------------------------------
-def known_sam_configs() -> list[dict]:
-    """The architectures of the registered SAM models (official ones first)."""
-    return [s.config for s in _SAM.values()]
+def known_sam_configs(family: str = "sam1") -> list[dict]:
+    """The architectures of the registered SAM models of one family (official ones first)."""
+    return [s.config for s in _SAM.values() if s.family == family]
 
 
 def get_sam_spec(name_or_path: str) -> SamSpec:
@@ -370,11 +420,13 @@ def get_sam_spec(name_or_path: str) -> SamSpec:
         from segsearch.models.sam import infer_sam_config
         from segsearch.models.weights import sha256_file
 
+        config = infer_sam_config(path)
         return SamSpec(
             f"file:{path.name}",
-            infer_sam_config(path),
+            config,
             Weights(str(path.resolve()), sha256_file(path)),
             f"user checkpoint {path}",
+            family=config.get("family", "sam1"),
         )
     raise ConfigError(
         f"Unknown SAM model {name_or_path!r}: not a registered name ({', '.join(sorted(_SAM))}) "
@@ -428,7 +480,7 @@ def list_specs() -> list[dict]:
                     "kind": kind,
                     "description": spec.description,
                     "file": w.filename if w else None,
-                    "url": w.url if w else None,
+                    "url": (w.url if not hub else getattr(spec, "mirror", None)) if w else None,
                     "hub_repo": w.repo if hub else None,
                     "revision": w.revision if hub else None,
                     "sha256": w.sha256 if w else None,
@@ -438,6 +490,7 @@ def list_specs() -> list[dict]:
                     "licence": spec.licence,
                     "cost": spec.cost,
                     "needs": getattr(spec, "needs", ""),
+                    "family": getattr(spec, "family", None),
                     "bundled": bool(w and not hub and not w.url),
                 }
             )

@@ -1,13 +1,15 @@
-"""Build a ``segment_anything.modeling.Sam`` from a spec config (any size) and load weights.
-
-Mirrors ``segment_anything.build_sam._build_sam`` but with every dimension taken from the
-config, so the official ViT-B/L/H and our small models share one builder and one loader.
+"""Build a Segment Anything model from a spec and load its weights: SAM 1 (a
+``segment_anything.modeling.Sam``; mirrors ``segment_anything.build_sam._build_sam`` but with every
+dimension taken from the config, so the official ViT-B/L/H and our small models share one builder)
+or SAM 2 / 2.1 (``segsearch.models.sam2_build``). ``PromptSegmenter`` runs point/box prompts on
+either family.
 """
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from segsearch.models.registry import SAM_DEFAULTS, SamSpec, known_sam_configs
 
@@ -68,13 +70,27 @@ def load_state_dict(path: Path) -> dict:
     return state
 
 
+def is_sam2(model) -> bool:
+    """Whether a live model is SAM 2 (``sam2``'s ``SAM2Base``) rather than SAM 1 (``Sam``)."""
+    return hasattr(model, "sam_mask_decoder")
+
+
 def infer_sam_config(path: Path) -> dict:
     """Architecture of a SAM checkpoint file, read from its tensor shapes: the official ViT-B/L/H and
     any other SAM-family model (our small ones, or one fine-tuned at another input size): input size
     from the position embedding, heads from the relative-position tables, global blocks from which
     tables span the whole grid. The decoder's head count leaves no trace in the weights: it is taken
     from a known architecture with the same shapes, else SAM's 8."""
+    from segsearch.models import sam2_build
+
     state = load_state_dict(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # Meta's SAM 2 checkpoints
+    if sam2_build.is_sam2_state(state):
+        from segsearch.models.registry import known_sam_configs
+
+        custom = [c for c in known_sam_configs("sam2") if c["yaml"].startswith("segsearch:")]
+        return sam2_build.config_from_state(state, custom)
     try:
         return config_from_state(state)
     except KeyError as exc:
@@ -114,59 +130,105 @@ def load_sam(spec: SamSpec, checkpoints: Path, *, device: str = "cpu", offline: 
 
     from segsearch.models.weights import ensure_weights
 
+    if spec.family == "sam2":
+        from segsearch.models.sam2_build import build_sam2_model, load_sam2_state
+
+        build, load = build_sam2_model, load_sam2_state
+    else:
+        build, load = build_sam_model, load_state_dict
     if spec.weights is None:
         torch.manual_seed(spec.seed)
-        sam = build_sam_model(spec.config)
+        sam = build(spec.config)
     else:
         path = ensure_weights(spec.weights, checkpoints, offline=offline)
-        sam = build_sam_model(spec.config)
-        sam.load_state_dict(load_state_dict(path))
+        sam = build(spec.config)
+        sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load(path).items()})
     return sam.to(device).eval()
+
+
+def image_predictor(model):
+    """The family's own image predictor around ``model``: ``SamPredictor`` or ``SAM2ImagePredictor``
+    (its feature-map sizes follow the model's input size; the package assumes 1024 px)."""
+    if not is_sam2(model):
+        from segment_anything import SamPredictor
+
+        return SamPredictor(model)
+    import warnings
+
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    with warnings.catch_warnings():  # SAM2Transforms uses torch.jit.script, deprecated in torch 2.10+
+        warnings.simplefilter("ignore", FutureWarning)
+        pred = SAM2ImagePredictor(model)
+    s = model.image_size
+    pred._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    return pred
+
+
+class Prompted(NamedTuple):
+    masks: Any  # (N, H, W) bool
+    scores: Any  # (N,) predicted IoU
+    cached: bool  # the image embedding came from the cache
+    logits: Any  # (N, h, w) low-resolution logits: the next call's mask_input refines mask i
 
 
 class PromptSegmenter:
     """Point/box prompts on one image -> masks, with SAM's image embeddings cached by a key the
     caller gives (the image's content hash or id): repeated prompts on one image only run the
-    light prompt encoder and mask decoder. Calls are serialised (one model instance)."""
+    light prompt encoder and mask decoder. Either family; a previous answer's low-resolution logits
+    given back as ``mask_input`` refine it (SAM's iterative prompting). Calls are serialised (one
+    model instance)."""
 
     def __init__(self, sam, *, cache_images: int = 16, lock=None):
         import threading
         from collections import OrderedDict
 
         self.sam = sam
+        self.sam2 = is_sam2(sam)
         self.cache_images = cache_images
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._lock = lock or threading.Lock()  # a server shares one lock over all its torch calls
+        self._predictor = image_predictor(sam)
 
-    def predict(self, key: str, rgb, *, points=None, labels=None, box_xyxy=None, multimask: bool = True):
-        """``(masks (N, H, W) bool, scores (N,), cached)`` for the prompts; ``cached`` says whether
-        the image embedding came from the cache."""
+    @property
+    def low_res_shape(self) -> tuple[int, int]:
+        """The side of the low-resolution logits (what ``mask_input`` must have)."""
+        side = (self.sam.image_size if self.sam2 else self.sam.image_encoder.img_size) // 4
+        return side, side
+
+    _STATE = {
+        False: ("features", "original_size", "input_size"),
+        True: ("_features", "_orig_hw"),
+    }
+
+    def predict(
+        self, key: str, rgb, *, points=None, labels=None, box_xyxy=None, multimask: bool = True, mask_input=None
+    ) -> Prompted:
+        """Masks for the prompts on ``rgb`` (whose embedding is cached under ``key``)."""
         import numpy as np
         import torch
-        from segment_anything import SamPredictor
 
+        pred, fields = self._predictor, self._STATE[self.sam2]
         with self._lock:
-            predictor = SamPredictor(self.sam)
             state = self._cache.get(key)
             if state is not None:
                 self._cache.move_to_end(key)
-                predictor.reset_image()
-                predictor.features = state["features"]
-                predictor.original_size, predictor.input_size = state["original_size"], state["input_size"]
-                predictor.is_image_set = True
+                for f in fields:
+                    setattr(pred, f, state[f])
+                if self.sam2:
+                    pred._is_image_set, pred._is_batch = True, False
+                else:
+                    pred.is_image_set = True
             else:
                 with torch.inference_mode():
-                    predictor.set_image(rgb)
-                self._cache[key] = {
-                    "features": predictor.features,
-                    "original_size": predictor.original_size,
-                    "input_size": predictor.input_size,
-                }
+                    pred.set_image(rgb)
+                self._cache[key] = {f: getattr(pred, f) for f in fields}
                 while len(self._cache) > self.cache_images:
                     self._cache.popitem(last=False)
             box = None if box_xyxy is None else np.asarray(box_xyxy, np.float32)
+            mask = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, *self.low_res_shape)
             with torch.inference_mode():
-                masks, scores, _ = predictor.predict(
-                    point_coords=points, point_labels=labels, box=box, multimask_output=multimask
+                masks, scores, logits = pred.predict(
+                    point_coords=points, point_labels=labels, box=box, mask_input=mask, multimask_output=multimask
                 )
-        return masks.astype(bool), scores, state is not None
+        return Prompted(np.asarray(masks).astype(bool), np.asarray(scores), state is not None, np.asarray(logits))

@@ -103,3 +103,12 @@ for _name, _repo, _file, _rev, _sha in [
             description="shapes CLIP on the fake hub",
         )
     )
+
+# A random-init SAM 2.1 (the sam2 package's classes at sam2-shapes-tiny's small config).
+from segsearch.models.registry import SAM2_SHAPES_TINY_CONFIG  # noqa: E402
+
+TINY_SAM2 = register_sam(
+    SamSpec(
+        "sam2-test-tiny", SAM2_SHAPES_TINY_CONFIG, None, "random-init tiny SAM 2.1 for tests", seed=0, family="sam2"
+    )
+)

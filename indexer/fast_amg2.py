@@ -1,0 +1,205 @@
+"""Fast automatic mask generation for SAM 2 / 2.1: ``SAM2AutomaticMaskGenerator``'s algorithm,
+reordered as :mod:`~segsearch.indexer.fast_amg` does for SAM 1, so full-resolution work is done
+only for candidates that can survive.
+
+The official generator decodes every grid prompt (3 masks each, 3,072 for a 32x32 grid), upsamples
+*all* of them to the image's resolution, and only then filters by predicted IoU and stability.
+Here, with the same model, prompts and settings:
+
+1. the image is encoded once per crop by ``SAM2ImagePredictor.set_image`` (the package's own
+   preprocessing and feature maps), and the prompts are decoded in batches by the model's own
+   prompt encoder and mask decoder (with the high-resolution features), keeping the
+   low-resolution logits;
+2. the predicted-IoU filter runs on the decoder's scores before any upsampling (the same numbers
+   the reference filters on);
+3. the stability score is estimated on the low-resolution logits, and a candidate is dropped
+   there only when the estimate is more than ``LOW_RES_ERR`` below the threshold (the measured
+   low-to-full resolution error is far smaller); every other candidate is upsampled exactly as
+   ``SAM2Transforms.postprocess_masks`` does (one bilinear step), scored and filtered at full
+   resolution, so kept masks, scores and boxes are the reference's own;
+4. box NMS, crop NMS and the output follow the reference with its own helpers, and candidates
+   are compressed to RLE batch by batch, so memory stays at the reference's level.
+
+The small-region clean-up is segsearch's (:func:`~segsearch.indexer.amg.clean_small_regions`, the
+same for both families and every device; the package's low-resolution hole filling needs its CUDA
+extension and is skipped without it, so it is never used here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segsearch.masks import MaskSet
+
+
+class FastAMG2:
+    name = "fast"
+    LOW_RES_ERR = 0.12  # stability estimate error allowed before a low-resolution drop (see module doc)
+    # Full-resolution float32 logits held at once while upsampling: 256 MB, as the SAM 1 engine
+    UPSAMPLE_BYTES = 256 << 20
+
+    def __init__(
+        self,
+        sam,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.8,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+        multimask_output: bool = True,
+    ):
+        """``SAM2AutomaticMaskGenerator``'s parameters (``use_m2m`` is not supported)."""
+        from sam2.utils.amg import build_all_layer_point_grids
+
+        from segsearch.models.sam import image_predictor
+
+        self.sam = sam
+        self.predictor = image_predictor(sam)
+        self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.mask_threshold = mask_threshold
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.multimask_output = multimask_output
+        self.timings: dict[str, float] = {}
+
+    def generate(self, rgb: np.ndarray) -> MaskSet:
+        import torch
+        from sam2.utils.amg import MaskData, generate_crop_boxes
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        from segsearch.indexer.amg import clean_small_regions, masks_from_data
+
+        self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
+        orig_size = rgb.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        data = MaskData()
+        with torch.inference_mode():
+            for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+                data.cat(self._process_crop(rgb, crop_box, layer_idx, orig_size))
+            if len(crop_boxes) > 1 and "boxes" in data._stats and len(data["boxes"]):
+                scores = 1 / box_area(data["crop_boxes"]).float()
+                keep = batched_nms(
+                    data["boxes"].float(), scores, torch.zeros(len(data["boxes"])), iou_threshold=self.crop_nms_thresh
+                )
+                data.filter(keep)
+        if "rles" not in data._stats or len(data["rles"]) == 0:
+            return MaskSet.empty(*orig_size)
+        masks, iou, stab = masks_from_data(data)
+        if self.min_mask_region_area > 0:
+            masks, iou, stab = clean_small_regions(
+                masks, iou, stab, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+        return MaskSet.from_masks(masks, iou, stab).sort_canonical()
+
+    def _process_crop(self, rgb, crop_box, layer_idx, orig_size):
+        import time
+
+        import torch
+        from sam2.utils.amg import MaskData, uncrop_boxes_xyxy
+        from torchvision.ops.boxes import batched_nms
+
+        pred = self.predictor
+        x0, y0, x1, y1 = crop_box
+        crop = rgb[y0:y1, x0:x1, :]
+        crop_size = crop.shape[:2]
+        t0 = time.perf_counter()
+        pred.set_image(crop)
+        t1 = time.perf_counter()
+        self.timings["encoder"] += t1 - t0
+        points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
+        lows, ious = [], []
+        for i in range(0, len(points), self.points_per_batch):
+            low, iou = self._decode(points[i : i + self.points_per_batch], crop_size)
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            lows.append(low[keep])
+            ious.append(iou[keep])
+        t2 = time.perf_counter()
+        self.timings["decoder"] += t2 - t1
+        data = self._full_resolution(torch.cat(lows), torch.cat(ious), crop_box, crop_size, orig_size)
+        pred.reset_predictor()
+        if len(data["rles"]):
+            keep = batched_nms(
+                data["boxes"].float(),
+                data["iou_preds"],
+                torch.zeros(len(data["boxes"])),
+                iou_threshold=self.box_nms_thresh,
+            )
+            data.filter(keep)
+            data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+            data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
+        self.timings["postprocess"] += time.perf_counter() - t2
+        return data if len(data["rles"]) else MaskData()
+
+    def _decode(self, points, crop_size):
+        """Grid prompts -> (low-res logits K x h x w, predicted IoU K), K = prompts x outputs: the
+        predictor's ``_predict`` without its upsampling of every mask."""
+        import torch
+
+        pred, model = self.predictor, self.sam
+        pts = torch.as_tensor(points, dtype=torch.float32, device=pred.device)
+        coords = pred._transforms.transform_coords(pts, normalize=True, orig_hw=crop_size)
+        labels = torch.ones(len(coords), 1, dtype=torch.int, device=coords.device)
+        sparse, dense = model.sam_prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+        feats = pred._features
+        low, iou, _, _ = model.sam_mask_decoder(
+            image_embeddings=feats["image_embed"][-1].unsqueeze(0),
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.multimask_output,
+            repeat_image=len(coords) > 1,
+            high_res_features=[f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
+        )
+        return low.flatten(0, 1).float(), iou.flatten(0, 1).float()
+
+    def _full_resolution(self, low, iou, crop_box, crop_size, orig_size):
+        """Stability filter, masks, boxes and RLEs for the IoU survivors of one crop."""
+        import torch
+        import torch.nn.functional as F
+        from sam2.utils.amg import (
+            MaskData,
+            batched_mask_to_box,
+            calculate_stability_score,
+            is_box_near_crop_edge,
+            mask_to_rle_pytorch,
+            uncrop_masks,
+        )
+
+        thr, off, t = self.mask_threshold, self.stability_score_offset, self.stability_score_thresh
+        if t > 0 and len(low):
+            maybe = calculate_stability_score(low, thr, off) >= t - self.LOW_RES_ERR
+            low, iou = low[maybe], iou[maybe]
+        orig_h, orig_w = orig_size
+        out = MaskData(rles=[], boxes=torch.zeros((0, 4)), iou_preds=iou[:0].cpu(), stability_score=iou[:0].cpu())
+        step = max(1, min(32, self.UPSAMPLE_BYTES // (4 * crop_size[0] * crop_size[1])))
+        for j in range(0, len(low), step):
+            full = F.interpolate(low[j : j + step, None], crop_size, mode="bilinear", align_corners=False)[:, 0]
+            stab = calculate_stability_score(full, thr, off)
+            keep = stab >= t if t > 0 else torch.ones_like(stab, dtype=torch.bool)
+            masks = full[keep] > thr
+            del full
+            boxes = batched_mask_to_box(masks)
+            edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+            masks, boxes = masks[edge], boxes[edge]
+            part = MaskData(
+                rles=mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w)),
+                boxes=boxes.cpu(),
+                iou_preds=iou[j : j + step][keep][edge].cpu(),
+                stability_score=stab[keep][edge].cpu(),
+            )
+            out.cat(part)
+        return out
