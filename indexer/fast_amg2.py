@@ -31,6 +31,8 @@ import numpy as np
 
 from segsearch.masks import MaskSet
 
+from segsearch.indexer.fast_amg import _decode_batch
+
 
 class FastAMG2:
     name = "fast"
@@ -122,8 +124,17 @@ class FastAMG2:
         self.timings["encoder"] += t1 - t0
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         lows, ious = [], []
-        for i in range(0, len(points), self.points_per_batch):
-            low, iou = self._decode(points[i : i + self.points_per_batch], crop_size)
+        grid = None
+        if self.multimask_output:
+            from segsearch.indexer.grid_decoder import GridDecoder
+
+            feats = pred._features
+            grid = GridDecoder(self.sam, feats["image_embed"][-1:], [f[-1:] for f in feats["high_res_feats"]])
+        # the decoder batch is a speed knob only (see fast_amg._decode_batch); without the grid
+        # decoder (single-mask output) the reference's points_per_batch
+        batch = _decode_batch(pred._features["image_embed"]) if grid is not None else self.points_per_batch
+        for i in range(0, len(points), batch):
+            low, iou = self._decode(points[i : i + batch], crop_size, grid)
             keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
             lows.append(low[keep])
             ious.append(iou[keep])
@@ -144,9 +155,11 @@ class FastAMG2:
         self.timings["postprocess"] += time.perf_counter() - t2
         return data if len(data["rles"]) else MaskData()
 
-    def _decode(self, points, crop_size):
+    def _decode(self, points, crop_size, grid=None):
         """Grid prompts -> (low-res logits K x h x w, predicted IoU K), K = prompts x outputs: the
-        predictor's ``_predict`` without its upsampling of every mask."""
+        predictor's ``_predict`` without its upsampling of every mask. With ``grid`` (a
+        :class:`~segsearch.indexer.grid_decoder.GridDecoder`, multimask) only prompts with an
+        output above the IoU threshold come back, and per-image work is done once."""
         import torch
 
         pred, model = self.predictor, self.sam
@@ -154,6 +167,9 @@ class FastAMG2:
         coords = pred._transforms.transform_coords(pts, normalize=True, orig_hw=crop_size)
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=coords.device)
         sparse, dense = model.sam_prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+        if grid is not None:
+            low, iou, _ = grid(sparse, self.pred_iou_thresh)
+            return low.flatten(0, 1).float(), iou.flatten(0, 1).float()
         feats = pred._features
         low, iou, _, _ = model.sam_mask_decoder(
             image_embeddings=feats["image_embed"][-1].unsqueeze(0),

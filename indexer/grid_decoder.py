@@ -13,9 +13,11 @@ The mask upscaling (two transposed convolutions on the full embedding grid, the 
 cost per prompt) runs only for prompts with at least one multimask output whose predicted IoU
 passes the threshold; the automatic mask generator drops the others before it looks at a mask.
 
-Everything else is `segment_anything`'s own modules, called in the same order, so the outputs are
+Everything else is the model's own modules, called in the same order, so the outputs are
 `MaskDecoder.forward(..., multimask_output=True)`'s up to float rounding (tests/test_amg.py checks
-it against the official decoder).
+it against the official decoder). SAM 2's decoder is the same design with three additions, handled
+here: an object-score token before the IoU token, a sigmoid on the IoU head, and the image
+encoder's stride-4 and stride-8 feature maps added while upscaling (shared by every prompt).
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ import math
 class GridDecoder:
     """Decodes single-point prompts (multimask) against one image embedding.
 
-    ``features`` is the predictor's image embedding (1 x C x h x w)."""
+    ``features`` is the predictor's image embedding (1 x C x h x w); for SAM 2, ``high_res`` its
+    two high-resolution feature maps (stride 4, stride 8; 1 x C' x H x W each)."""
 
-    def __init__(self, sam, features):
+    def __init__(self, sam, features, high_res=None):
         import torch
 
-        md = sam.mask_decoder
+        sam2 = hasattr(sam, "sam_mask_decoder")
+        md = sam.sam_mask_decoder if sam2 else sam.mask_decoder
         tr = md.transformer
         first = tr.layers[0]
         if not first.skip_first_layer_pe:  # pragma: no cover - all SAM variants skip it
             raise ValueError("GridDecoder expects SAM's first two-way layer to skip the token PE")
-        pe = sam.prompt_encoder
+        pe = sam.sam_prompt_encoder if sam2 else sam.prompt_encoder
         self.md, self.tr, self.first = md, tr, first
         self.hw = tuple(features.shape[-2:])
         dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)  # the dense embedding when no mask is given
@@ -47,7 +51,14 @@ class GridDecoder:
         self.t2i_k = _heads(t2i.k_proj(key), t2i.num_heads)  # 1 x H x N x c
         self.t2i_v = _heads(t2i.v_proj(self.src), t2i.num_heads)
         self.i2t_q = _heads(i2t.q_proj(key), i2t.num_heads)
-        self.output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = [md.iou_token.weight, md.mask_tokens.weight]
+        self.skip = 0  # output tokens before the IoU token (SAM 2's object-score token)
+        if getattr(md, "pred_obj_scores", False):
+            tokens.insert(0, md.obj_score_token.weight)
+            self.skip = 1
+        self.output_tokens = torch.cat(tokens, dim=0)
+        self.iou_sigmoid = bool(getattr(md, "iou_prediction_use_sigmoid", False))
+        self.high_res = high_res if getattr(md, "use_high_res_features", False) else None
 
     def __call__(self, sparse, iou_thresh: float = 0.0):
         """``sparse``: B x P x C point embeddings from the prompt encoder. Returns (low-res mask
@@ -88,7 +99,11 @@ class GridDecoder:
         attn = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
         queries = tr.norm_final_attn(queries + attn)
 
-        iou = md.iou_prediction_head(queries[:, 0, :])[:, 1:]  # multimask outputs
+        s = self.skip
+        iou = md.iou_prediction_head(queries[:, s, :])
+        if self.iou_sigmoid:
+            iou = iou.sigmoid()
+        iou = iou[:, 1:]  # multimask outputs
         if iou_thresh > 0:
             idx = torch.nonzero(iou.max(dim=1).values > iou_thresh).flatten()
         else:
@@ -98,9 +113,9 @@ class GridDecoder:
         if len(idx) == 0:
             return iou.new_zeros((0, 3, h * 4, w * 4)), iou[:0], idx
         src = keys[idx].transpose(1, 2).reshape(len(idx), c, h, w)
-        up = _upscale(md.output_upscaling, src)
+        up = _upscale(md.output_upscaling, src, self.high_res)
         hyper = torch.stack(
-            [md.output_hypernetworks_mlps[i](queries[idx, 1 + i, :]) for i in range(1, md.num_mask_tokens)], dim=1
+            [md.output_hypernetworks_mlps[i](queries[idx, s + 1 + i, :]) for i in range(1, md.num_mask_tokens)], dim=1
         )
         n, uc, uh, uw = up.shape
         masks = (hyper @ up.view(n, uc, uh * uw)).view(n, -1, uh, uw)
@@ -214,15 +229,21 @@ def _image_to_tokens(mod, kp, kt, vt, q_cached=None, residual=None, inplace=Fals
     return torch.baddbmm(residual.expand(b, -1, -1), a_t, u)
 
 
-def _upscale(seq, x):
+def _upscale(seq, x, high_res=None):
     """``MaskDecoder.output_upscaling`` (ConvT, LayerNorm2d, GELU, ConvT, GELU) with the channel
-    LayerNorm done by the fused kernel on a channels-last view instead of five elementwise ops."""
+    LayerNorm done by the fused kernel on a channels-last view instead of five elementwise ops.
+    SAM 2 adds its stride-8 features after the first transposed convolution and its stride-4
+    features after the second (``high_res`` = (stride 4, stride 8), broadcast over the prompts)."""
     import torch.nn.functional as F
-    from segment_anything.modeling.common import LayerNorm2d
 
     conv1, norm, act1, conv2, act2 = seq
-    if not isinstance(norm, LayerNorm2d):  # pragma: no cover - a model with another head
-        return seq(x)
+    if type(norm).__name__ != "LayerNorm2d":  # pragma: no cover - a model with another head
+        raise ValueError(f"unexpected mask upscaling norm {type(norm).__name__}")
     x = conv1(x)
+    if high_res is not None:
+        x = x + high_res[1]
     x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
-    return act2(conv2(act1(x)))
+    x = conv2(act1(x))
+    if high_res is not None:
+        x = x + high_res[0]
+    return act2(x)

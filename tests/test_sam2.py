@@ -203,3 +203,75 @@ def test_index_a_folder_with_sam2_shapes_tiny_then_search_offline(tmp_path):
     box[y : y + h, x : x + w] = True
     overlaps = [(m & box).sum() / (m | box).sum() for m in sc.masks]
     assert sc.captions[int(np.argmax(overlaps))] == label and max(overlaps) > 0.3
+
+
+def test_grid_decoder_gives_sam2s_own_decoder_logits(sam2_tiny):
+    """The fast engine's decoder on SAM 2 (object-score token, sigmoid IoU head, high-resolution
+    features added while upscaling) returns SAM2's MaskDecoder outputs for the prompts it keeps."""
+    from segsearch.models.sam import image_predictor
+
+    from segsearch.indexer.grid_decoder import GridDecoder
+
+    img = make_scene(HELDOUT_SEEDS[4]).image
+    pred = image_predictor(sam2_tiny)
+    with torch.inference_mode():
+        pred.set_image(img)
+        pts = np.random.default_rng(1).random((48, 2)) * np.array(img.shape[:2])[::-1]
+        coords = pred._transforms.transform_coords(torch.as_tensor(pts, dtype=torch.float32), True, img.shape[:2])
+        pe = sam2_tiny.sam_prompt_encoder
+        sparse, dense = pe(points=(coords[:, None, :], torch.ones(48, 1, dtype=torch.int)), boxes=None, masks=None)
+        feats = pred._features
+        low, iou, _, _ = sam2_tiny.sam_mask_decoder(
+            image_embeddings=feats["image_embed"],
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            repeat_image=True,
+            high_res_features=feats["high_res_feats"],
+        )
+        grid = GridDecoder(sam2_tiny, feats["image_embed"], feats["high_res_feats"])
+        g_low, g_iou, idx = grid(sparse, 0.0)
+        assert torch.allclose(g_iou, iou, atol=1e-5) and torch.allclose(g_low, low, atol=1e-3)
+        thresh = float(iou.max(1).values.median())
+        k_low, k_iou, k_idx = grid(sparse, thresh)
+        assert 0 < len(k_idx) < 48 and torch.equal(k_idx, torch.nonzero(iou.max(1).values > thresh).flatten())
+        assert torch.allclose(k_low, low[k_idx], atol=1e-3)
+
+
+def test_a_sam2_1_model_comes_from_the_hub_on_first_use_and_indexes(tmp_path):
+    """`segsearch index --sam sam2.1-hiera-tiny` on a fresh machine: the checkpoint is fetched from
+    facebook/sam2.1-hiera-tiny (here a loopback fake hub serving a random-init file in Meta's format
+    and the real tiny architecture), its hash recorded on first use, loaded, and a photo indexed."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from fake_hub import FakeHub, running
+
+    from segsearch.models.sam2_build import build_sam2_model
+
+    torch.manual_seed(0)
+    model = build_sam2_model(get_sam_spec("sam2.1-hiera-tiny").config)
+    buf = io.BytesIO()
+    torch.save({"model": {k: v.half() for k, v in model.state_dict().items()}}, buf)
+    hub = FakeHub()
+    hub.add("facebook/sam2.1-hiera-tiny", {"sam2.1_hiera_tiny.pt": buf.getvalue()}, commit="a" * 40)
+    write(tmp_path / "lib" / "a.png", png_bytes(make_scene(HELDOUT_SEEDS[0]).image[:96, :128].copy()))
+    cli = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
+    with running(hub):
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SEGSEARCH_"))},
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_DISABLE_XET": "1",
+            "SEGSEARCH_DATA": str(tmp_path / "data"),
+            "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+        }
+        args = ["index", str(tmp_path / "lib"), "--sam", "sam2.1-hiera-tiny", "--clip", "clip-test-tiny", "--json"]
+        r = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["indexed"] == 1
+    pins = json.loads((tmp_path / "ckpt" / "hub-pins.json").read_text())
+    assert pins["facebook/sam2.1-hiera-tiny/sam2.1_hiera_tiny.pt"]["revision"] == "a" * 40

@@ -390,6 +390,19 @@ register_sam(
     )
 )
 
+register_sam(
+    SamSpec(
+        "sam2-shapes-tiny",
+        SAM2_SHAPES_TINY_CONFIG,
+        Weights("sam2-shapes-tiny.pt", "dc0abc2a46d3f6c68f5abafb855fbf2c06acfed7f9dea089c34214c3f50b6b89"),
+        "bundled: tiny SAM 2.1 (the sam2 package's classes) trained on the shapes world (training/train_sam2.py); "
+        "knows only coloured shapes",
+        licence="Apache-2.0",
+        cost="0.004x",
+        family="sam2",
+    )
+)
+
 register_clip(
     ClipSpec(
         "clip-shapes-tiny",
