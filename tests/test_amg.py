@@ -178,7 +178,7 @@ def test_fused_attention_encoder_gives_the_official_embedding(model, shapes_sam)
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG
+    from segsearch.models.known import SAM_SHAPES_TINY_CONFIG
     from segsearch.models.sam import build_sam_model
 
     from segsearch.indexer import fast_encoder

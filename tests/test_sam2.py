@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from segsearch.eval.shapes import HELDOUT_SEEDS, make_scene
 from segsearch.models import get_sam_spec
-from segsearch.models.registry import SAM2_SHAPES_TINY_CONFIG
+from segsearch.models.known import SAM2_SHAPES_TINY_CONFIG
 from segsearch.models.sam import load_sam
 
 from segsearch.cli import app

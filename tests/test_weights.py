@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from segsearch.errors import ChecksumMismatch, WeightsUnavailable
-from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG, SamSpec, Weights, register_sam, sam_config
+from segsearch.models.known import SAM_SHAPES_TINY_CONFIG
+from segsearch.models.registry import SamSpec, Weights, register_sam, sam_config
 from segsearch.models.weights import ensure_weights
 
 from segsearch.cli import app

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from segsearch.crops import cut_crop
 from segsearch.eval.shapes import COLORS, HELDOUT_SEEDS, SHAPES, TRAIN_SEEDS, make_scene
 from segsearch.masks import mask_box_xywh
-from segsearch.models.registry import CLIP_SHAPES_TINY_CFG
+from segsearch.models.known import CLIP_SHAPES_TINY_CFG
 
 SIZE = CLIP_SHAPES_TINY_CFG["vision_cfg"]["image_size"]
 TRAIN_TEMPLATES = [

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from segsearch.eval.shapes import HELDOUT_SEEDS, TRAIN_SEEDS, VALIDATION_SEEDS, make_scene
-from segsearch.models.registry import SAM_SHAPES_TINY_CONFIG
+from segsearch.models.known import SAM_SHAPES_TINY_CONFIG
 from segsearch.models.sam import build_sam_model
 
 IMG = SAM_SHAPES_TINY_CONFIG["image_size"]  # set by --image-size (module globals: the rendering pool sees them)

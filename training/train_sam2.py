@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_sam as sam1  # noqa: E402  (the shapes-world prompts, losses and background components)
 
 from segsearch.eval.shapes import HELDOUT_SEEDS, TRAIN_SEEDS, VALIDATION_SEEDS, make_scene  # noqa: E402
-from segsearch.models.registry import SAM2_SHAPES_TINY_CONFIG  # noqa: E402
+from segsearch.models.known import SAM2_SHAPES_TINY_CONFIG  # noqa: E402
 from segsearch.models.sam2_build import build_sam2_model  # noqa: E402
 
 IMG = 512

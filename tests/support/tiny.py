@@ -69,7 +69,8 @@ TINY_AMG = {
 # CLIP models served by the loopback fake hub (tests/fake_hub.py): the bundled clip-shapes-tiny
 # weights in a hub repo, pinned, unpinned (trust on first use), with a wrong pin, private, missing.
 from segsearch.models.hub import HubWeights  # noqa: E402
-from segsearch.models.registry import CLIP_SHAPES_TINY_CFG, get_clip_spec  # noqa: E402
+from segsearch.models.known import CLIP_SHAPES_TINY_CFG  # noqa: E402
+from segsearch.models.registry import get_clip_spec  # noqa: E402
 
 HUB_REPO = "segsearch-test/clip-shapes-tiny"
 HUB_FILE = "open_clip_pytorch_model.bin"
@@ -105,7 +106,7 @@ for _name, _repo, _file, _rev, _sha in [
     )
 
 # A random-init SAM 2.1 (the sam2 package's classes at sam2-shapes-tiny's small config).
-from segsearch.models.registry import SAM2_SHAPES_TINY_CONFIG  # noqa: E402
+from segsearch.models.known import SAM2_SHAPES_TINY_CONFIG  # noqa: E402
 
 TINY_SAM2 = register_sam(
     SamSpec(
