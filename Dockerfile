@@ -28,7 +28,12 @@ COPY migrations ./migrations
 COPY checkpoints ./checkpoints
 RUN pip install '.[postgres,ray,sam2]'
 
-# checkpoints/ is also mounted from the host by docker-compose (downloaded real weights)
+# Run as an unprivileged user (uid 1000, the usual first host user, so the bind-mounted checkpoints/
+# stays writable for downloads; compose's `user:` overrides it). checkpoints/ is also mounted from the
+# host by docker-compose (downloaded real weights).
+RUN useradd --create-home --uid 1000 --user-group segsearch \
+    && mkdir -p /data && chown -R segsearch:segsearch /data /app/checkpoints
+USER segsearch
 VOLUME ["/data"]
 EXPOSE 8000
 ENTRYPOINT ["segsearch"]

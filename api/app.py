@@ -13,7 +13,7 @@ from segsearch import __version__
 from segsearch.errors import SegsearchError
 from segsearch.settings import Settings
 
-from segsearch.api import admin, errors, routes
+from segsearch.api import admin, errors, metrics, routes
 from segsearch.api.guard import Guard
 from segsearch.api.services import Services
 
@@ -76,6 +76,7 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     errors.install(app)
+    metrics.install(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
 

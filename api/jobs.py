@@ -70,10 +70,16 @@ class Jobs:
         self._stop = threading.Event()
         self._cancel: set[str] = set()
         self._live: dict[str, dict] = {}
+        self.processed: dict[str, int] = {}  # images by outcome + segments, over this server's jobs (/metrics)
         self._lock = threading.Lock()
         self._models = None
         self._running: str | None = None
         self._thread: threading.Thread | None = None
+
+    def live_progress(self) -> dict[str, dict]:
+        """Progress of the running job(s), by job id (copies)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._live.items()}
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -198,6 +204,9 @@ class Jobs:
             progress["files_total"] = total
 
         def on_image(outcome, _path) -> None:
+            with self._lock:
+                self.processed[outcome.status] = self.processed.get(outcome.status, 0) + 1
+                self.processed["segments"] = self.processed.get("segments", 0) + outcome.segments
             progress["files_done"] += 1
             progress[outcome.status] = progress.get(outcome.status, 0) + 1
             progress["segments"] += outcome.segments

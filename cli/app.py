@@ -50,6 +50,6 @@ def global_options(
         logging.getLogger("segsearch").warning("ignoring unknown environment variable %s", var)
 
 
-for command in (index.index, index.doctor, search.search, search.info, serve.serve, serve.demo):
+for command in (index.index, index.doctor, search.search, search.info, search.export, serve.serve, serve.demo):
     app.command()(command)
 app.add_typer(models.app, name="models")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -112,3 +113,39 @@ def info(
             f"{r['skipped']} skipped, {r['failed']} failed"
         )
     typer.echo(f"on disk   {d['size_bytes']['total'] / 1e6:.1f} MB")
+
+
+class ExportFormat(str, Enum):
+    jsonl = "jsonl"
+    coco = "coco"
+    parquet = "parquet"
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (replaced when complete).")],
+    format: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="jsonl | coco (pycocotools-loadable) | parquet (+ vectors).")
+    ] = "jsonl",
+    kind: Annotated[Optional[str], typer.Option(help="object | image (coco: object unless given).")] = None,
+    path_prefix: Annotated[Optional[str], typer.Option(help="Only images under this path.")] = None,
+    data: Data = None,
+    database_url: DbUrl = None,
+    vector_backend: Backend = None,
+    qdrant_url: QdrantUrl = None,
+    json_out: Json = False,
+):
+    """Export the library's segments (masks as COCO RLE) for other tools."""
+    from segsearch.library import Library, make_settings
+
+    try:
+        settings = make_settings(
+            data=data, database_url=database_url, vector_backend=vector_backend, qdrant_url=qdrant_url
+        )
+        with Library(settings=settings) as library:
+            n = library.export(out, format=ExportFormat(format).value, kind=kind, path_prefix=path_prefix)
+    except SegsearchError as exc:
+        fail(exc)
+    if json_out:
+        typer.echo(json.dumps({"written": n, "out": str(out), "format": ExportFormat(format).value}))
+    else:
+        typer.echo(f"wrote {n} segments to {out} ({ExportFormat(format).value})")

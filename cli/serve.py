@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +14,13 @@ from segsearch.errors import SegsearchError
 
 from segsearch.cli.index import print_summary, run_index
 from segsearch.cli.options import Backend, Clip, Data, DbUrl, Device, Json, Offline, QdrantUrl, Sam, fail
+
+
+class DemoSam(str, Enum):
+    """The bundled SAMs (both know only the shapes world)."""
+
+    sam1 = "sam-shapes-tiny"
+    sam2 = "sam2-shapes-tiny"
 
 
 def serve(
@@ -87,11 +95,15 @@ def demo(
     ] = None,
     scenes: Annotated[int, typer.Option("--scenes", min=1, max=2000, help="Generated scenes to index.")] = 16,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=50)] = 3,
+    sam: Annotated[
+        DemoSam,
+        typer.Option("--sam", help="Bundled SAM: SAM 1 or SAM 2.1 architecture (the latter needs the sam2 extra)."),
+    ] = "sam-shapes-tiny",
     device: Device = None,
     json_out: Json = False,
 ):
     """Offline demo: generate shapes-world scenes, index them with the bundled small models
-    (sam-shapes-tiny + clip-shapes-tiny), run example queries and print the hits.
+    (sam-shapes-tiny or sam2-shapes-tiny, + clip-shapes-tiny), run example queries and print the hits.
 
     The bundled models know only coloured shapes; real photos need real weights
     (`segsearch index PHOTOS` downloads them)."""
@@ -101,9 +113,10 @@ def demo(
     from segsearch.library import Library, make_settings
     from segsearch.settings import user_data_dir
 
-    data = data or user_data_dir() / "demo"
+    sam = DemoSam(sam).value
+    data = data or user_data_dir() / ("demo" if sam == "sam-shapes-tiny" else "demo-sam2")  # a library keeps its SAM
     try:
-        settings = make_settings(data=data, device=device, sam="sam-shapes-tiny", clip="clip-shapes-tiny", **SHAPES_AMG)
+        settings = make_settings(data=data, device=device, sam=sam, clip="clip-shapes-tiny", **SHAPES_AMG)
         folder = Path(settings.data) / "scenes"
         folder.mkdir(parents=True, exist_ok=True)
         truth = _write_demo_scenes(folder, DEMO_SEEDS[:scenes])

@@ -303,36 +303,14 @@ class Library:
 
         return record.info(self.resolve("info"), self.catalog, self.vectors)
 
-    def export(self, dest: str | Path, *, kind: str | None = None) -> int:
-        """Write every indexed segment as one JSON line (segment and image ids, source paths, box,
-        area, SAM's scores, COCO RLE mask) to ``dest``; returns the number of lines."""
-        import json
+    def export(
+        self, dest: str | Path, *, format: str = "jsonl", kind: str | None = None, path_prefix: str | None = None
+    ) -> int:
+        """Write the indexed segments to ``dest``; returns how many. ``format``: ``jsonl`` (one
+        JSON line per segment: ids, source paths, box, area, SAM's scores, COCO RLE mask), ``coco``
+        (COCO instances JSON of the object segments, loadable by pycocotools) or ``parquet``
+        (segments with their CLIP vectors; needs pyarrow). ``kind`` and ``path_prefix`` select."""
+        from segsearch.export import export
 
-        n = 0
-        with open(Path(dest).expanduser(), "w") as out:
-            for image, rows in self.catalog.iter_indexed_segments():
-                paths = self.catalog.image_paths(image.id)
-                for r in rows:
-                    if kind is not None and r.kind != kind:
-                        continue
-                    out.write(
-                        json.dumps(
-                            {
-                                "segment_id": r.id,
-                                "image_id": image.id,
-                                "paths": paths,
-                                "width": image.width,
-                                "height": image.height,
-                                "kind": r.kind,
-                                "bbox": r.bbox,
-                                "area": int(r.area),
-                                "area_frac": r.area_frac,
-                                "predicted_iou": r.predicted_iou,
-                                "stability_score": r.stability_score,
-                                "rle": r.rle,
-                            }
-                        )
-                        + "\n"
-                    )
-                    n += 1
-        return n
+        collection = self.models().collection if format == "parquet" else None
+        return export(self.catalog, self.vectors, collection, dest, format, kind=kind, path_prefix=path_prefix)

@@ -155,6 +155,15 @@ def test_index_jobs_on_a_running_server(tmp_path, served):
         assert c.get("/v1/stats").json()["indexed"] == 5
         hits = c.post("/v1/search", json={"text": "x", "top_k": 10, "filters": {"path_prefix": str(more)}}).json()
         assert len({h["image_id"] for h in hits["hits"]}) == 3  # searchable at once, same process
+        # Prometheus sees the requests, the library and what the job did
+        metrics = c.get("/metrics")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+        lines = metrics.text.splitlines()
+        assert 'segsearch_images{status="indexed"} 5.0' in lines
+        assert 'segsearch_index_images_total{outcome="indexed"} 3.0' in lines
+        assert f"segsearch_index_segments_total {float(job['summary']['segments'])}" in lines
+        assert 'segsearch_jobs{status="completed"} 1.0' in lines
+        assert any(ln.startswith('http_requests_total{handler="/v1/search"') for ln in lines)
         # bad requests are the caller's: 422 problem+json naming the path
         r = c.post("/v1/jobs/index", json={"paths": [str(tmp_path / "nowhere")]})
         assert r.status_code == 422 and "nowhere" in r.json()["detail"]

@@ -13,6 +13,7 @@ from segsearch.masks import decode_rle
 
 
 def test_a_python_user_indexes_searches_segments_exports_and_comes_back(tmp_path):
+    """... and exports for other tools: JSON lines, Parquet with vectors, COCO through the CLI."""
     from segsearch import Library
 
     photos = tmp_path / "photos"
@@ -65,12 +66,40 @@ def test_a_python_user_indexes_searches_segments_exports_and_comes_back(tmp_path
         assert len(rows) == summary.segments and {r["image_id"] for r in rows} == {r["image_id"] for r in objects}
         assert all(decode_rle(r["rle"]).shape == (r["height"], r["width"]) for r in objects[:5])
 
-        info = lib.info()
-        assert info["library"]["sam"]["name"] == "sam-shapes-tiny" and info["counts"]["indexed"] == 6
-        assert lib.doctor()["found"]["total"] == 0
+        # other tools: COCO (pycocotools loads it; its masks are the stored ones) and Parquet with vectors
+        pq_out = tmp_path / "segments.parquet"
+        assert lib.export(pq_out, format="parquet", kind="object") == len(objects)
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(pq_out).to_pylist()
+        assert {t["segment_id"] for t in table} == {r["segment_id"] for r in objects}
+        assert all(len(t["vector"]) == 64 for t in table)  # clip-shapes-tiny's vectors ride along
+        assert abs(sum(v * v for v in table[0]["vector"]) - 1) < 1e-3
+
+    from pycocotools.coco import COCO
+    from pycocotools.mask import decode
+    from typer.testing import CliRunner
+
+    from segsearch.cli import app
+
+    coco_out = tmp_path / "coco.json"
+    r = CliRunner().invoke(app, ["export", "--format", "coco", "--out", str(coco_out), "--data", str(data)])
+    assert r.exit_code == 0 and f"wrote {len(objects)} segments" in r.stdout, r.output
+    coco = COCO(str(coco_out))
+    assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == len(objects)
+    stored = {r["segment_id"]: r for r in objects}
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        img = coco.loadImgs(ann["image_id"])[0]
+        want = stored[ann["segsearch_segment_id"]]
+        assert img["file_name"] == want["paths"][0] and ann["bbox"] == want["bbox"]
+        assert np.array_equal(coco.annToMask(ann), decode_rle(want["rle"]))
+    assert decode(coco.annToRLE(coco.loadAnns(coco.getAnnIds())[0])).sum() > 0
 
     # The library remembers its models: no model names, same answers.
     with Library(data, offline=True) as again:
+        info = again.info()
+        assert info["library"]["sam"]["name"] == "sam-shapes-tiny" and info["counts"]["indexed"] == 6
+        assert again.doctor()["found"]["total"] == 0
         assert [h.segment_id for h in again.search(query, top_k=3, filters={"kind": "object"})] == [
             h.segment_id for h in hits
         ]
