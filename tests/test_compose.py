@@ -93,3 +93,12 @@ def test_dockerfile_installs_torch_first_and_every_package_dir():
     for folder in package_dirs.values():
         assert re.search(rf"^COPY {folder} ", text, re.M), f"Dockerfile does not copy {folder}/"
     assert 'ENTRYPOINT ["segsearch"]' in text
+
+
+def test_prometheus_scrapes_the_api_when_asked(compose):
+    prom = compose["services"]["prometheus"]
+    assert prom["profiles"] == ["monitoring"] and published(prom) == {9090}
+    config = yaml.safe_load(compose["configs"][prom["configs"][0]["source"]]["content"])
+    job = config["scrape_configs"][0]
+    api_port = published(compose["services"]["api"]).pop()
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [f"api:{api_port}"]
