@@ -7,7 +7,7 @@ from importlib.resources import files
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from segsearch import __version__
 from segsearch.errors import SegsearchError
@@ -16,6 +16,13 @@ from segsearch.settings import Settings
 from segsearch.api import admin, errors, metrics, routes
 from segsearch.api.guard import Guard
 from segsearch.api.services import Services
+
+# a magnifier over a segment outline (SVG: browsers take it for /favicon.ico)
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><path d="M5 22l6-14 8 4 4 10z" '
+    'fill="#2b7de9"/><circle cx="19" cy="13" r="8" fill="none" stroke="#222" stroke-width="3"/>'
+    '<path d="M25 19l5 5" stroke="#222" stroke-width="4" stroke-linecap="round"/></svg>'
+)
 
 
 def create_app(
@@ -127,6 +134,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index_page():
         return page
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():  # browsers ask for it on every page load; a 404 there is noise in every log
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     return app
 

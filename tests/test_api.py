@@ -142,6 +142,8 @@ def test_stats_health_page_openapi(client):
     assert client.get("/readyz").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "segsearch" in page.text and "/v1/search" in page.text
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     spec = client.get("/openapi.json").json()
     assert {"/v1/search", "/v1/search/image", "/v1/segment", "/v1/stats"} <= set(spec["paths"])
     # client generators name methods after operation ids: short and stable, not path-derived
