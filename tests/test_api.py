@@ -204,6 +204,11 @@ def test_interactive_segment_caches_embedding(client, library):
         data={"box": "20,30,60,40", "multimask_output": "false"},
     )
     assert r2.json()["cached_embedding"] is True and len(r2.json()["masks"]) == 1
+    # SAM 1 refines too: the best mask's token back as mask_input with one more click
+    token = b1["masks"][0]["mask_token"]
+    form = {"points": "[[40, 50], [5, 5]]", "labels": "[1, 0]", "mask_input": token, "multimask_output": "false"}
+    r4 = client.post("/v1/segment", files={"file": ("a.png", data, "image/png")}, data=form)
+    assert r4.status_code == 200 and len(r4.json()["masks"]) == 1, r4.text
     image_id = client.post("/v1/search", json={"text": "x", "filters": {"kind": "image"}, "top_k": 1}).json()["hits"][
         0
     ]["image_id"]
