@@ -40,6 +40,7 @@ class ReferenceAMG:
     def __init__(self, sam, **params):
         from segsearch.models.sam import image_predictor, is_sam2
 
+        params = family_params(sam, params)  # (also when built directly, not by make_mask_generator)
         self.params = params
         self.sam2 = is_sam2(sam)
         if self.sam2:
