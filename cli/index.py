@@ -35,21 +35,23 @@ def index(
     amg: Annotated[
         Optional[str], typer.Option(help="Mask engine: fast | reference (same masks) (default: fast).")
     ] = None,
-    points_per_side: Annotated[Optional[int], typer.Option(help="AMG grid points per side (default: 32).")] = None,
+    points_per_side: Annotated[
+        Optional[int], typer.Option(help="AMG grid points per side (default: the model's; Meta's models 32).")
+    ] = None,
     points_per_batch: Annotated[
         Optional[int], typer.Option(help="AMG prompts per decoder batch (default: 64).")
     ] = None,
     pred_iou_thresh: Annotated[
         Optional[float],
-        typer.Option(help="AMG predicted-IoU filter (default: the SAM family's, 0.88 SAM 1, 0.8 SAM 2)."),
+        typer.Option(help="AMG predicted-IoU filter (default: the model's; SAM 1 0.88, SAM 2 0.8)."),
     ] = None,
     stability_score_thresh: Annotated[
-        Optional[float], typer.Option(help="AMG stability filter (default: 0.95).")
+        Optional[float], typer.Option(help="AMG stability filter (default: the model's; Meta's models 0.95).")
     ] = None,
     box_nms_thresh: Annotated[Optional[float], typer.Option(help="AMG box NMS IoU (default: 0.7).")] = None,
     crop_n_layers: Annotated[Optional[int], typer.Option(help="AMG crop layers (default: 0).")] = None,
     min_mask_region_area: Annotated[
-        Optional[int], typer.Option(help="AMG small-region cleanup (px) (default: 0).")
+        Optional[int], typer.Option(help="AMG small-region cleanup (px) (default: the model's; Meta's models 0).")
     ] = None,
     crop_mode: Annotated[Optional[str], typer.Option(help="masked | box | blur (default: masked)")] = None,
     min_segment_area: Annotated[

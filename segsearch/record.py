@@ -94,7 +94,10 @@ def clip_entry(settings: Settings) -> dict:
 
 
 def amg_entry(settings: Settings) -> dict:
-    return {k: getattr(settings, k) for k in AMG_FIELDS}
+    """The generator settings as run: unset ones resolved to the model's defaults, so the library
+    keeps the numbers it was indexed with."""
+    params = settings.amg_params()
+    return {k: params[k] for k in AMG_FIELDS}
 
 
 def crop_entry(settings: Settings) -> dict:
@@ -217,8 +220,8 @@ def resolve(
         if "clip" in explicit and clip_entry(resolved)["fingerprint"] != rec.clip.get("fingerprint"):
             changed.append(f"CLIP {resolved.clip} (recorded: {rec.clip.get('name')})")
         for k in AMG_FIELDS:
-            if k in explicit and rec.amg and getattr(resolved, k) != rec.amg.get(k):
-                changed.append(f"{k} {getattr(resolved, k)} (recorded: {rec.amg.get(k)})")
+            if k in explicit and rec.amg and resolved.amg_params()[k] != rec.amg.get(k):
+                changed.append(f"{k} {resolved.amg_params()[k]} (recorded: {rec.amg.get(k)})")
         for key, field in CROP_FIELDS.items():
             if field in explicit and rec.crop and getattr(resolved, field) != rec.crop.get(key):
                 changed.append(f"{field} {getattr(resolved, field)} (recorded: {rec.crop.get(key)})")

@@ -138,15 +138,17 @@ class Settings(BaseSettings):
         description="Mask engine: fast (same masks, survivors-only post-processing) or reference "
         "(the official SamAutomaticMaskGenerator). Not part of the fingerprint: both give the same masks.",
     )
-    points_per_side: int = Field(32, ge=1)
+    # Unset (None) generator settings take the SAM model's own (a bundled shapes model's tuned ones),
+    # else its family's generator defaults (SAM 1: 32 / 0.88 / 0.95 / 0; SAM 2: IoU 0.8).
+    points_per_side: int | None = Field(None, ge=1, description="Unset: the model's (Meta's: 32).")
     points_per_batch: int = Field(64, ge=1)
     pred_iou_thresh: float | None = Field(
-        None, ge=0.0, le=1.0, description="Unset: the SAM family's own default (SAM 1: 0.88, SAM 2: 0.8)."
+        None, ge=0.0, le=1.0, description="Unset: the model's (its family's generator: SAM 1 0.88, SAM 2 0.8)."
     )
-    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    stability_score_thresh: float | None = Field(None, ge=0.0, le=1.0, description="Unset: the model's (Meta's: 0.95).")
     box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
     crop_n_layers: int = Field(0, ge=0)
-    min_mask_region_area: int = Field(0, ge=0)
+    min_mask_region_area: int | None = Field(None, ge=0, description="Unset: the model's (Meta's: 0, no clean-up).")
 
     # --- crops ---------------------------------------------------------------------------
     crop_mode: CropMode = "masked"
@@ -221,22 +223,24 @@ class Settings(BaseSettings):
         return self.data / "vectors"
 
     def amg_params(self) -> dict:
-        """Parameters handed to the mask generator (part of the model fingerprint)."""
-        return {
+        """Parameters handed to the mask generator (part of the model fingerprint); unset ones
+        resolved to the SAM model's defaults (``segsearch.models.registry.amg_defaults``)."""
+        given = {
             "points_per_side": self.points_per_side,
             "points_per_batch": self.points_per_batch,
-            "pred_iou_thresh": self.pred_iou_thresh if self.pred_iou_thresh is not None else self._family_iou(),
+            "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_score_thresh,
             "box_nms_thresh": self.box_nms_thresh,
             "crop_n_layers": self.crop_n_layers,
             "min_mask_region_area": self.min_mask_region_area,
         }
+        if any(v is None for v in given.values()):
+            from segsearch.models import get_sam_spec
+            from segsearch.models.registry import amg_defaults
 
-    def _family_iou(self) -> float:
-        from segsearch.models import get_sam_spec
-        from segsearch.models.registry import FAMILY_AMG_DEFAULTS
-
-        return FAMILY_AMG_DEFAULTS[get_sam_spec(self.sam).family]["pred_iou_thresh"]
+            defaults = amg_defaults(get_sam_spec(self.sam))
+            given = {k: defaults[k] if v is None else v for k, v in given.items()}
+        return given
 
     def crop_params(self) -> dict:
         return {"mode": self.crop_mode, "padding": self.crop_padding, "min_area": self.min_segment_area}

@@ -207,7 +207,7 @@ def test_watch_keeps_a_folder_indexed(tmp_path, served):
 def test_cli_basics(tmp_path, monkeypatch):
     assert runner.invoke(app, ["--version"]).stdout.startswith("segsearch ")
     r = runner.invoke(app, ["index", "--help"], env={"COLUMNS": "200"})
-    assert "default: ./segsearch-data" in r.stdout and "default: 32" in r.stdout  # defaults shown
+    assert "default: ./segsearch-data" in r.stdout and "Meta's models 32" in r.stdout  # defaults shown
     r = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "--install-completion" in r.stdout and "--log-format" in r.stdout
     # a typo in an environment variable is said, not silently ignored

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from segsearch.models.known import SAM_SHAPES_TINY_AMG
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 35),
     "green": (40, 170, 60),
@@ -217,10 +219,4 @@ VALIDATION_SEEDS = range(30_000_000, 30_100_000)
 # small shape in a large square. Validation, min_mask_region_area 0 / 30 / 100 / 300 / 600 / 1200:
 # precision@5 0.954 / 0.959 / 0.979 / 0.990 / 0.990 / 0.995, recall@10 0.873 / 0.878 / 0.887 /
 # 0.890 / 0.899 / 0.902, mask recall 0.872 / 0.867 (30 to 600) / 0.863.
-SHAPES_AMG = {
-    "points_per_side": 16,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.7,
-    "stability_score_thresh": 0.6,
-    "min_mask_region_area": 600,
-}
+SHAPES_AMG = dict(SAM_SHAPES_TINY_AMG)  # (sam-shapes-tiny runs with them by default too)

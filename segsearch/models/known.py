@@ -190,6 +190,16 @@ for _name, _arch, _tag, _repo, _file, _rev, _sha, _size, _dim, _lic, _cost, _nee
 
 
 # --- bundled small models trained by this repo on the shapes world (training/) ------------------------
+# Generator settings chosen for each on the shapes world's validation split (training/README.md);
+# they run with these unless the user sets others. segsearch.eval.shapes.SHAPES_AMG is the first.
+SAM_SHAPES_TINY_AMG = {
+    "points_per_side": 16,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.7,
+    "stability_score_thresh": 0.6,
+    "min_mask_region_area": 600,
+}
+SAM2_SHAPES_TINY_AMG = dict(SAM_SHAPES_TINY_AMG)
 SAM_SHAPES_TINY_CONFIG = sam_config(
     "vit_b",
     image_size=512,
@@ -226,6 +236,7 @@ register_sam(
         "bundled: tiny SAM trained on the shapes world (training/train_sam.py); knows only coloured shapes",
         licence="Apache-2.0",
         cost="0.002x",
+        amg_defaults=SAM_SHAPES_TINY_AMG,
     )
 )
 
@@ -239,6 +250,7 @@ register_sam(
         licence="Apache-2.0",
         cost="0.004x",
         family="sam2",
+        amg_defaults=SAM2_SHAPES_TINY_AMG,
     )
 )
 

@@ -70,6 +70,8 @@ SAM_DEFAULTS = {
 # Each family's generator defaults where they differ (SamAutomaticMaskGenerator vs
 # SAM2AutomaticMaskGenerator): used when the setting is left unset.
 FAMILY_AMG_DEFAULTS = {"sam1": {"pred_iou_thresh": 0.88}, "sam2": {"pred_iou_thresh": 0.8}}
+# The generators' other defaults (both families): a 32x32 grid, stability 0.95, no clean-up.
+GENERATOR_DEFAULTS = {"points_per_side": 32, "stability_score_thresh": 0.95, "min_mask_region_area": 0}
 
 
 def sam_config(arch: str, **overrides) -> dict:
@@ -94,6 +96,7 @@ class SamSpec:
     cost: str = ""  # relative compute per image, for `models list`
     family: str = "sam1"
     mirror: str | None = None  # another official source of the same file (Meta's URL for SAM 2.1)
+    amg_defaults: dict | None = None  # generator settings it runs with unless the user sets them
 
     @property
     def fingerprint(self) -> str:
@@ -109,6 +112,12 @@ class SamSpec:
     @property
     def needs(self) -> str:
         return "sam2 (pip install 'segsearch[sam2]')" if self.family == "sam2" else ""
+
+
+def amg_defaults(spec: SamSpec) -> dict:
+    """Generator settings a model runs with when the user sets none: its own (``spec.amg_defaults``,
+    e.g. a bundled model's tuned ones), else its family's generator defaults."""
+    return {**GENERATOR_DEFAULTS, **FAMILY_AMG_DEFAULTS[spec.family], **(spec.amg_defaults or {})}
 
 
 @dataclass(frozen=True)

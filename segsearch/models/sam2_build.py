@@ -43,7 +43,9 @@ def config_path(ref: str) -> Path:
 
 
 def build_sam2_model(config: dict):
-    """A ``SAM2Base`` in eval mode on the CPU, random init."""
+    """A ``SAM2Base`` in eval mode on the CPU, random init. A YAML may size the mask decoder
+    (top-level ``mask_decoder: {num_heads, mlp_dim, iou_head_hidden_dim}``): ``SAM2Base`` fixes
+    those at Meta's values (8 heads, MLP 2048, IoU head 256) whatever ``d_model`` is."""
     try:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
@@ -54,7 +56,35 @@ def build_sam2_model(config: dict):
     cfg = OmegaConf.load(config_path(config["yaml"]))
     cfg.model.sam_mask_decoder_extra_args = dict(POSTPROCESSING)
     OmegaConf.resolve(cfg)
-    return instantiate(cfg.model, _recursive_=True).eval()
+    model = instantiate(cfg.model, _recursive_=True)
+    if "mask_decoder" in cfg:
+        _resize_mask_decoder(model, dict(cfg.mask_decoder))
+    return model.eval()
+
+
+def _resize_mask_decoder(model, dims: dict) -> None:
+    """``SAM2Base._build_sam_heads``'s mask decoder, with the given head count, MLP and IoU-head widths."""
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
+    from sam2.modeling.sam.transformer import TwoWayTransformer
+
+    model.sam_mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(
+            depth=dims.get("depth", 2),
+            embedding_dim=model.sam_prompt_embed_dim,
+            mlp_dim=dims["mlp_dim"],
+            num_heads=dims["num_heads"],
+        ),
+        transformer_dim=model.sam_prompt_embed_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=dims["iou_head_hidden_dim"],
+        use_high_res_features=model.use_high_res_features_in_sam,
+        iou_prediction_use_sigmoid=model.iou_prediction_use_sigmoid,
+        pred_obj_scores=model.pred_obj_scores,
+        pred_obj_scores_mlp=model.pred_obj_scores_mlp,
+        use_multimask_token_for_obj_ptr=model.use_multimask_token_for_obj_ptr,
+        **(model.sam_mask_decoder_extra_args or {}),
+    )
 
 
 def load_sam2_state(path: Path) -> dict:
