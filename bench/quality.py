@@ -55,7 +55,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from segsearch.eval.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
-    from segsearch.eval.shapes import SHAPES_AMG
     from segsearch.settings import Settings
 
     sams = args.sam.split(",") if args.sam else [None]
@@ -72,9 +71,8 @@ def main(argv=None) -> int:
             if args.coco_images:
                 overrides.update({k: v for k, v in {"sam": sam, "clip": args.clip}.items() if v})
             else:
-                overrides.update(
-                    {"sam": sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny", **SHAPES_AMG}
-                )
+                # each bundled SAM runs with its own tuned generator settings (its registry defaults)
+                overrides.update({"sam": sam or "sam-shapes-tiny", "clip": args.clip or "clip-shapes-tiny"})
             for key in (
                 "points_per_side",
                 "pred_iou_thresh",
@@ -85,6 +83,7 @@ def main(argv=None) -> int:
                 if getattr(args, key) is not None:
                     overrides[key] = getattr(args, key)
             settings = Settings(data=Path(tmp) / f"data{i}", **overrides)
+            (Path(tmp) / f"work{i}").mkdir()
             reports[settings.sam] = evaluate(eval_set, settings, workdir=Path(tmp) / f"work{i}")
     if len(reports) == 1:
         report = next(iter(reports.values()))

@@ -124,10 +124,12 @@ def decode_logits_token(token: str, key: str, shape: tuple[int, int]) -> np.ndar
         raise ValueError(f"mask_input was made by a model with {h}x{w} logits; this one uses {shape[0]}x{shape[1]}")
     if raw[6:22] != key.encode()[:16].ljust(16, b"\0"):
         raise ValueError("mask_input belongs to another image")
+    d = zlib.decompressobj()
     try:
-        body = zlib.decompressobj().decompress(raw[22:], h * w + 1)
+        body = d.decompress(raw[22:], h * w + 1)  # bounded: a small token cannot inflate past h*w
+        more = d.decompress(d.unconsumed_tail, 1) if d.unconsumed_tail else b""
     except zlib.error:
         raise ValueError("mask_input token is corrupt") from None
-    if len(body) != h * w:
-        raise ValueError("mask_input token is corrupt (wrong length)")
+    if len(body) != h * w or more or not d.eof:  # (the end of the stream checks its checksum)
+        raise ValueError("mask_input token is corrupt")
     return np.frombuffer(body, np.int8).reshape(h, w).astype(np.float32) / LOGIT_SCALE
