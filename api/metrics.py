@@ -30,7 +30,7 @@ class LibraryCollector:
             return
         try:
             counts = svc.catalog.counts()
-            jobs = svc.catalog.jobs(limit=1000)
+            by_status = svc.catalog.job_counts()
         except Exception:  # noqa: BLE001 - a scrape must not fail because a store is down
             return
         images = GaugeMetricFamily("segsearch_images", "Images in the library by status.", labels=["status"])
@@ -40,9 +40,6 @@ class LibraryCollector:
         yield GaugeMetricFamily(
             "segsearch_segments", "Segments (objects and whole images) stored.", value=counts["segments"]
         )
-        by_status: dict[str, int] = {}
-        for j in jobs:
-            by_status[j.status] = by_status.get(j.status, 0) + 1
         job_g = GaugeMetricFamily("segsearch_jobs", "Index and repair jobs by status.", labels=["status"])
         for status in ("queued", "running", "completed", "failed", "cancelled"):
             job_g.add_metric([status], by_status.get(status, 0))

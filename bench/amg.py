@@ -211,7 +211,7 @@ def _bench(args, model: str) -> dict:
     if args.params == "model":  # the model's own generator settings (what `segsearch index` runs)
         from segsearch.models.registry import amg_defaults
 
-        params = {k: v for k, v in amg_defaults(spec).items()}
+        params = dict(amg_defaults(spec))
     else:
         params = amg_params(args.params)
     if args.points_per_side:

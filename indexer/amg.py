@@ -38,7 +38,7 @@ class ReferenceAMG:
     name = "reference"
 
     def __init__(self, sam, **params):
-        from segsearch.models.sam import image_predictor, is_sam2
+        from segsearch.models.sam import fit_feature_sizes, is_sam2
 
         params = family_params(sam, params)  # (also when built directly, not by make_mask_generator)
         self.params = params
@@ -54,7 +54,7 @@ class ReferenceAMG:
                 self._amg = SAM2AutomaticMaskGenerator(
                     sam, output_mode="binary_mask", **{**params, "min_mask_region_area": 0}
                 )
-            self._amg.predictor = image_predictor(sam)  # (feature sizes for any input size)
+            fit_feature_sizes(self._amg.predictor)  # (any input size, not only 1024 px)
         else:
             from segment_anything import SamAutomaticMaskGenerator
 

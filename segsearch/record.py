@@ -219,9 +219,10 @@ def resolve(
             changed.append(f"SAM {resolved.sam} (recorded: {rec.sam.get('name')})")
         if "clip" in explicit and clip_entry(resolved)["fingerprint"] != rec.clip.get("fingerprint"):
             changed.append(f"CLIP {resolved.clip} (recorded: {rec.clip.get('name')})")
+        params = resolved.amg_params()
         for k in AMG_FIELDS:
-            if k in explicit and rec.amg and resolved.amg_params()[k] != rec.amg.get(k):
-                changed.append(f"{k} {resolved.amg_params()[k]} (recorded: {rec.amg.get(k)})")
+            if k in explicit and rec.amg and params[k] != rec.amg.get(k):
+                changed.append(f"{k} {params[k]} (recorded: {rec.amg.get(k)})")
         for key, field in CROP_FIELDS.items():
             if field in explicit and rec.crop and getattr(resolved, field) != rec.crop.get(key):
                 changed.append(f"{field} {getattr(resolved, field)} (recorded: {rec.crop.get(key)})")

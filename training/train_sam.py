@@ -316,11 +316,12 @@ def main() -> None:
     save(sam, args.out)
 
 
-def save(sam, out: Path) -> None:
+def save(sam, out: Path, key: str | None = None) -> None:
+    """fp16 weights, written atomically; ``key``: nested under it (SAM 2's ``{"model": ...}``)."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in sam.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    torch.save(state, tmp)
+    torch.save({key: state} if key else state, tmp)
     tmp.replace(out)
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) sha256 {sha}", flush=True)

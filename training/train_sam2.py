@@ -28,7 +28,6 @@ the repo small) and loaded by the same code (segsearch.models.sam2_build).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 import time
@@ -323,13 +322,7 @@ def main() -> None:
 
 
 def save(model, out: Path) -> None:
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save({"model": state}, tmp)
-    tmp.replace(out)
-    sha = hashlib.sha256(out.read_bytes()).hexdigest()
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) sha256 {sha}", flush=True)
+    sam1.save(model, out, key="model")  # as Meta stores SAM 2 checkpoints
 
 
 if __name__ == "__main__":

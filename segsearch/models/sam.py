@@ -159,8 +159,13 @@ def image_predictor(model):
 
     with warnings.catch_warnings():  # SAM2Transforms uses torch.jit.script, deprecated in torch 2.10+
         warnings.simplefilter("ignore", FutureWarning)
-        pred = SAM2ImagePredictor(model)
-    s = model.image_size
+        return fit_feature_sizes(SAM2ImagePredictor(model))
+
+
+def fit_feature_sizes(pred):
+    """A ``SAM2ImagePredictor`` whose feature-map sizes follow its model's input size (the package
+    hard-codes those of 1024 px)."""
+    s = pred.model.image_size
     pred._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
     return pred
 

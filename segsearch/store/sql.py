@@ -476,3 +476,8 @@ class Catalog:
             if statuses:
                 q = q.where(JobRow.status.in_(list(statuses)))
             return list(s.scalars(q.limit(limit)))
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs by status (one grouped count, for /metrics scrapes)."""
+        with self.Session() as s:
+            return dict(s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
