@@ -13,7 +13,7 @@ from segsearch import __version__
 from segsearch.errors import SegsearchError
 from segsearch.settings import Settings
 
-from segsearch.api import admin, errors, metrics, routes
+from segsearch.api import admin, errors, metrics, routes, scenes
 from segsearch.api.guard import Guard
 from segsearch.api.services import Services
 
@@ -85,6 +85,7 @@ def create_app(
     errors.install(app)
     metrics.install(app)
     app.include_router(routes.router)
+    app.include_router(scenes.router)
     app.include_router(admin.router)
 
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from segsearch.errors import SegsearchError
+from segsearch.errors import NotFoundError, QueryError, SegsearchError
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("segsearch.api")
@@ -56,6 +56,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return problem(422, "Invalid request", _validation_detail(exc), request.url.path)
+
+    @app.exception_handler(QueryError)
+    async def _query(request: Request, exc: QueryError):
+        if isinstance(exc, NotFoundError):
+            return problem(404, "Not Found", str(exc), request.url.path)
+        return problem(422, "Invalid request", str(exc), request.url.path)
 
     @app.exception_handler(SegsearchError)
     async def _unavailable(request: Request, exc: SegsearchError):

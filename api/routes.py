@@ -18,9 +18,11 @@ from fastapi.responses import Response
 
 from segsearch import render
 from segsearch.errors import ImageError, ImageTooLarge, SegsearchError
+from segsearch.exif import PhotoMeta
 from segsearch.images import DecodedImage, check_sam_view, decode_image
 from segsearch.masks import decode_logits_token, encode_logits_token, encode_rle, mask_box_xywh
 from segsearch.search import minus
+from segsearch.store.schema import as_utc
 from segsearch.store.vectors import SearchFilter
 
 from segsearch.api import schemas
@@ -145,6 +147,9 @@ def get_image(image_id: str, services: ServicesDep):
         status=img.status,
         error=img.error,
         n_segments=img.n_segments,
+        taken_at=as_utc(img.taken_at),
+        camera=PhotoMeta(camera_make=img.camera_make, camera_model=img.camera_model).camera,
+        location=None if img.gps_lat is None else schemas.Location(lat=img.gps_lat, lon=img.gps_lon),
         segments=[schemas.Segment.of(r) for r in segs],
     )
 

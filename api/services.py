@@ -80,6 +80,12 @@ class Services:
     def searcher(self) -> Searcher:
         return Searcher(self.catalog, self.vectors, self.embedder, self.collection)
 
+    @property
+    def concepts(self):
+        from segsearch.concepts import Concepts
+
+        return Concepts(self.catalog, self.vectors, self.collection, self.text_vector)
+
     def text_vector(self, text: str) -> np.ndarray:
         return _text_vector_cached(self, " ".join(text.split()))
 

@@ -4,6 +4,8 @@
     python bench/quality.py --scenes 200 --json
     python bench/quality.py --sam sam-shapes-tiny,sam2-shapes-tiny   # both SAM families, side by side
     python bench/quality.py --split validation --pred-iou-thresh 0.5   # tune on scenes the report never uses
+    python bench/quality.py --scene                # scene queries (AND, each predicate) and concepts
+    python bench/quality.py --scene --masks ground-truth   # the same without SAM's misses
     python bench/quality.py --coco-images val2017/ --coco-annotations instances_val2017.json \
         --sam sam-vit-b --clip clip-vit-b-32 --limit 200     # real photos, category names as queries
 
@@ -18,6 +20,29 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+
+def scene_main(args) -> int:
+    from segsearch.eval.quality import shapes_eval_set
+    from segsearch.eval.scenes import format_scene_report, scene_report
+    from segsearch.settings import Settings
+
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        eval_set = shapes_eval_set(Path(tmp) / "scenes", args.scenes, split=args.split, nested=args.nested)
+        for masks in args.masks.split(","):
+            s = Settings(
+                data=Path(tmp) / masks,
+                sam=(args.sam or "sam-shapes-tiny"),
+                clip=args.clip or "clip-shapes-tiny",
+                **({"device": args.device} if args.device else {}),
+            )
+            reports.append(scene_report(eval_set, s, masks=masks))
+            if not args.json:
+                print(format_scene_report(reports[-1]), flush=True)
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else {"by_masks": reports}))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -51,8 +76,13 @@ def main(argv=None) -> int:
         help="AMG clean-up: remove islands and fill holes smaller than this many pixels",
     )
     ap.add_argument("--device", default=None)
+    ap.add_argument("--scene", action="store_true", help="scene queries and concepts (segsearch/eval/scenes.py)")
+    ap.add_argument("--masks", default="sam", help="with --scene: sam, ground-truth or both (comma-separated)")
+    ap.add_argument("--nested", type=float, default=0.5, help="with --scene: share of scenes with a shape in another")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.scene:
+        return scene_main(args)
 
     from segsearch.eval.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
     from segsearch.settings import Settings

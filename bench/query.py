@@ -3,6 +3,7 @@
     python bench/query.py                         # embedded store, 100k and 1M points
     python bench/query.py --sizes 100000 --server # + qdrant-client local mode for comparison
     python bench/query.py --clip clip-vit-b-32 --random-weights --json  # 512-d, real-size text tower
+    python bench/query.py --scene --sizes 100000,1000000 --workdir /tmp/sq   # scene queries (bench/query_scene.py)
 
 The store is filled with random unit vectors (the store does not care where vectors come from)
 whose payloads look like the indexer's (image_id, kind, area_frac, dirs over 100 folders). Each
@@ -100,6 +101,51 @@ def recall(index, name, dim, n_queries=100, seed=1):
     return round(found / (10 * n_queries), 4), round(t_hnsw / n_queries * 1000, 2), round(t_exact / n_queries * 1000, 2)
 
 
+def scene_main(args) -> int:
+    import shutil
+
+    import torch
+    from query_scene import fill_library, measure, open_library
+
+    from segsearch.models.clip import ClipEmbedder
+    from segsearch.models.registry import get_clip_spec
+    from segsearch.settings import Settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    embedder = ClipEmbedder.from_spec(get_clip_spec(args.clip), Settings().checkpoints, offline=True)
+    dim = embedder.dim
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-scene-"))
+    runs = []
+    for size in [int(v) for v in args.sizes.split(",")]:
+        data = work / f"scene-{size}"
+        if args.reuse and (data / "segsearch.db").exists():
+            catalog, vectors, centres, themes = open_library(data, dim)
+            fill_s = optimize_s = None
+        else:
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir(parents=True)
+            catalog, vectors, centres, themes, fill_s, optimize_s = fill_library(data, size, dim)
+        for ef in [int(v) for v in args.hnsw_ef.split(",")]:
+            r = {"segments": size, "dim": dim, "hnsw_ef": ef, "fill_s": fill_s and round(fill_s, 1)}
+            r["optimize_s"] = optimize_s and round(optimize_s, 1)
+            r.update(measure(catalog, vectors, centres, themes, min(args.queries, 200), ef))
+            runs.append(r)
+            if not args.json:
+                print(json.dumps(r), flush=True)
+        vectors.close()
+        catalog.close()
+    enc = []
+    embedder.embed_texts(["warm-up"])
+    for i in range(50):
+        t = time.perf_counter()
+        embedder.embed_texts([f"a photo of a red circle number {i}"])
+        enc.append(time.perf_counter() - t)
+    report = {"clip": args.clip, "text_encode_p50_ms_per_object": pct(enc, 50), "runs": runs}
+    print(json.dumps(report) if args.json else f"text encoding per object: p50 {pct(enc, 50)} ms")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000")
@@ -117,8 +163,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--hnsw-m", type=int, default=16, help="HNSW edges per node of a new embedded store")
     ap.add_argument("--hnsw-ef-construct", type=int, default=100, help="HNSW build beam of a new embedded store")
+    ap.add_argument("--scene", action="store_true", help="2- and 3-object scene queries (bench/query_scene.py)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.scene:
+        return scene_main(args)
 
     import torch
 

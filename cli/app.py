@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from segsearch.cli import index, models, search, serve
+from segsearch.cli import concept, index, models, search, serve
 
 app = typer.Typer(
     help="Search inside photo libraries at the level of individual objects.",
@@ -53,3 +53,4 @@ def global_options(
 for command in (index.index, index.doctor, search.search, search.info, search.export, serve.serve, serve.demo):
     app.command()(command)
 app.add_typer(models.app, name="models")
+app.add_typer(concept.app, name="concept")

@@ -20,6 +20,20 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     kind: Annotated[Optional[str], typer.Option(help="object | image (default: both)")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only images under this folder.")] = None,
+    tag: Annotated[list[str], typer.Option("--tag", help="Only segments this concept tagged (repeat: all).")] = [],  # noqa: B006
+    taken_after: Annotated[Optional[str], typer.Option(help="Photos taken after (EXIF; ISO date/time).")] = None,
+    taken_before: Annotated[Optional[str], typer.Option(help="Photos taken before (EXIF; ISO date/time).")] = None,
+    camera: Annotated[Optional[str], typer.Option(help="Camera make, model or both (EXIF), any case.")] = None,
+    near: Annotated[Optional[str], typer.Option(help="'LAT,LON,KM': photos taken within KM of a point.")] = None,
+    scene: Annotated[
+        Optional[Path], typer.Option("--scene", help="A scene query (JSON, the body of POST /v1/search/scene).")
+    ] = None,
+    and_: Annotated[
+        list[str], typer.Option("--and", help="Another object the image must hold too (repeat): a scene query.")
+    ] = [],  # noqa: B006
+    relation: Annotated[
+        list[str], typer.Option("--relation", help="'0 left_of 1' between the query (0) and the --and objects (1...).")
+    ] = [],  # noqa: B006
     data: Data = None,
     clip: Clip = None,
     device: Device = None,
@@ -29,10 +43,14 @@ def search(
     offline: Offline = None,
     json_out: Json = False,
 ):
-    """Search the indexed segments by text or by example image (with the library's CLIP model)."""
+    """Search the indexed segments by text or by example image (with the library's CLIP model), or
+    for images holding several objects in given relations (--and/--relation, or --scene FILE)."""
     from segsearch.errors import ConfigError
     from segsearch.library import Library, make_settings
 
+    if scene is not None or and_ or relation:
+        store = (data, clip, database_url, vector_backend, qdrant_url)
+        return _scene(query, scene, and_, relation, top_k, *store, json_out)
     if (query is None) == (image is None):
         typer.secho("error: give a text QUERY or --image FILE (one of them)", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
@@ -48,11 +66,14 @@ def search(
             qdrant_url=qdrant_url,
             offline=offline,
         )
+        filters = _filters(kind, path_prefix, tag, taken_after, taken_before, camera, near)
         server = server_for(settings)
         if server is not None:
-            hits = server.search_hits(settings, query, image, top_k=top_k, kind=kind, path_prefix=path_prefix)
+            hits = server.search_hits(settings, query, image, top_k=top_k, filters=filters)
         else:
-            filters = {"kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}
+            from segsearch.api.schemas import Filters
+
+            filters = Filters(**filters).to_filter()
             with Library(settings=settings) as library:
                 hits = [h.to_dict() for h in library.search(query, image=image, top_k=top_k, filters=filters)]
     except SegsearchError as exc:
@@ -65,6 +86,51 @@ def search(
     for h in hits:
         x, y, w, h_ = h["bbox"]
         typer.echo(f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}  box=({x},{y},{w},{h_})  {h['segment_id']}")
+
+
+def _filters(kind, path_prefix, tags, taken_after, taken_before, camera, near) -> dict:
+    """The API's ``filters`` object from the CLI's options (validated as the API validates it)."""
+    from pydantic import ValidationError
+
+    from segsearch.errors import ConfigError
+
+    from segsearch.api.schemas import Filters
+
+    d: dict = {"kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}
+    d.update(tags=list(tags) or None, taken_after=taken_after, taken_before=taken_before, camera=camera)
+    if near:
+        try:
+            lat, lon, km = (float(v) for v in near.split(","))
+        except ValueError:
+            raise ConfigError(f"--near {near!r}: write LAT,LON,KM, e.g. 48.85,2.35,10") from None
+        d["near"] = {"lat": lat, "lon": lon, "km": km}
+    d = {k: v for k, v in d.items() if v is not None}
+    try:
+        return Filters(**d).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise ConfigError(f"invalid filter: {msgs}") from None
+
+
+def _scene(query, scene, also, relations, top_k, data, clip, database_url, vector_backend, qdrant_url, json_out):
+    from segsearch.errors import ConfigError
+    from segsearch.library import make_settings
+
+    from segsearch.cli.concept import print_scene, run_scene, scene_body
+
+    try:
+        if scene is None and not query:
+            raise ConfigError("a scene query needs a text QUERY (object 0) with --and, or --scene FILE")
+        settings = make_settings(
+            data=data, clip=clip, database_url=database_url, vector_backend=vector_backend, qdrant_url=qdrant_url
+        )
+        hits = run_scene(settings, scene_body(query, scene, also, relations, top_k))
+    except SegsearchError as exc:
+        fail(exc)
+    if json_out:
+        typer.echo(json.dumps(hits))
+    else:
+        print_scene(hits)
 
 
 def info(

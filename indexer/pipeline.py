@@ -277,7 +277,7 @@ class Indexer:
             iid, self.models.fingerprint, decoded, masks, self.settings, embedder.image_size
         )
         self.times.add("crops", time.perf_counter() - t1)
-        return Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops)
+        return Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops, meta=decoded.meta)
 
     def add(self, prepared: Prepared, record: Record) -> None:
         """Queue a prepared image in the current write group; the group is written once full."""

@@ -89,6 +89,7 @@ class SamStage:
                     "width": decoded.width,
                     "height": decoded.height,
                     "format": decoded.format,
+                    "meta": decoded.meta,
                     "segments": segments,
                     "crops": np.stack([np.asarray(c.convert("RGB")) for c in crops]),
                 }
@@ -216,6 +217,7 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
         if "error" in p:
             record(indexer.fail(iid, p["error"]), path)
             continue
-        indexer.add(Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"]), record)
+        prepared = Prepared(path, iid, p["width"], p["height"], p["format"], p["segments"], [], p["vectors"], p["meta"])
+        indexer.add(prepared, record)
     indexer.flush(record)
     return deferred

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segsearch.concepts import tag_rows
 from segsearch.crops import cut_crop, whole_image
 from segsearch.errors import SegsearchError
+from segsearch.exif import PhotoMeta
 from segsearch.identity import segment_id
 from segsearch.images import DecodedImage
 from segsearch.masks import MaskSet, encode_rle
@@ -35,6 +37,7 @@ class Prepared:
     segments: list[SegmentRecord]
     crops: list
     vectors: np.ndarray | None = None  # when an engine embedded the crops already (Ray)
+    meta: PhotoMeta = PhotoMeta()
 
 
 def build_segments(
@@ -95,6 +98,16 @@ class Writer:
         self.models = models
         self.worker = worker
         self.times = times
+        from segsearch.store.concepts import ConceptStore
+
+        self.concepts = ConceptStore(stores.catalog)
+
+    def tagger(self):
+        """The collection's concepts, read again for every write group: a concept learnt while
+        this run goes on tags the images written after it."""
+        from segsearch.concepts import Concept, Tagger
+
+        return Tagger([Concept.from_row(r) for r in self.concepts.all(self.models.collection)])
 
     def group_full(self, group: list[Prepared]) -> bool:
         return (
@@ -130,13 +143,19 @@ class Writer:
             return [(g, self.fail(g.image_id, msg)) for g in group]
 
         t0 = time.perf_counter()
-        points, start = [], 0
+        points, start, tags = [], 0, {}
         self.vectors.ensure_collection(collection, int(vecs.shape[1]))
+        tagger = self.tagger()
         for g in group:
             paths = self.catalog.image_paths(g.image_id)
-            dirs = path_dirs(paths)
-            for seg, vec in zip(g.segments, vecs[start : start + len(g.segments)]):
-                points.append(VectorPoint(seg.id, vec, seg.payload(g.image_id, paths, dirs)))
+            dirs, meta = path_dirs(paths), g.meta.payload()
+            gvecs = vecs[start : start + len(g.segments)]
+            tags[g.image_id] = tagger.tags(gvecs)
+            for seg, vec, t in zip(g.segments, gvecs, tags[g.image_id]):
+                payload = {**seg.payload(g.image_id, paths, dirs), **meta}
+                if t:
+                    payload["tags"] = [name for name, _ in t]
+                points.append(VectorPoint(seg.id, vec, payload))
             start += len(g.segments)
             for sid, coll in self.catalog.segment_refs(g.image_id):
                 if coll != collection:  # pipeline switched embedding model: old space loses this image
@@ -153,6 +172,8 @@ class Writer:
                 height=g.height,
                 fmt=g.format,
                 segments=g.segments,
+                meta=g.meta.columns(),
+                tags=tag_rows(g.image_id, [seg.id for seg in g.segments], tags[g.image_id]),
             )
             self.catalog.release_claim(g.image_id, self.worker)
             out.append((g, Outcome("indexed", segments=len(g.segments))))

@@ -151,7 +151,11 @@ class ServerClient:
                 detail = r.text[:500]
             err = ConfigError if r.status_code in (404, 409, 422) else SegsearchError
             raise err(f"the server at {self.url} answered {r.status_code}: {detail}")
-        return r.json()
+        return r.json() if r.status_code != 204 else {}
+
+    def call(self, method: str, path: str, **kw) -> dict | list:
+        """Any /v1 request (errors as for every call: 4xx -> ConfigError with the server's detail)."""
+        return self._call(method, path, **kw)
 
     def info(self) -> dict:
         return self._call("GET", "/v1/info")
@@ -213,20 +217,13 @@ class ServerClient:
             )
         return job["summary"]
 
-    def search_hits(
-        self, settings: Settings, query: str | None, image, *, top_k: int, kind: str | None, path_prefix: str | None
-    ) -> list[dict]:
+    def search_hits(self, settings: Settings, query: str | None, image, *, top_k: int, filters: dict) -> list[dict]:
         """``segsearch search`` through the server, hits shaped as a local search prints them."""
         import base64
 
         if "clip" in settings.model_fields_set:
             self.check_models(settings)
-        if kind not in (None, "object", "image"):
-            raise ConfigError("--kind must be 'object' or 'image'")
-        body: dict = {
-            "top_k": top_k,
-            "filters": {"kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None},
-        }
+        body: dict = {"top_k": top_k, "filters": filters}
         if image is not None:
             try:
                 body["image_b64"] = base64.b64encode(Path(image).read_bytes()).decode()

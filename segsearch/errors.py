@@ -25,6 +25,17 @@ class ChecksumMismatch(SegsearchError):
     exit_code = 2
 
 
+class QueryError(SegsearchError):
+    """A query or request that cannot be answered as asked (an unknown predicate, a relation
+    between objects that do not exist, unknown segment ids): HTTP 422, exit code 2."""
+
+    exit_code = 2
+
+
+class NotFoundError(QueryError):
+    """A named thing (concept, segment) does not exist: HTTP 404."""
+
+
 class StorageError(SegsearchError):
     """SQL or vector store unreachable or inconsistent (exit code 3)."""
 

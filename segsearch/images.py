@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segsearch.errors import ImageError, ImageTooLarge
+from segsearch.exif import PhotoMeta, read_meta
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"})
 _heif_registered = False
@@ -36,6 +37,7 @@ def _register_heif() -> None:
 class DecodedImage:
     rgb: np.ndarray  # (H, W, 3) uint8, orientation-corrected
     format: str
+    meta: PhotoMeta = PhotoMeta()  # capture time, camera, GPS from EXIF (empty when absent)
 
     @property
     def height(self) -> int:
@@ -77,6 +79,7 @@ def decode_image(
                 )
             im.seek(0)  # first frame of GIF/WebP/TIFF animations
             im.load()
+            meta = read_meta(im)
             try:
                 im = ImageOps.exif_transpose(im)
             except Exception:  # noqa: BLE001 - corrupt EXIF: keep the pixels as stored
@@ -90,7 +93,7 @@ def decode_image(
         raise ImageError(f"cannot decode image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile input
         raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return DecodedImage(rgb=rgb, format=fmt)
+    return DecodedImage(rgb=rgb, format=fmt, meta=meta)
 
 
 # Rows converted per step for 32-bit integer and float images (a block of 256 rows of a 20,000 px

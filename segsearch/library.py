@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segsearch.errors import ConfigError, ImageError
+from segsearch.errors import ConfigError, ImageError, NotFoundError, QueryError
 from segsearch.runtime import Models, Stores, open_stores
 from segsearch.search import Searcher, SearchPage, minus
 from segsearch.settings import Settings
@@ -180,8 +180,9 @@ class Library:
             vector = s.image_vector(self._pil(image))
         else:
             m = self.models()
-            point = self.vectors.retrieve(m.collection, [segment_id]).get(segment_id)
-            if point is None or segment_id not in self.catalog.get_segments([segment_id]):
+            known = segment_id in self.catalog.get_segments([segment_id])  # SQL first: any string is safe there
+            point = self.vectors.retrieve(m.collection, [segment_id]).get(segment_id) if known else None
+            if point is None:
                 raise KeyError(segment_id)
             vector = np.asarray(point.vector, np.float32)
         if negative_text:
@@ -240,6 +241,75 @@ class Library:
             group_by_image=group_by_image,
             group_size=group_size,
         )
+
+    # --- scenes and concepts -------------------------------------------------------------------------
+    def object_vector(self, obj: Any):
+        """A scene object's vector: a text, or a dict with one of ``text``, ``image`` (path, bytes,
+        PIL, array), ``image_b64``, ``segment_id`` or ``concept`` (a learnt concept's weights),
+        and optionally ``negative_text``."""
+        import base64
+        import binascii
+
+        if isinstance(obj, str):
+            obj = {"text": obj}
+        obj = {k: v for k, v in dict(obj).items() if v is not None}
+        neg = obj.pop("negative_text", None)
+        if "image_b64" in obj:
+            try:
+                obj["image"] = base64.b64decode(obj.pop("image_b64"), validate=True)
+            except (binascii.Error, ValueError):
+                raise QueryError("image_b64 is not valid base64") from None
+        if "concept" in obj and len(obj) == 1:
+            vector = self.concepts().get(obj["concept"]).model.direction
+            return minus(vector, self.searcher().text_vector(neg)) if neg else vector
+        if len(obj) != 1 or next(iter(obj)) not in ("text", "image", "segment_id"):
+            raise QueryError(f"a scene object has one of text, image_b64, segment_id, concept (got {sorted(obj)})")
+        try:
+            return self.query_vector(**obj, negative_text=neg)
+        except KeyError:
+            raise NotFoundError(f"no segment with id {obj.get('segment_id')!r} in this library") from None
+
+    def scene_search(
+        self,
+        objects: list,
+        relations: Iterable = (),
+        *,
+        filters: SearchFilter | dict | None = None,
+        top_k: int = 10,
+        offset: int = 0,
+    ):
+        """Images holding every object (texts or dicts, see ``object_vector``) in the relations
+        given (``"0 left_of 1"``, ``(0, "inside", 1)`` or dicts), ranked: a ``ScenePage`` whose hits
+        carry the segment chosen for each object and the combined score (``segsearch.scene``)."""
+        from segsearch.relations import check_relations, parse_relation
+        from segsearch.scene import MAX_OBJECTS, SceneSearcher
+
+        objects = list(objects)
+        if not 1 <= len(objects) <= MAX_OBJECTS:
+            raise QueryError(f"a scene query has 1 to {MAX_OBJECTS} objects (got {len(objects)})")
+        rels = [parse_relation(r) for r in relations]
+        check_relations(len(objects), rels)  # before any model work
+        vectors = [self.object_vector(o) for o in objects]
+        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        m = self.models()
+        return SceneSearcher(self.catalog, self.vectors, m.collection).search(
+            vectors, rels, flt=flt, top_k=top_k, offset=offset
+        )
+
+    def concepts(self):
+        """The library's concepts (``segsearch.concepts.Concepts``: list, get, learn, search, remove)."""
+        from segsearch.concepts import Concepts
+
+        m = self.models()
+        return Concepts(self.catalog, self.vectors, m.collection, self.searcher().text_vector)
+
+    def learn_concept(self, name: str, *, text: str | None = None, positives=(), negatives=(), replace=False):
+        """Create a concept, or add labelled segments to it, and tag the library (see ``concepts``)."""
+        return self.concepts().learn(name, text=text, positives=positives, negatives=negatives, replace=replace)
+
+    def concept_search(self, name: str, *, top_k: int = 10, offset: int = 0, filters=None) -> list[Hit]:
+        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        return self.concepts().search(name, self.searcher(), top_k=top_k, offset=offset, flt=flt)
 
     def _pil(self, image: Any):
         from PIL import Image

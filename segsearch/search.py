@@ -4,7 +4,7 @@ with their SQL records, as a flat page or grouped per image. Shared by the libra
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class Hit:
     score: float
     predicted_iou: float | None
     stability_score: float | None
+    tags: list[str] = field(default_factory=list)  # concepts that tagged the segment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +124,7 @@ class Searcher:
                         h.score,
                         r.predicted_iou,
                         r.stability_score,
+                        list(h.payload.get("tags") or []),
                     )
                 )
             if len(hits) >= want or len(raw) < fetch:

@@ -98,6 +98,44 @@ def test_filters(backend):
     assert backend.count("c", SearchFilter(image_ids=["img-a"], kind="object")) == 9
 
 
+def test_photo_metadata_and_tag_filters(backend):
+    """EXIF time range, camera terms and GPS radius from the payload, and concept tags set later."""
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    for i, p in enumerate(pts):
+        if p.payload["image_id"] == "img-a":  # img-a: Paris, 2021, a Canon; img-b has no metadata
+            p.payload.update(taken_at=1_626_000_000.0 + i, camera=["canon", "canon eos r5"])
+            p.payload["location"] = {"lat": 48.8584, "lon": 2.2945}
+    backend.upsert("c", pts)
+    q = pts[0].vector
+    a_ids = {p.id for p in pts if p.payload["image_id"] == "img-a"}
+    assert {h.id for h in backend.search("c", q, 50, SearchFilter(taken_after=1_600_000_000.0))} == a_ids
+    assert backend.search("c", q, 50, SearchFilter(taken_before=1_600_000_000.0)) == []
+    assert {h.id for h in backend.search("c", q, 50, SearchFilter(camera="Canon EOS  R5"))} == a_ids
+    assert backend.search("c", q, 50, SearchFilter(camera="nikon")) == []
+    louvre = (48.8606, 2.3376, 5.0)  # 3.2 km from the Eiffel tower
+    assert {h.id for h in backend.search("c", q, 50, SearchFilter(near=louvre))} == a_ids
+    assert backend.search("c", q, 50, SearchFilter(near=(48.8606, 2.3376, 2.0))) == []
+    red, both = [pts[3].id, pts[4].id, pts[5].id], [pts[4].id]
+    backend.set_tags("c", {pts[3].id: ["red"], pts[4].id: ["red", "star"], pts[5].id: ["red"]})
+    assert {h.id for h in backend.search("c", q, 50, SearchFilter(tags=["red"]))} == set(red)
+    assert [h.id for h in backend.search("c", q, 50, SearchFilter(tags=["red", "star"]))] == both
+    backend.set_tags("c", {pts[4].id: []})  # untagged again; the rest of its payload stays
+    assert [h.id for h in backend.search("c", q, 50, SearchFilter(tags=["star"]))] == []
+    assert backend.retrieve("c", [pts[4].id])[pts[4].id].payload["image_id"] == pts[4].payload["image_id"]
+
+
+def test_random_sample(backend):
+    backend.ensure_collection("c", DIM)
+    pts = make_points()
+    backend.upsert("c", pts)
+    got = backend.sample("c", 8, SearchFilter(kind="object"))
+    assert len(got) == 8 and len({p.id for p in got}) == 8
+    assert all(p.payload["kind"] == "object" and len(p.vector) == DIM for p in got)
+    assert len(backend.sample("c", 100)) == 20
+    assert backend.sample("missing", 5) == []
+
+
 def test_offset_and_threshold(backend):
     backend.ensure_collection("c", DIM)
     pts = make_points()

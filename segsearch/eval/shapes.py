@@ -144,8 +144,11 @@ def make_scene(
     min_size: float = 0.15,
     max_size: float = 0.38,
     jitter: int = 14,
+    nested: float = 0.0,
 ) -> Scene:
-    """One scene, fully determined by ``seed`` (and the optional overrides)."""
+    """One scene, fully determined by ``seed`` (and the optional overrides). ``nested``: the
+    chance that one more, small shape is painted inside a larger one (a star on a square: what
+    "inside" queries are about); drawn from its own generator, so the rest of the scene is the same."""
     rng = np.random.default_rng(seed)
     width = width or int(rng.integers(8, 25)) * 32  # 256..768
     if height is None:  # aspect ratio within 0.6..1.67 so shapes stay visible at model resolution
@@ -187,6 +190,8 @@ def make_scene(
                 full_masks.append(m)
                 labels.append((colour, shape))
                 break
+    if nested and full_masks:
+        _nest(np.random.default_rng([seed, 1]), nested, full_masks, labels, width, height)
     # paint in order; visible mask = own area minus everything painted later
     visible = []
     for m, (colour, _s) in zip(full_masks, labels):
@@ -199,6 +204,31 @@ def make_scene(
         visible.append(m & ~later)
     masks = np.stack(visible) if visible else np.zeros((0, height, width), bool)
     return Scene(np.clip(img, 0, 255).astype(np.uint8), masks, labels, seed)
+
+
+def _nest(rng, chance, full_masks, labels, width, height) -> None:
+    """Maybe add a small shape well inside the largest solid shape (rings are skipped: their hole
+    would leave a gap of background around it)."""
+    if rng.uniform() >= chance:
+        return
+    hosts = [i for i, (_c, s) in enumerate(labels) if s != "ring"]
+    if not hosts:
+        return
+    i = max(hosts, key=lambda k: int(full_masks[k].sum()))
+    ys, xs = np.nonzero(full_masks[i])
+    side = float(max(xs.max() - xs.min(), ys.max() - ys.min()))
+    colours = [c for c in COLORS if c != labels[i][0]]
+    for _ in range(20):
+        shape = ("circle", "square", "triangle", "star")[int(rng.integers(4))]
+        colour = colours[int(rng.integers(len(colours)))]
+        size, angle = side * rng.uniform(0.36, 0.46), rng.uniform(0, 2 * math.pi)
+        m = shape_mask(shape, xs.mean(), ys.mean(), size, angle, width, height)
+        if m.sum() >= 200 and not (_dilate(m, 3) & ~full_masks[i]).any():
+            if any(c == colour and (_dilate(m) & fm).any() for fm, (c, _s) in zip(full_masks, labels)):
+                continue
+            full_masks.append(m)
+            labels.append((colour, shape))
+            return
 
 
 # Disjoint seed ranges: what trains the models never evaluates them.

@@ -115,7 +115,7 @@ class EdgeVectorIndex(VectorIndex):
             ),
         )
         for key, kind in PAYLOAD_INDEXES.items():
-            schema = q.PayloadSchemaType.Keyword if kind == "keyword" else q.PayloadSchemaType.Float
+            schema = getattr(q.PayloadSchemaType, kind.capitalize())
             shard.update(q.UpdateOperation.create_field_index(key, schema))
         shard.flush()
         shard.close()
@@ -188,6 +188,7 @@ class EdgeVectorIndex(VectorIndex):
             "any": lambda k, v: q.FieldCondition(k, match=q.MatchAny(v)),
             "eq": lambda k, v: q.FieldCondition(k, match=q.MatchValue(v)),
             "range": lambda k, lo, hi: q.FieldCondition(k, range=q.RangeFloat(gte=lo, lte=hi)),
+            "geo": lambda k, lat, lon, r: q.FieldCondition(k, geo_radius=q.GeoRadius(q.GeoPoint(lon=lon, lat=lat), r)),
         }
         return q.Filter(must=[spell[c[0]](*c[1:]) for c in flt.conditions()])
 
@@ -200,6 +201,7 @@ class EdgeVectorIndex(VectorIndex):
         offset: int = 0,
         score_threshold: float | None = None,
         exact: bool = False,
+        payload_keys: Sequence[str] | None = None,
     ) -> list[VectorHit]:
         import qdrant_edge as q
 
@@ -212,7 +214,7 @@ class EdgeVectorIndex(VectorIndex):
                 offset=offset or None,
                 query=q.Query.Nearest(as_list(vector)),
                 filter=self._filter(flt),
-                with_payload=True,
+                with_payload=True if payload_keys is None else q.PayloadSelector.Include(list(payload_keys)),
                 score_threshold=score_threshold,
                 params=q.SearchParams(exact=True) if exact else q.SearchParams(hnsw_ef=self.hnsw_ef),
             )
@@ -223,6 +225,24 @@ class EdgeVectorIndex(VectorIndex):
         if not ids or not self.has_collection(name):
             return {}
         return to_points(self._shard(name).retrieve([uuid.UUID(i) for i in ids], True, with_vectors), with_vectors)
+
+    def sample(self, name: str, n: int, flt: SearchFilter | None = None) -> list[VectorPoint]:
+        import qdrant_edge as q
+
+        if n <= 0 or not self.has_collection(name):
+            return []
+        res = self._shard(name).query(
+            q.QueryRequest(
+                limit=n, query=q.Sample.Random, filter=self._filter(flt), with_payload=True, with_vector=True
+            )
+        )
+        return [VectorPoint(str(p.id), list(p.vector or []), dict(p.payload or {})) for p in res]
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict) -> None:
+        import qdrant_edge as q
+
+        if ids and self.has_collection(name):
+            self._apply(name, q.UpdateOperation.set_payload([uuid.UUID(i) for i in ids], payload))
 
     def count(self, name: str, flt: SearchFilter | None = None) -> int:
         import qdrant_edge as q

@@ -40,6 +40,12 @@ class ImageRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     indexed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # photo metadata from EXIF (segsearch.exif); None when the file has none
+    taken_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    camera_make: Mapped[str | None] = mapped_column(String(128))
+    camera_model: Mapped[str | None] = mapped_column(String(128))
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_lon: Mapped[float | None] = mapped_column(Float)
 
 
 class ImagePathRow(Base):
@@ -75,6 +81,31 @@ class SegmentRow(Base):
     @property
     def bbox(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]
+
+
+class ConceptRow(Base):
+    """A concept learnt from labelled segments (``segsearch.concepts``): its labels and its model."""
+
+    __tablename__ = "concepts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str | None] = mapped_column(Text)
+    collection: Mapped[str] = mapped_column(String(128))  # the embedding space the model lives in
+    positives: Mapped[list] = mapped_column(JSON)
+    negatives: Mapped[list] = mapped_column(JSON)
+    model: Mapped[dict] = mapped_column(JSON)  # {"w": [...], "b": float, "threshold": float, ...}
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class SegmentTagRow(Base):
+    __tablename__ = "segment_tags"
+
+    segment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    concept: Mapped[str] = mapped_column(ForeignKey("concepts.name", ondelete="CASCADE"), primary_key=True, index=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    score: Mapped[float] = mapped_column(Float)
 
 
 class ClaimRow(Base):

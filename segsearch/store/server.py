@@ -157,7 +157,7 @@ class ServerVectorIndex(VectorIndex):
         if self.local:
             return  # local mode has no payload indexes (and warns about them)
         for key, kind in PAYLOAD_INDEXES.items():  # the fields filters use (idempotent on the server)
-            schema = m.PayloadSchemaType.KEYWORD if kind == "keyword" else m.PayloadSchemaType.FLOAT
+            schema = getattr(m.PayloadSchemaType, kind.upper())
             self._call(
                 "create payload index", self.client.create_payload_index, name, key, field_schema=schema, wait=True
             )
@@ -232,6 +232,9 @@ class ServerVectorIndex(VectorIndex):
             "any": lambda k, v: m.FieldCondition(key=k, match=m.MatchAny(any=v)),
             "eq": lambda k, v: m.FieldCondition(key=k, match=m.MatchValue(value=v)),
             "range": lambda k, lo, hi: m.FieldCondition(key=k, range=m.Range(gte=lo, lte=hi)),
+            "geo": lambda k, lat, lon, r: m.FieldCondition(
+                key=k, geo_radius=m.GeoRadius(center=m.GeoPoint(lat=lat, lon=lon), radius=r)
+            ),
         }
         return m.Filter(must=[spell[c[0]](*c[1:]) for c in flt.conditions()])
 
@@ -244,6 +247,7 @@ class ServerVectorIndex(VectorIndex):
         offset: int = 0,
         score_threshold: float | None = None,
         exact: bool = False,
+        payload_keys: Sequence[str] | None = None,
     ) -> list[VectorHit]:
         if not self.has_collection(name):
             return []
@@ -256,7 +260,7 @@ class ServerVectorIndex(VectorIndex):
             offset=offset or None,
             search_params=self._search_params(exact),
             query_filter=self._filter(flt),
-            with_payload=True,
+            with_payload=True if payload_keys is None else list(payload_keys),
             score_threshold=score_threshold,
         )
         return to_hits(res.points)
@@ -268,6 +272,36 @@ class ServerVectorIndex(VectorIndex):
             self._call("retrieve", self.client.retrieve, name, list(ids), with_payload=True, with_vectors=with_vectors),
             with_vectors,
         )
+
+    def sample(self, name: str, n: int, flt: SearchFilter | None = None) -> list[VectorPoint]:
+        from qdrant_client import models as m
+
+        if n <= 0 or not self.has_collection(name):
+            return []
+        res = self._call(
+            "sample",
+            self.client.query_points,
+            name,
+            query=m.SampleQuery(sample=m.Sample.RANDOM),
+            limit=n,
+            query_filter=self._filter(flt),
+            with_payload=True,
+            with_vectors=True,
+        )
+        return [VectorPoint(str(p.id), list(p.vector or []), dict(p.payload or {})) for p in res.points]
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict) -> None:
+        from qdrant_client import models as m
+
+        if ids and self.has_collection(name):
+            self._call(
+                "set payload",
+                self.client.set_payload,
+                name,
+                payload,
+                points=m.PointIdsList(points=list(ids)),
+                wait=True,
+            )
 
     def count(self, name: str, flt: SearchFilter | None = None) -> int:
         if not self.has_collection(name):

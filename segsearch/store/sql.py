@@ -36,6 +36,7 @@ from segsearch.store.schema import (  # noqa: F401 - Base and the rows are this 
     RunRow,
     SegmentRecord,
     SegmentRow,
+    SegmentTagRow,
     as_utc,
     utcnow,
 )
@@ -210,10 +211,13 @@ class Catalog:
         height: int,
         fmt: str,
         segments: Sequence[SegmentRecord],
+        meta: dict | None = None,
+        tags: Sequence[SegmentTagRow] = (),
     ) -> None:
-        """Replace the image's segments and mark it indexed, atomically. Call only after its
-        vectors were durably written."""
+        """Replace the image's segments (and the concept tags they got) and mark it indexed, with
+        its photo metadata, atomically. Call only after its vectors were durably written."""
         with self.Session.begin() as s:
+            s.execute(delete(SegmentTagRow).where(SegmentTagRow.image_id == image_id))
             s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
             s.add_all(
                 [
@@ -221,6 +225,7 @@ class Catalog:
                     for seg in segments
                 ]
             )
+            s.add_all(list(tags))
             s.execute(
                 update(ImageRow)
                 .where(ImageRow.id == image_id)
@@ -235,11 +240,13 @@ class Catalog:
                     n_segments=len(segments),
                     indexed_at=utcnow(),
                     updated_at=utcnow(),
+                    **(meta or {}),
                 )
             )
 
     def delete_image(self, image_id: str) -> None:
         with self.Session.begin() as s:
+            s.execute(delete(SegmentTagRow).where(SegmentTagRow.image_id == image_id))
             s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
             s.execute(delete(ImagePathRow).where(ImagePathRow.image_id == image_id))
             s.execute(delete(ImageRow).where(ImageRow.id == image_id))

@@ -13,7 +13,9 @@ This module holds what both share: the point, hit and filter types, the filter's
 Point id = segment id (UUID). Every write returns only after it is durable (Edge: flush;
 server: ``wait=True``). Payload carries what filters need: ``image_id``, ``kind``,
 ``area_frac``, ``bbox``, ``paths`` and ``dirs`` (every ancestor folder of every path, so a
-path-prefix filter is an exact keyword match on both backends).
+path-prefix filter is an exact keyword match on both backends); the photo's metadata when it has
+some (``taken_at`` epoch seconds, ``camera`` terms, ``location`` geo point) and the ``tags`` that
+concepts gave the segment.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from pathlib import PurePath
 
 import numpy as np
 
-PAYLOAD_INDEXES = {"image_id": "keyword", "kind": "keyword", "dirs": "keyword", "area_frac": "float"}
+PAYLOAD_INDEXES = {
+    "image_id": "keyword",
+    "kind": "keyword",
+    "dirs": "keyword",
+    "area_frac": "float",
+    "tags": "keyword",
+    "camera": "keyword",
+    "taken_at": "float",
+    "location": "geo",
+}
 
 
 @dataclass
@@ -49,16 +60,19 @@ class SearchFilter:
     path_prefix: str | None = None  # a folder: hits whose image lies under it
     min_area: float | None = None  # fraction of the image
     max_area: float | None = None
+    tags: list[str] | None = None  # every one of these concept tags
+    taken_after: float | None = None  # EXIF capture time, epoch seconds (photos without one never match)
+    taken_before: float | None = None
+    camera: str | None = None  # make, model or both, any case ("canon", "Canon EOS R5")
+    near: tuple[float, float, float] | None = None  # (lat, lon, km): photos taken within km of a point
 
     def is_empty(self) -> bool:
-        return not (
-            self.image_ids or self.kind or self.path_prefix or self.min_area is not None or self.max_area is not None
-        )
+        return not self.conditions()
 
     def conditions(self) -> list[tuple]:
         """The filter as backend-neutral conditions, all of which must hold; each backend only
         spells them in its own types: ``("any", key, values)``, ``("eq", key, value)``,
-        ``("range", key, gte, lte)``."""
+        ``("range", key, gte, lte)``, ``("geo", key, lat, lon, radius_m)``."""
         out: list[tuple] = []
         if self.image_ids:
             out.append(("any", "image_id", list(self.image_ids)))
@@ -68,6 +82,15 @@ class SearchFilter:
             out.append(("eq", "dirs", normalize_prefix(self.path_prefix)))
         if self.min_area is not None or self.max_area is not None:
             out.append(("range", "area_frac", self.min_area, self.max_area))
+        for tag in self.tags or ():
+            out.append(("eq", "tags", tag))
+        if self.taken_after is not None or self.taken_before is not None:
+            out.append(("range", "taken_at", self.taken_after, self.taken_before))
+        if self.camera:
+            out.append(("eq", "camera", " ".join(self.camera.lower().split())))
+        if self.near is not None:
+            lat, lon, km = self.near
+            out.append(("geo", "location", lat, lon, km * 1000.0))
         return out
 
 
@@ -135,11 +158,32 @@ class VectorIndex(ABC):
         offset: int = 0,
         score_threshold: float | None = None,
         exact: bool = False,
+        payload_keys: Sequence[str] | None = None,
     ) -> list[VectorHit]:
-        """Nearest points; ``exact`` bypasses the HNSW index (brute force, for recall checks)."""
+        """Nearest points; ``exact`` bypasses the HNSW index (brute force, for recall checks);
+        ``payload_keys``: only these payload keys come back (a join over thousands of hits need
+        not carry every hit's paths)."""
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> dict[str, VectorPoint]: ...
+
+    @abstractmethod
+    def sample(self, name: str, n: int, flt: SearchFilter | None = None) -> list[VectorPoint]:
+        """Up to ``n`` points drawn at random (with vectors): the library's background, against
+        which query scores are calibrated and concepts learn what they are not."""
+
+    @abstractmethod
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict) -> None:
+        """Set these payload keys on these points (other keys are kept)."""
+
+    def set_tags(self, name: str, tags: dict[str, list[str]]) -> None:
+        """Each point's full list of concept tags; points sharing a list are written together."""
+        by_list: dict[tuple[str, ...], list[str]] = {}
+        for pid, t in tags.items():
+            by_list.setdefault(tuple(sorted(t)), []).append(pid)
+        for t, ids in by_list.items():
+            for start in range(0, len(ids), 1000):
+                self.set_payload(name, ids[start : start + 1000], {"tags": list(t)})
 
     @abstractmethod
     def count(self, name: str, flt: SearchFilter | None = None) -> int: ...

@@ -1,0 +1,72 @@
+"""SQL records of concepts (``concepts``) and of the segments they tag (``segment_tags``); the
+learning itself is in ``segsearch.concepts``. Every method is one short transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import delete, func, select
+
+from segsearch.store.schema import ConceptRow, SegmentTagRow
+from segsearch.store.sql import Catalog
+
+
+class ConceptStore:
+    def __init__(self, catalog: Catalog):
+        self.Session = catalog.Session
+
+    def get(self, name: str) -> ConceptRow | None:
+        with self.Session() as s:
+            return s.get(ConceptRow, name)
+
+    def all(self, collection: str | None = None) -> list[ConceptRow]:
+        with self.Session() as s:
+            q = select(ConceptRow).order_by(ConceptRow.name)
+            if collection is not None:
+                q = q.where(ConceptRow.collection == collection)
+            return list(s.scalars(q))
+
+    def tag_counts(self) -> dict[str, int]:
+        with self.Session() as s:
+            return dict(s.execute(select(SegmentTagRow.concept, func.count()).group_by(SegmentTagRow.concept)).all())
+
+    def tagged(self, name: str) -> list[str]:
+        with self.Session() as s:
+            return list(s.scalars(select(SegmentTagRow.segment_id).where(SegmentTagRow.concept == name)))
+
+    def save(self, row: ConceptRow, tags: list[SegmentTagRow]) -> list[str]:
+        """Store the concept and replace the segments it tags, in one transaction. Returns every
+        segment whose tags changed (tagged before or now), for the vector payload."""
+        with self.Session.begin() as s:
+            before = list(s.scalars(select(SegmentTagRow.segment_id).where(SegmentTagRow.concept == row.name)))
+            s.merge(row)
+            s.flush()
+            s.execute(delete(SegmentTagRow).where(SegmentTagRow.concept == row.name))
+            s.add_all(tags)
+        return sorted(set(before) | {t.segment_id for t in tags})
+
+    def delete(self, name: str) -> list[str] | None:
+        """Remove the concept and its tags; the segments it had tagged (None: no such concept)."""
+        with self.Session.begin() as s:
+            row = s.get(ConceptRow, name)
+            if row is None:
+                return None
+            before = list(s.scalars(select(SegmentTagRow.segment_id).where(SegmentTagRow.concept == name)))
+            s.execute(delete(SegmentTagRow).where(SegmentTagRow.concept == name))
+            s.delete(row)
+        return before
+
+    def tags_of(self, segment_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Each segment's full list of tags (segments without any are absent)."""
+        ids = list(segment_ids)
+        out: dict[str, list[str]] = {}
+        with self.Session() as s:
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                rows = s.execute(
+                    select(SegmentTagRow.segment_id, SegmentTagRow.concept)
+                    .where(SegmentTagRow.segment_id.in_(ids[start : start + 900]))
+                    .order_by(SegmentTagRow.concept)
+                )
+                for sid, name in rows:
+                    out.setdefault(sid, []).append(name)
+        return out
