@@ -218,6 +218,23 @@ def segment_overlay(segment_id: str, services: ServicesDep):
     return _rendered(services, segment_id, "overlay", "image/jpeg")
 
 
+@router.get("/images/{image_id}/image.jpg", response_class=Response, responses=NOT_FOUND)
+def image_jpeg(image_id: str, services: ServicesDep):
+    """The photo itself, orientation-corrected, at most 1600 px on its longer side (the page shows
+    it with its segments outlined, and prompts SAM on it); ``X-Scale`` is displayed / original."""
+    img = services.catalog.get_image(image_id)
+    if img is None or img.status != "indexed":
+        raise ProblemError(404, "Image not found", f"no indexed image with id {image_id!r}")
+    cached = services.renders.get((image_id, "image"))
+    if cached is None:
+        with services.work.slot():
+            cached = render.overlay_jpeg(_source(services, image_id), None)
+        services.renders.put((image_id, "image"), cached)
+    scale = min(1.0, 1600 / max(img.width or 1, img.height or 1))
+    headers = {"Cache-Control": "private, max-age=3600", "X-Scale": f"{scale:.6f}"}
+    return Response(cached, media_type="image/jpeg", headers=headers)
+
+
 # --- interactive segmentation ----------------------------------------------------------------------
 @router.post("/segment", response_model=schemas.SegmentResponse, responses={**NOT_FOUND, **BAD_IMAGE})
 def segment(

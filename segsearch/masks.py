@@ -27,6 +27,52 @@ def rle_area(rle: dict) -> int:
     return int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
 
 
+def rle_counts(rle: dict) -> np.ndarray:
+    """The run lengths of a COCO RLE (alternating 0s and 1s, column-major, starting with 0s), from
+    its compressed string (the LEB128-like code of pycocotools' ``rleFrString``) or its list."""
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return np.asarray(counts, np.int64)
+    s = counts.encode("ascii") if isinstance(counts, str) else counts
+    out: list[int] = []
+    p = 0
+    while p < len(s):
+        x = k = 0
+        more = True
+        while more:
+            c = s[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return np.asarray(out, np.int64)
+
+
+def decode_window(rle: dict, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """The mask inside the window [x0, x1) x [y0, y1) only, as (y1 - y0, x1 - x0) bool: work and
+    memory follow the window, not the photo (a full decode of a 24 MP mask is 24 MB)."""
+    h, w = rle["size"]
+    x0, x1 = min(max(0, x0), w), min(max(0, x1), w)
+    y0, y1 = min(max(0, y0), h), min(max(0, y1), h)
+    out = np.zeros((max(0, x1 - x0), h), bool)  # columns of the window, full height (column-major runs)
+    if x1 <= x0 or y1 <= y0:
+        return out.T[y0:y1]
+    ends = np.cumsum(rle_counts(rle))
+    starts = ends - rle_counts(rle)
+    lo, hi = x0 * h, x1 * h
+    flat = out.reshape(-1)
+    for a, b in zip(starts[1::2], ends[1::2]):  # the runs of 1s
+        if b <= lo or a >= hi:
+            continue
+        flat[max(a, lo) - lo : min(b, hi) - lo] = True
+    return out.T[y0:y1]
+
+
 def mask_box_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))

@@ -17,7 +17,7 @@ RLE mask when a predicate needs it). The definitions, in pixels of the orientati
   their boxes intersect: occlusion makes SAM's masks of overlapping objects share a border.
 
 The mask predicates use pycocotools' RLE operations (intersection areas without decoding) except
-``overlaps``, which decodes the two masks inside their union box only.
+``overlaps``, which decodes the two masks inside their union box only (``masks.decode_window``).
 """
 
 from __future__ import annotations
@@ -165,24 +165,23 @@ def _surrounded(s: Seg, o: Seg) -> bool:
 
 def _touching(s: Seg, o: Seg) -> bool:
     import cv2
-    from pycocotools import mask as mu
 
-    if box_gap(s.bbox, o.bbox) > 0:
-        h, w = s.rle["size"]
-        if box_gap(s.bbox, o.bbox) > max(2.0, TOUCH * float(np.hypot(h, w))):
-            return False
+    from segsearch.masks import decode_window
+
     h, w = s.rle["size"]
     r = int(max(2.0, TOUCH * float(np.hypot(h, w))))
-    x0 = int(max(0, min(s.bbox[0], o.bbox[0]) - r))
-    y0 = int(max(0, min(s.bbox[1], o.bbox[1]) - r))
-    x1 = int(min(w, max(s.bbox[0] + s.bbox[2], o.bbox[0] + o.bbox[2]) + r + 1))
-    y1 = int(min(h, max(s.bbox[1] + s.bbox[3], o.bbox[1] + o.bbox[3]) + r + 1))
-    ms = mu.decode(_rle(s.rle))[y0:y1, x0:x1]
-    mo = mu.decode(_rle(o.rle))[y0:y1, x0:x1]
-    if (ms & mo).any():
+    if box_gap(s.bbox, o.bbox) > r:
+        return False
+    x0 = int(min(s.bbox[0], o.bbox[0])) - r
+    y0 = int(min(s.bbox[1], o.bbox[1])) - r
+    x1 = int(max(s.bbox[0] + s.bbox[2], o.bbox[0] + o.bbox[2])) + r + 1
+    y1 = int(max(s.bbox[1] + s.bbox[3], o.bbox[1] + o.bbox[3])) + r + 1
+    ms = decode_window(s.rle, x0, y0, x1, y1).astype(np.uint8)
+    mo = decode_window(o.rle, x0, y0, x1, y1)
+    if (ms.astype(bool) & mo).any():
         return True
     grown = cv2.dilate(ms, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
-    return bool((grown & mo).any())
+    return bool((grown.astype(bool) & mo).any())
 
 
 def holds(predicate: str, s: Seg, o: Seg) -> bool:

@@ -12,7 +12,8 @@ from segsearch.crops import cut_crop, square_box
 from segsearch.images import decode_image
 from segsearch.masks import decode_rle
 
-HIGHLIGHT = np.array([255, 40, 120], np.float32)
+DIM = 0.35  # what is not the segment keeps 35% of its brightness
+OUTLINE = np.array([255, 255, 255], np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -34,14 +35,18 @@ def crop_jpeg(rgb: np.ndarray, rle: dict | None, bbox, padding: float = 0.1, max
 
 
 def overlay(rgb: np.ndarray, rle: dict | None, max_side: int = 1600) -> Image.Image:
-    """The source image with the mask tinted and outlined."""
+    """The source image with the segment outlined and the rest dimmed. The segment's own pixels
+    are left exactly as they are: a tint would change its colour (a blue star under a pink
+    highlight looks purple), which misleads a colour search."""
     im = rgb.astype(np.float32)
     if rle is not None:
         m = decode_rle(rle)
-        im[m] = im[m] * 0.5 + HIGHLIGHT * 0.5
-        edge = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).filter(ImageFilter.FIND_EDGES)) > 0
-        edge = np.asarray(Image.fromarray((edge * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))) > 0
-        im[edge] = (255, 255, 255)
+        im[~m] *= DIM
+        mask_im = Image.fromarray((m * 255).astype(np.uint8))
+        outer = np.asarray(mask_im.filter(ImageFilter.MaxFilter(5))) > 0  # grown by 2 px
+        im[outer & ~m] = OUTLINE  # a bright line just outside the segment...
+        dark = (np.asarray(mask_im.filter(ImageFilter.MaxFilter(9))) > 0) & ~outer
+        im[dark] = 0  # ...edged in black, so it reads on light and dark photos alike
     out = Image.fromarray(np.clip(im, 0, 255).astype(np.uint8))
     if max(out.size) > max_side:
         out.thumbnail((max_side, max_side))

@@ -67,3 +67,35 @@ def test_whole_image_is_letterboxed_square():
     im = np.asarray(whole_image(scene(width=200, height=100), size=50))
     assert im.shape == (50, 50, 3)
     assert tuple(im[0, 25]) == FILL and tuple(im[25, 25]) != FILL
+
+
+def test_window_decode_equals_a_slice_of_the_full_mask():
+    """Relations decode only the boxes they compare: the same pixels as a full decode, any window."""
+    from segsearch.masks import decode_window, encode_rle
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = rng.random((h, w)) < rng.random()
+        x0, x1 = sorted(int(v) for v in rng.integers(-3, w + 3, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(-3, h + 3, 2))
+        got = decode_window(encode_rle(m), x0, y0, x1, y1)
+        want = m[max(0, y0) : max(0, min(h, y1)), max(0, x0) : max(0, min(w, x1))]
+        assert got.shape == want.shape and (got == want).all()
+
+
+def test_overlay_outlines_without_changing_the_objects_colour():
+    """A blue star must stay blue on the page: the segment's pixels are untouched, the rest dimmed
+    and a line drawn outside it."""
+    from segsearch import render
+    from segsearch.masks import encode_rle
+
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:] = (200, 200, 200)
+    m = np.zeros((60, 80), bool)
+    m[20:40, 30:50] = True
+    rgb[m] = (35, 75, 215)
+    out = np.asarray(render.overlay(rgb, encode_rle(m)))
+    assert (out[m] == (35, 75, 215)).all()
+    assert (out[5, 5] < rgb[5, 5]).all()  # dimmed outside
+    assert (out[19, 40] == 255).all() and (out[40, 40] == 255).all()  # outlined just outside

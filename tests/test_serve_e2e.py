@@ -121,10 +121,11 @@ def test_web_page_in_headless_chromium(server):
         assert "results" in page.inner_text("#status")
         page.locator(".hit").first.click()
         page.wait_for_selector("#detail", state="visible")
-        page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0", timeout=20_000)
-        page.wait_for_selector("#others img", timeout=20_000)
+        page.wait_for_function("document.querySelector('#photo').naturalWidth > 0", timeout=20_000)
+        page.wait_for_selector("#outlines rect.seg", timeout=20_000)
         page.mouse.click(3, 3)  # the backdrop closes the detail view
         page.wait_for_selector("#detail", state="hidden")
+        page.click("#filters summary")
         page.check("#group")
         page.wait_for_selector(".group", timeout=20_000)
         browser.close()
