@@ -7,7 +7,7 @@ down on search hits say them well. A concept is a logistic regression on the seg
   regularised *towards* it (an L2 pull of ``PRIOR`` on ``w - w0``), so with no labels the concept is
   the text query and every label moves it from there (a linear probe initialised from the text
   vector, as in CLIP's few-shot and WiSE-FT work).
-* **Negatives**: the labelled ones, plus ``BACKGROUND`` segments drawn at random from the library
+* **Negatives**: the labelled ones, plus ``BACKGROUND`` segments sampled from the library (``sample``)
   as weak negatives (their total weight equals the positives'), so a concept with only positive
   labels still learns what it is *not*.
 * **Solved by Newton's method** (IRLS, a few iterations on at most a few hundred points of CLIP's
@@ -40,7 +40,7 @@ TEXT_SCALE = 20.0  # logits per unit of cosine for the text prior (CLIP's own sc
 # A strong pull keeps a misleading text (the small CLIP does not know "warm") against the labels.
 PRIOR = 0.03
 TEXT_Z = 3.0  # a text-only concept tags segments 3 standard deviations above the library's mean score
-BACKGROUND = 512  # random library segments used as weak negatives
+BACKGROUND = 512  # library segments used as weak negatives
 THRESHOLD = 0.5  # probability at which a segment is tagged
 MAX_TAGGED = 20_000  # segments tagged in the existing library when trained (a broader concept is a filter, not a tag)
 MAX_LABELS = 5_000  # labelled segments kept per concept

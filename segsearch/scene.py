@@ -18,9 +18,9 @@ How a query is answered (``SceneSearcher.search``):
    the images about to be returned.
 4. **Score.** CLIP cosines are not comparable across texts ("dog" scores higher than
    "frisbee" everywhere), so each object's cosine is turned into a *standard score* against the
-   library: ``z = (cosine - mean) / std`` over a random sample of the library's object segments
-   (``CALIBRATION_SAMPLE``, refreshed every ``CALIBRATION_TTL_S``). An image's score is the mean
-   of its objects' ``z``: "on average, its objects match N standard deviations better than a
+   library: ``z = (cosine - mean) / std`` over a sample of the library's object segments
+   (``CALIBRATION_SAMPLE``, the same in every process, refreshed every ``CALIBRATION_TTL_S``). An
+   image's score is the mean of its objects' ``z``: "on average, its objects match N standard deviations better than a
    typical segment does". It is comparable across queries and libraries, and an object below
    ``MIN_Z`` (not a plausible match at all) disqualifies the image.
 """
@@ -98,7 +98,7 @@ _calibration_lock = threading.Lock()
 
 
 def background(vectors, collection: str) -> np.ndarray:
-    """A random sample of the collection's object vectors (unit rows), cached per open store."""
+    """A sample of the collection's object vectors (unit rows), cached per open store."""
     with _calibration_lock:
         got = _calibration.get(vectors, {}).get(collection)
         if got is not None and time.monotonic() - got[0] < CALIBRATION_TTL_S:

@@ -125,13 +125,14 @@ def test_photo_metadata_and_tag_filters(backend):
     assert backend.retrieve("c", [pts[4].id])[pts[4].id].payload["image_id"] == pts[4].payload["image_id"]
 
 
-def test_random_sample(backend):
+def test_sample(backend):
     backend.ensure_collection("c", DIM)
     pts = make_points()
     backend.upsert("c", pts)
     got = backend.sample("c", 8, SearchFilter(kind="object"))
     assert len(got) == 8 and len({p.id for p in got}) == 8
     assert all(p.payload["kind"] == "object" and len(p.vector) == DIM for p in got)
+    assert [p.id for p in backend.sample("c", 8, SearchFilter(kind="object"))] == [p.id for p in got]  # stable
     assert len(backend.sample("c", 100)) == 20
     assert backend.sample("missing", 5) == []
 

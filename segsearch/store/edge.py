@@ -231,12 +231,10 @@ class EdgeVectorIndex(VectorIndex):
 
         if n <= 0 or not self.has_collection(name):
             return []
-        res = self._shard(name).query(
-            q.QueryRequest(
-                limit=n, query=q.Sample.Random, filter=self._filter(flt), with_payload=True, with_vector=True
-            )
+        recs, _ = self._shard(name).scroll(
+            q.ScrollRequest(limit=n, filter=self._filter(flt), with_payload=True, with_vector=True)
         )
-        return [VectorPoint(str(p.id), list(p.vector or []), dict(p.payload or {})) for p in res]
+        return [VectorPoint(str(p.id), list(p.vector or []), dict(p.payload or {})) for p in recs]
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict) -> None:
         import qdrant_edge as q

@@ -274,21 +274,18 @@ class ServerVectorIndex(VectorIndex):
         )
 
     def sample(self, name: str, n: int, flt: SearchFilter | None = None) -> list[VectorPoint]:
-        from qdrant_client import models as m
-
         if n <= 0 or not self.has_collection(name):
             return []
-        res = self._call(
+        recs, _ = self._call(
             "sample",
-            self.client.query_points,
+            self.client.scroll,
             name,
-            query=m.SampleQuery(sample=m.Sample.RANDOM),
+            scroll_filter=self._filter(flt),
             limit=n,
-            query_filter=self._filter(flt),
             with_payload=True,
             with_vectors=True,
         )
-        return [VectorPoint(str(p.id), list(p.vector or []), dict(p.payload or {})) for p in res.points]
+        return [VectorPoint(str(p.id), list(p.vector or []), dict(p.payload or {})) for p in recs]
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict) -> None:
         from qdrant_client import models as m

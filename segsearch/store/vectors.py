@@ -169,8 +169,10 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def sample(self, name: str, n: int, flt: SearchFilter | None = None) -> list[VectorPoint]:
-        """Up to ``n`` points drawn at random (with vectors): the library's background, against
-        which query scores are calibrated and concepts learn what they are not."""
+        """Up to ``n`` points with their vectors: the library's background, against which scene
+        scores are calibrated and concepts learn what they are not. The first ``n`` in id order:
+        ids are hashes of content, so this is a uniform sample, and the same one in every process
+        (a random draw would give the CLI and the server slightly different scores)."""
 
     @abstractmethod
     def set_payload(self, name: str, ids: Sequence[str], payload: dict) -> None:
