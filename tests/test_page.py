@@ -100,7 +100,26 @@ def test_filters_negative_text_and_score_cut_off_reach_the_api(page):
     page.select_option("#kind", "object")
     page.fill("#neg", "star")
     page.fill("#threshold", "0.05")
+    for field, value in (("#prefix", "/nowhere"), ("#after", "2021-01-02"), ("#before", "2022-03-04")):
+        page.fill(field, value)
+    page.fill("#camera", "canon")
+    page.fill("#min_area", "1")
     page.fill("#q", "blue shape")
+    with page.expect_request(lambda r: r.url.endswith("/v1/search")) as req:
+        page.press("#q", "Enter")
+    body = json.loads(req.value.post_data)
+    assert body["filters"] == {
+        "kind": "object",
+        "path_prefix": "/nowhere",
+        "taken_after": "2021-01-02",
+        "taken_before": "2022-03-04",
+        "camera": "canon",
+        "min_area": 0.01,
+    }
+    page.wait_for_function("document.querySelector('#status').textContent.includes('No results')")  # no such folder
+    assert "fewer filters" in page.inner_text("#status")
+    for field in ("#prefix", "#after", "#before", "#camera", "#min_area"):
+        page.fill(field, "")
     with page.expect_request(lambda r: r.url.endswith("/v1/search")) as req:
         page.press("#q", "Enter")
     body = json.loads(req.value.post_data)
@@ -163,6 +182,15 @@ def test_detail_view_keyboard_outlines_hover_and_close(page, server):
     page.keyboard.press("Escape")
     page.wait_for_selector("#detail", state="hidden")
     assert page.evaluate("document.activeElement.dataset.segment") == seg  # focus comes back
+    if other.count():  # clicking a segment of the photo searches for it
+        cards.first.click()
+        page.wait_for_selector("#outlines rect.seg")
+        other_id = other.get_attribute("data-id")
+        with page.expect_request(lambda r: r.url.endswith("/v1/search")) as req:
+            other.click(position={"x": 3, "y": 3})
+        assert json.loads(req.value.post_data)["segment_id"] == other_id
+        page.wait_for_selector("#detail", state="hidden")
+        search(page, "red circle")
     cards.first.click()
     page.wait_for_selector("#detail", state="visible")
     page.click("#close")
