@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segsearch.concepts import tag_rows
+from segsearch.concepts import geometry, tag_rows
 from segsearch.crops import cut_crop, whole_image
 from segsearch.errors import SegsearchError
 from segsearch.exif import PhotoMeta
@@ -150,7 +150,8 @@ class Writer:
             paths = self.catalog.image_paths(g.image_id)
             dirs, meta = path_dirs(paths), g.meta.payload()
             gvecs = vecs[start : start + len(g.segments)]
-            tags[g.image_id] = tagger.tags(gvecs)
+            geo = [geometry(seg.bbox, seg.area_frac, g.width, g.height) for seg in g.segments] if tagger else None
+            tags[g.image_id] = tagger.tags(gvecs, np.stack(geo) if geo else None)
             for seg, vec, t in zip(g.segments, gvecs, tags[g.image_id]):
                 payload = {**seg.payload(g.image_id, paths, dirs), **meta}
                 if t:

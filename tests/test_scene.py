@@ -354,3 +354,27 @@ def test_relations_on_masks():
     assert holds("right_of", S, E) and not holds("left_of", S, E)  # centres 10 px apart, half the width
     assert not holds("left_of", S, H) and not holds("right_of", S, H)  # centres aligned: neither
     assert Relation(0, "inside", 1) == Relation(0, "inside", 1)
+
+
+def test_concepts_learn_what_the_crop_hides():
+    """CLIP sees every crop centred and resized: "small stars" differ from stars only in size. With
+    labels, the concept's geometry weights pick that up; without geometry it could not."""
+    import numpy as np
+
+    from segsearch.concepts import geometry, train
+
+    rng = np.random.default_rng(0)
+    star = rng.normal(size=64)
+    vecs = star + 0.3 * rng.normal(size=(60, 64))  # stars all alike to CLIP
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    sizes = np.where(np.arange(60) < 30, 0.005, 0.08)  # half small, half large
+    geo = np.stack([geometry((10, 10, 30, 30), a, 640, 480) for a in sizes])
+    small, large = np.flatnonzero(sizes < 0.01), np.flatnonzero(sizes > 0.01)
+    pos, neg = small[:10], large[:10]
+    model = train(vecs[pos], vecs[neg], vecs[20:], text=star, geometry=(geo[pos], geo[neg], geo[20:]))
+    assert model.uses_geometry and model.v[0] < 0  # smaller is more likely
+    held_small, held_large = small[10:], large[10:]
+    z = model.logits(vecs, geo)  # (the text makes every star likely: compare logits, not rounded probabilities)
+    assert z[held_small].min() > z[held_large].max()
+    flat = train(vecs[pos], vecs[neg], vecs[20:], text=star)  # the same labels without geometry
+    assert not flat.uses_geometry

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import delete, func, select
 
-from segsearch.store.schema import ConceptRow, SegmentTagRow
+from segsearch.store.schema import ConceptRow, ImageRow, SegmentTagRow
 from segsearch.store.sql import Catalog
 
 
@@ -55,6 +55,19 @@ class ConceptStore:
             s.execute(delete(SegmentTagRow).where(SegmentTagRow.concept == name))
             s.delete(row)
         return before
+
+    def image_sizes(self, image_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """(width, height) of these images."""
+        ids = list(set(image_ids))
+        out: dict[str, tuple[int, int]] = {}
+        with self.Session() as s:
+            for start in range(0, len(ids), 900):
+                q = select(ImageRow.id, ImageRow.width, ImageRow.height).where(
+                    ImageRow.id.in_(ids[start : start + 900])
+                )
+                for iid, w, h in s.execute(q):
+                    out[iid] = (w or 1, h or 1)
+        return out
 
     def tags_of(self, segment_ids: Iterable[str]) -> dict[str, list[str]]:
         """Each segment's full list of tags (segments without any are absent)."""
