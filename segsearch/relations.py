@@ -165,21 +165,23 @@ def _surrounded(s: Seg, o: Seg) -> bool:
 
 def _touching(s: Seg, o: Seg) -> bool:
     import cv2
+    from pycocotools import mask as mu
 
     from segsearch.masks import decode_window
 
     h, w = s.rle["size"]
     r = int(max(2.0, TOUCH * float(np.hypot(h, w))))
-    if box_gap(s.bbox, o.bbox) > r:
+    gap = box_gap(s.bbox, o.bbox)
+    if gap > r:
         return False
+    if gap == 0 and mu.area(mu.merge([_rle(s.rle), _rle(o.rle)], intersect=True)) > 0:
+        return True  # the masks overlap: no decoding needed
     x0 = int(min(s.bbox[0], o.bbox[0])) - r
     y0 = int(min(s.bbox[1], o.bbox[1])) - r
     x1 = int(max(s.bbox[0] + s.bbox[2], o.bbox[0] + o.bbox[2])) + r + 1
     y1 = int(max(s.bbox[1] + s.bbox[3], o.bbox[1] + o.bbox[3])) + r + 1
     ms = decode_window(s.rle, x0, y0, x1, y1).astype(np.uint8)
     mo = decode_window(o.rle, x0, y0, x1, y1)
-    if (ms.astype(bool) & mo).any():
-        return True
     grown = cv2.dilate(ms, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
     return bool((grown.astype(bool) & mo).any())
 

@@ -10,7 +10,8 @@ How a query is answered (``SceneSearcher.search``):
    asked for are completed: each object is searched again *inside those images only* (a filtered
    search on ``image_id``), so every candidate image knows its best ``PER_IMAGE`` segments for
    every object, not only the ones that made a global top list. When too few images survive the
-   join, ``candidates`` grows (x4, up to ``MAX_CANDIDATES``) and the search repeats. Only the
+   join, more of the images already found are completed (x4), then ``candidates`` grows (x4, up
+   to ``MAX_CANDIDATES``); images already completed are not looked at again. Only the
    payload keys the join needs travel; the cost follows the page asked for, not the library.
 3. **Assignment.** In each image, a branch-and-bound search picks one distinct segment per
    object maximising the combined score subject to every relation (``segsearch.relations``):
@@ -140,20 +141,34 @@ class SceneSearcher:
         base = replace(flt or SearchFilter(), kind="object")
         stats = [self._stats(v) for v in vectors]
         want = offset + top_k + 1
-        n = START_CANDIDATES
+        needs_masks = any(not box_only(r.predicate) for r in relations)
+        ranked: list[tuple[float, str, list[_Cand]]] = []
+        done: set[str] = set()  # images completed (and assigned) so far
+        n, m = START_CANDIDATES, CANDIDATE_IMAGES_PER_ANSWER * want
+        partial, exhausted = self._candidates(vectors, stats, base, n)
         while True:
-            ranked, exhausted = self._round(vectors, relations, base, stats, n, want)
-            if len(ranked) >= want or exhausted or n >= MAX_CANDIDATES:
+            order = [i for i, _ in sorted(partial.items(), key=lambda kv: -sum(kv[1]))]
+            batch = [i for i in order[:m] if i not in done][:MAX_CANDIDATE_IMAGES]
+            if batch:
+                done.update(batch)
+                ranked += self._complete(vectors, stats, base, relations, batch, needs_masks, want)
+                ranked.sort(key=lambda t: -t[0])
+            if len(ranked) >= want:
                 break
-            n = min(MAX_CANDIDATES, n * 4)
+            if m < len(order):  # cheap first: complete more of the images already found
+                m *= 4
+            elif not exhausted and n < MAX_CANDIDATES:  # then look wider
+                n = min(MAX_CANDIDATES, n * 4)
+                partial, exhausted = self._candidates(vectors, stats, base, n)
+            else:
+                break
         page = ranked[offset : offset + top_k]
         hits = self._hits(page)
         return ScenePage(hits, offset + top_k if len(ranked) > offset + top_k else None)
 
-    def _round(self, vectors, relations, base, stats, n, want):
-        """One round: candidates, completion inside the candidate images, assignment. Returns the
-        images ranked (those checked so far) and whether the library has nothing more to give."""
-        # 1. each object's n best segments: which images they fall in, and how well
+    def _candidates(self, vectors, stats, base, n) -> tuple[dict[str, list[float]], bool]:
+        """Each object's n best segments: image id -> each object's best z seen there (MIN_Z for
+        an object not seen there yet), and whether the library had fewer than asked."""
         partial: dict[str, list[float]] = {}
         exhausted = True
         for k, (v, (mu, sd)) in enumerate(zip(vectors, stats)):
@@ -164,12 +179,11 @@ class SceneSearcher:
                 if z >= MIN_Z:
                     best = partial.setdefault(h.payload.get("image_id"), [MIN_Z] * len(vectors))
                     best[k] = max(best[k], z)
-        # the images whose objects' best scores (MIN_Z for one not seen yet) promise the most
-        m = min(MAX_CANDIDATE_IMAGES, max(CANDIDATE_IMAGES_PER_ANSWER * want, n // 4))
-        image_ids = [i for i, _ in sorted(partial.items(), key=lambda kv: -sum(kv[1]))[:m]]
-        if not image_ids:
-            return [], exhausted
-        # 2. completion: each object's best segments inside those images only
+        return partial, exhausted
+
+    def _complete(self, vectors, stats, base, relations, image_ids, needs_masks, want):
+        """Each object's best segments inside these images only (a filtered search), then the
+        best assignment per image; the images that hold every object in the relations, scored."""
         inside = replace(base, image_ids=image_ids)
         per: list[dict[str, list[_Cand]]] = []
         for v, (mu, sd) in zip(vectors, stats):
@@ -188,19 +202,17 @@ class SceneSearcher:
                     seg = Seg(tuple(p.get("bbox", (0, 0, 0, 0))), af)
                     lst.append(_Cand(h.id, h.score, z, seg, af, p.get("tags", [])))
             per.append(by_image)
-        # 3. images where every object has a candidate, best upper bound first
-        bounds = []
+        bounds = []  # images where every object has a candidate, best upper bound first
         for iid in image_ids:
             lists = [d.get(iid) for d in per]
             if all(lists):
                 bounds.append((sum(lst[0].z for lst in lists) / len(lists), iid, lists))
         bounds.sort(key=lambda t: -t[0])
-        needs_masks = any(not box_only(r.predicate) for r in relations)
         ranked: list[tuple[float, str, list[_Cand]]] = []
         for i in range(0, len(bounds), ASSIGN_BATCH):
             batch = bounds[i : i + ASSIGN_BATCH]
             if len(ranked) >= want and batch[0][0] <= ranked[want - 1][0]:
-                break  # no image left can enter the page
+                break  # no image left in this set can enter the page
             ids = [c.id for _, _, lists in batch for lst in lists for c in lst]
             committed = committed_segments(self.catalog, ids, with_rle=needs_masks)
             for _, iid, lists in batch:
@@ -215,7 +227,7 @@ class SceneSearcher:
                 if best is not None:
                     ranked.append((best[0], iid, best[1]))
             ranked.sort(key=lambda t: -t[0])
-        return ranked, exhausted
+        return ranked
 
     def _hits(self, page) -> list[SceneHit]:
         paths = self.catalog.paths_by_image(iid for _, iid, _ in page)
