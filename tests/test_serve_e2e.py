@@ -1,15 +1,11 @@
 """`segsearch serve` as a real process on a loopback port, queried over HTTP and through its web
 page in headless Chromium, over shapes-world scenes indexed with the bundled small models."""
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
+from live_server import CHROMIUM_ARGS, serve
 
 from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG
 from segsearch.settings import Settings
@@ -36,45 +32,15 @@ def indexed(tmp_path_factory):
     return settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(indexed):
-    port = free_port()
     env = {
-        **os.environ,
         "SEGSEARCH_DATA": str(indexed.data),
         "SEGSEARCH_CLIP": "clip-shapes-tiny",
         "SEGSEARCH_SAM": "sam-shapes-tiny",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segsearch", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready")
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    with serve(env) as base:
+        yield base
 
 
 def test_real_server_over_http(server):
@@ -95,19 +61,7 @@ def test_web_page_in_headless_chromium(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(server + "/")
         page.fill("#q", "blue star")
