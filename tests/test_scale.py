@@ -60,7 +60,9 @@ def test_collection_options_from_settings_reach_the_server(qdrant_server):
     assert body["quantization_config"]["scalar"]["type"] == "int8"
     assert body["hnsw_config"]["m"] == 32 and body["hnsw_config"]["ef_construct"] == 200
     # payload indexes on every field the query service filters on
-    assert sorted(f for f, _ in log["indexes"]["c"]) == ["area_frac", "dirs", "image_id", "kind"]
+    made = dict(log["indexes"]["c"])
+    assert sorted(made) == ["area_frac", "camera", "dirs", "image_id", "kind", "location", "tags", "taken_at"]
+    assert made["location"] == "geo" and made["taken_at"] == "float" and made["tags"] == "keyword"
 
 
 def test_upserts_are_batched_and_transient_failures_retried(qdrant_server):
