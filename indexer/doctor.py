@@ -9,13 +9,16 @@ Drift kinds (each listed by id in the report):
 * ``stale_fingerprint``  indexed images whose pipeline fingerprint is not the current settings'
 * ``dead_paths``         known file paths that no longer exist; ``missing_files`` the images left
                          with no existing path at all
+* ``tag_drift``          segments whose concept tags in the vector payload (what ``filters.tags``
+                         sees) differ from SQL's ``segment_tags`` (a crash between the two writes)
 
 Images an indexer is working on right now (a live claim, see ``segsearch.store.sql``) are not
 drift: their vectors may precede their SQL commit, and they are ``pending`` on purpose.
 
-Repair deletes orphans and dead paths (and the images with no file left, with their vectors), then
-re-indexes every affected image that still has a file, through the normal indexer (deterministic
-ids, so nothing is duplicated), and checks again. Exit code 0 when no drift remains.
+Repair rewrites drifted tags from SQL, deletes orphans and dead paths (and the images with no file
+left, with their vectors), then re-indexes every affected image that still has a file, through the
+normal indexer (deterministic ids, so nothing is duplicated), and checks again. Exit code 0 when no
+drift remains.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-KINDS = ("orphan_vectors", "missing_vectors", "stuck_pending", "stale_fingerprint", "dead_paths", "missing_files")
+KINDS = (
+    "orphan_vectors",
+    "missing_vectors",
+    "stuck_pending",
+    "stale_fingerprint",
+    "dead_paths",
+    "missing_files",
+    "tag_drift",
+)
 
 
 @dataclass
@@ -34,10 +45,13 @@ class DriftReport:
     stale_fingerprint: list[str] = field(default_factory=list)
     dead_paths: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    tag_drift: dict[str, list[str]] = field(default_factory=dict)  # collection -> segment ids
 
     def counts(self) -> dict[str, int]:
         return {
-            k: (sum(len(v) for v in self.orphan_vectors.values()) if k == "orphan_vectors" else len(getattr(self, k)))
+            k: sum(len(v) for v in getattr(self, k).values())
+            if isinstance(getattr(self, k), dict)
+            else len(getattr(self, k))
             for k in KINDS
         }
 
@@ -50,6 +64,8 @@ class DriftReport:
 
 
 def check(catalog, vectors, fingerprint: str) -> DriftReport:
+    from segsearch.store.concepts import ConceptStore
+
     r = DriftReport()
     collections = sorted(set(vectors.collections()) | set(catalog.segment_collections()))
     missing: set[str] = set()
@@ -64,6 +80,15 @@ def check(catalog, vectors, fingerprint: str) -> DriftReport:
         if orphans:
             r.orphan_vectors[coll] = orphans
         missing |= {owners[sid] for sid in owners.keys() - point_ids}
+        in_sql = ConceptStore(catalog).tags_in(coll)
+        in_payload = {pid: sorted(t) for pid, t in vectors.iter_tags(coll)}
+        drift = sorted(
+            sid
+            for sid in (in_sql.keys() | in_payload.keys())
+            if sid in point_ids and sorted(in_sql.get(sid, [])) != in_payload.get(sid, [])
+        )
+        if drift:
+            r.tag_drift[coll] = drift
     indexed = catalog.images_by_status("indexed")
     r.missing_vectors = sorted(missing & {im.id for im in indexed})
     r.stuck_pending = [im.id for im in catalog.images_by_status("pending") if im.id not in busy]
@@ -84,6 +109,15 @@ def repair(report: DriftReport, indexer) -> dict:
     """Fix what ``check`` found; returns what was done."""
     catalog, vectors = indexer.stores.catalog, indexer.stores.vectors
     done = {"orphans_deleted": 0, "paths_removed": 0, "images_removed": 0, "images_reindexed": 0, "reindex_failed": 0}
+    done["tags_rewritten"] = 0
+    if report.tag_drift:
+        from segsearch.store.concepts import ConceptStore
+
+        store = ConceptStore(catalog)
+        for coll, ids in report.tag_drift.items():
+            lists = store.tags_of(ids)
+            vectors.set_tags(coll, {sid: lists.get(sid, []) for sid in ids})
+            done["tags_rewritten"] += len(ids)
     for coll, ids in report.orphan_vectors.items():
         vectors.delete(coll, ids)
         done["orphans_deleted"] += len(ids)

@@ -122,3 +122,39 @@ def test_an_image_being_indexed_right_now_is_not_drift(settings, index, stores, 
     catalog.close()
     code, out = doctor(settings)
     assert code != 0 and out["found"]["stuck_pending"] == [iid] and len(out["found"]["orphan_vectors"][coll]) == 1
+
+
+def test_concept_tags_that_drifted_from_sql_are_found_and_rewritten(settings, index, stores, tmp_path):
+    """Tags live in SQL and in the vector payload (where filters read them); a crash between the two
+    writes leaves them apart. doctor finds such segments and rewrites their payload from SQL."""
+    import numpy as np
+
+    from segsearch.concepts import ConceptModel, new_row
+    from segsearch.store.concepts import ConceptStore
+    from segsearch.store.schema import SegmentTagRow
+    from segsearch.store.vectors import SearchFilter
+
+    library(tmp_path / "lib", 3)
+    index(settings, [tmp_path / "lib"])
+    catalog, vectors = stores()
+    coll = vectors.collections()[0]
+    owners = catalog.segment_owner_map(coll)
+    ids = sorted(owners)
+    picked = ids[:3]  # a concept's state as Concepts.learn leaves it: SQL rows, then the payload
+    row = new_row("picked", None, coll, picked, [], ConceptModel(np.zeros(32, np.float32), 0.0))
+    ConceptStore(catalog).save(
+        row, [SegmentTagRow(segment_id=i, concept="picked", image_id=owners[i], score=0.9) for i in picked]
+    )
+    vectors.set_tags(coll, {i: ["picked"] for i in picked})
+    lost, stray = picked[0], ids[-1]
+    vectors.set_tags(coll, {lost: [], stray: ["picked"]})  # as if the payload write had been lost / stale
+    vectors.close()
+    catalog.close()
+
+    code, out = doctor(settings)
+    assert code == 1 and out["found"]["counts"]["tag_drift"] == 2
+    assert sorted(out["found"]["tag_drift"][coll]) == sorted([lost, stray])
+    code, out = doctor(settings, "--repair")
+    assert code == 0 and out["repair"]["tags_rewritten"] == 2 and out["after"]["total"] == 0
+    catalog, vectors = stores()
+    assert {h.id for h in vectors.search(coll, [1.0] * 32, 1000, SearchFilter(tags=["picked"]))} == set(picked)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import delete, func, select
 
-from segsearch.store.schema import ConceptRow, ImageRow, SegmentTagRow
+from segsearch.store.schema import ConceptRow, ImageRow, SegmentRow, SegmentTagRow
 from segsearch.store.sql import Catalog
 
 
@@ -55,6 +55,20 @@ class ConceptStore:
             s.execute(delete(SegmentTagRow).where(SegmentTagRow.concept == name))
             s.delete(row)
         return before
+
+    def tags_in(self, collection: str) -> dict[str, list[str]]:
+        """Every tagged segment of a collection with its tags (what its vector payload should say)."""
+        out: dict[str, list[str]] = {}
+        with self.Session() as s:
+            rows = s.execute(
+                select(SegmentTagRow.segment_id, SegmentTagRow.concept)
+                .join(SegmentRow, SegmentRow.id == SegmentTagRow.segment_id)
+                .where(SegmentRow.collection == collection)
+                .order_by(SegmentTagRow.concept)
+            )
+            for sid, name in rows:
+                out.setdefault(sid, []).append(name)
+        return out
 
     def image_sizes(self, image_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
         """(width, height) of these images."""

@@ -265,6 +265,28 @@ class EdgeVectorIndex(VectorIndex):
             if offset is None:
                 break
 
+    def iter_tags(self, name: str) -> Iterator[tuple[str, list[str]]]:
+        import qdrant_edge as q
+
+        if not self.has_collection(name):
+            return
+        shard, offset = self._shard(name), None
+        tagged = q.Filter(must_not=[q.IsEmptyCondition("tags")])
+        while True:
+            recs, offset = shard.scroll(
+                q.ScrollRequest(
+                    offset=offset,
+                    limit=1024,
+                    filter=tagged,
+                    with_payload=q.PayloadSelector.Include(["tags"]),
+                    with_vector=False,
+                )
+            )
+            for r in recs:
+                yield str(r.id), list((r.payload or {}).get("tags") or [])
+            if offset is None:
+                break
+
     def optimize(self) -> None:
         """Build the HNSW index (Edge builds it only when asked)."""
         with self._lock:

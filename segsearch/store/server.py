@@ -318,5 +318,28 @@ class ServerVectorIndex(VectorIndex):
             if offset is None:
                 break
 
+    def iter_tags(self, name: str) -> Iterator[tuple[str, list[str]]]:
+        from qdrant_client import models as m
+
+        if not self.has_collection(name):
+            return
+        tagged = m.Filter(must_not=[m.IsEmptyCondition(is_empty=m.PayloadField(key="tags"))])
+        offset = None
+        while True:
+            recs, offset = self._call(
+                "scroll",
+                self.client.scroll,
+                name,
+                scroll_filter=tagged,
+                limit=1024,
+                offset=offset,
+                with_payload=["tags"],
+                with_vectors=False,
+            )
+            for r in recs:
+                yield str(r.id), list((r.payload or {}).get("tags") or [])
+            if offset is None:
+                break
+
     def close(self) -> None:
         self.client.close()

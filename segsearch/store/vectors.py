@@ -194,6 +194,10 @@ class VectorIndex(ABC):
     def iter_ids(self, name: str) -> Iterator[str]: ...
 
     @abstractmethod
+    def iter_tags(self, name: str) -> Iterator[tuple[str, list[str]]]:
+        """(point id, its payload ``tags``) of every point that has any."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def has_collection(self, name: str) -> bool:
