@@ -187,8 +187,10 @@ class SceneSearcher:
         inside = replace(base, image_ids=image_ids)
         per: list[dict[str, list[_Cand]]] = []
         for v, (mu, sd) in zip(vectors, stats):
+            # exact: the filter leaves a few thousand points, which brute force scores faster than
+            # the HNSW graph walks around them (at 1M segments: AND queries 73 -> 41 ms median)
             hits = self.vectors.search(
-                self.collection, v, len(image_ids) * PER_IMAGE, inside, payload_keys=CANDIDATE_KEYS
+                self.collection, v, len(image_ids) * PER_IMAGE, inside, exact=True, payload_keys=CANDIDATE_KEYS
             )
             by_image: dict[str, list[_Cand]] = {}
             for h in hits:
