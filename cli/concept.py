@@ -92,9 +92,6 @@ def _run(settings, method: str, path: str, local, **kw):
         return local(library.concepts(), library)
 
 
-Store = dict(data=None, database_url=None, vector_backend=None, qdrant_url=None)
-
-
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Concept name (becomes a tag): lower case, digits, '_', '-', '.'.")],

@@ -329,7 +329,7 @@ class Concepts:
         row = self.store.get(name)
         if row is None:
             raise NotFoundError(f"no concept named {name!r}")
-        return Concept.from_row(row, len(self.store.tagged(name)))
+        return Concept.from_row(row, self.store.tag_count(name))
 
     def tagger(self) -> Tagger:
         return Tagger([Concept.from_row(r) for r in self.store.all(self.collection)])

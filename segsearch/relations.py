@@ -208,27 +208,12 @@ def holds(predicate: str, s: Seg, o: Seg) -> bool:
             return False
         return s.rle is not None and o.rle is not None and _surrounded(s, o)
     if predicate == "overlaps":
-        if box_gap(s.bbox, o.bbox) > 0 and s.rle is None:
-            return False
         return s.rle is not None and o.rle is not None and _touching(s, o)
     raise QueryError(f"unknown predicate {predicate!r}")
 
 
 def box_only(predicate: str) -> bool:
     return predicate not in MASK_PREDICATES
-
-
-def box_possible(predicate: str, s: Seg, o: Seg) -> bool:
-    """A cheap necessary condition from boxes alone (mask predicates are checked later)."""
-    if box_only(predicate):
-        return holds(predicate, s, o)
-    if predicate == "inside":
-        return _box_within(s.bbox, o.bbox) and s.bbox[2] * s.bbox[3] < o.bbox[2] * o.bbox[3]
-    if predicate == "contains":
-        return box_possible("inside", o, s)
-    if predicate == "overlaps":
-        return True  # touching boxes a few pixels apart still count; the mask check decides
-    return True
 
 
 def parse_relation(r) -> Relation:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from segsearch.errors import QueryError
-from segsearch.relations import Relation, Seg, box_only, box_possible, check_relations, holds
+from segsearch.relations import Relation, Seg, box_only, check_relations, holds
 from segsearch.store.vectors import SearchFilter
 
 MAX_OBJECTS = 8
@@ -271,14 +271,14 @@ def assign(lists: list[list[_Cand]], relations: list[Relation]) -> tuple[float, 
     best: list = [-np.inf, None]
     chosen: list[_Cand] = []
     steps = 0
-    mask_cache: dict[tuple[str, str, str], bool] = {}
+    checked: dict[tuple[str, str, str], bool] = {}
 
     def ok(r: Relation) -> bool:
         s, o = chosen[r.subject], chosen[r.object]
         key = (s.id, r.predicate, o.id)
-        if key not in mask_cache:
-            mask_cache[key] = box_possible(r.predicate, s.seg, o.seg) and holds(r.predicate, s.seg, o.seg)
-        return mask_cache[key]
+        if key not in checked:
+            checked[key] = holds(r.predicate, s.seg, o.seg)  # (mask predicates test the boxes first)
+        return checked[key]
 
     def dfs(i: int, total: float) -> None:
         nonlocal steps

@@ -30,9 +30,9 @@ class ConceptStore:
         with self.Session() as s:
             return dict(s.execute(select(SegmentTagRow.concept, func.count()).group_by(SegmentTagRow.concept)).all())
 
-    def tagged(self, name: str) -> list[str]:
+    def tag_count(self, name: str) -> int:
         with self.Session() as s:
-            return list(s.scalars(select(SegmentTagRow.segment_id).where(SegmentTagRow.concept == name)))
+            return int(s.scalar(select(func.count()).select_from(SegmentTagRow).where(SegmentTagRow.concept == name)))
 
     def save(self, row: ConceptRow, tags: list[SegmentTagRow]) -> list[str]:
         """Store the concept and replace the segments it tags, in one transaction. Returns every
