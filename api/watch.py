@@ -12,7 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
-from segsearch.images import IMAGE_EXTENSIONS
+from segsearch.indexer.discover import MEDIA_EXTENSIONS
 
 log = logging.getLogger("segsearch.watch")
 
@@ -23,7 +23,7 @@ DEBOUNCE_MS = 1600
 
 def _wanted(path: str) -> bool:
     p = Path(path)
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.parts)
+    return p.suffix.lower() in MEDIA_EXTENSIONS and not any(part.startswith(".") for part in p.parts)
 
 
 class Watcher:

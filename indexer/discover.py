@@ -1,4 +1,4 @@
-"""Find image files: files, folders (recursive) and globs; hidden entries skipped;
+"""Find image and video files: files, folders (recursive) and globs; hidden entries skipped;
 deterministic (sorted) order; each path once."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from segsearch.images import IMAGE_EXTENSIONS
+from segsearch.video import VIDEO_EXTENSIONS
+
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 def _hidden(p: Path) -> bool:
@@ -21,13 +24,13 @@ def _walk(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
                 yield Path(dirpath) / name
 
 
 def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Yield absolute paths of image files. Explicitly named files are taken whatever their
-    extension (the decoder decides); folders and globs yield known image extensions only."""
+    """Yield absolute paths of image and video files. Explicitly named files are taken whatever their
+    extension (the decoder decides); folders and globs yield known image and video extensions only."""
     seen: set[Path] = set()
     for raw in inputs:
         raw = str(raw)
@@ -42,7 +45,7 @@ def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
                 f
                 for m in matches
                 if not _hidden(m)
-                for f in (_walk(m) if m.is_dir() else [m] if m.suffix.lower() in IMAGE_EXTENSIONS else [])
+                for f in (_walk(m) if m.is_dir() else [m] if m.suffix.lower() in MEDIA_EXTENSIONS else [])
             )
         else:
             raise FileNotFoundError(f"no such file, folder or glob match: {raw}")

@@ -39,11 +39,13 @@ from segsearch.images import DecodedImage, check_sam_view
 from segsearch.runtime import Models, Stores
 from segsearch.settings import Settings
 from segsearch.store.sql import as_utc, utcnow
+from segsearch.video import VideoInfo
 
 from segsearch.indexer import claims
 from segsearch.indexer.amg import mask_generator_for
 from segsearch.indexer.reader import Look, Read, Reader, look
 from segsearch.indexer.results import Deferred, Outcome, RunSummary, StageTimes
+from segsearch.indexer.videos import prepare_video
 from segsearch.indexer.writer import Prepared, Writer, build_segments
 
 Record = Callable[[Outcome, Path], None]
@@ -64,6 +66,7 @@ class Indexer:
         self._done: set[str] = set()  # image ids handled in this run (same bytes at two paths)
         self._group: list[Prepared] = []
         self._run_started = None  # wall clock of the run start (for --force with several indexers)
+        self._fp: dict[str, str] = {}  # image id -> its fingerprint (a video's includes the sampling)
 
     @property
     def stages(self) -> dict[str, float]:
@@ -151,9 +154,9 @@ class Indexer:
     def _revisit(self, deferred: list[Deferred], force: bool, record: Record) -> list[Deferred]:
         """One round over the deferred images: done by their holder -> skipped; holder gone ->
         read again and go through the normal stages; still held -> wait and keep."""
-        fp = self.models.fingerprint
         free, held = [], []
         for d in deferred:
+            fp = self.models.fingerprint_for(d.path)
             image = self.catalog.get_image(d.image_id)
             if (
                 image is not None
@@ -185,7 +188,7 @@ class Indexer:
         return self.writer.write_group([result])[0][1]
 
     def look(self, path: Path, force: bool) -> Outcome | Look:
-        return look(self.catalog, path, self.models.fingerprint, force)
+        return look(self.catalog, path, self.models.fingerprint_for(path), force)
 
     def read(self, path: Path, force: bool, *, decode: bool = True) -> Outcome | Read:
         return self.reader.read(path, self.look(path, force), decode=decode)
@@ -196,8 +199,9 @@ class Indexer:
         claimed by this one (None: the caller computes it)."""
         if isinstance(read, Outcome):
             return read
-        fp, collection = self.models.fingerprint, self.models.collection
+        fp, collection = self.models.fingerprint_for(path), self.models.collection
         iid, known = read.image_id, read.look.known
+        self._fp[iid] = fp
         for orphan in self.catalog.register_file(str(path), iid, read.size, read.look.stat.st_mtime_ns):
             self.writer.remove_image(orphan)  # the file changed: its old bytes have no path left
 
@@ -228,10 +232,13 @@ class Indexer:
 
     def mark_pending(self, iid: str) -> None:
         """Step 1 of the protocol, for an image this indexer has begun."""
-        self.catalog.mark_pending(iid, self.models.fingerprint, self.models.collection)
+        self.catalog.mark_pending(iid, self.fingerprint(iid), self.models.collection)
+
+    def fingerprint(self, iid: str) -> str:
+        return self._fp.get(iid, self.models.fingerprint)
 
     def fail(self, iid: str, msg: str) -> Outcome:
-        return self.writer.fail(iid, msg)
+        return self.writer.fail(iid, msg, self.fingerprint(iid))
 
     def _prepare_read(self, path: Path, read: Read) -> Prepared | Outcome:
         """``prepare`` for a begun image; what goes wrong with this image fails it alone."""
@@ -239,6 +246,8 @@ class Indexer:
         if isinstance(read.decoded, ImageError):
             return self.fail(iid, str(read.decoded))
         try:
+            if isinstance(read.decoded, VideoInfo):
+                return prepare_video(self, path, iid, read.decoded)
             return self.prepare(path, iid, read.decoded)
         except SegsearchError:
             raise  # configuration/storage problems stop the run
@@ -248,7 +257,8 @@ class Indexer:
             return self.fail(
                 iid,
                 f"out of memory while processing this {read.decoded.width}x"
-                f"{read.decoded.height} image (it fails alone; the rest of the run goes on)",
+                f"{read.decoded.height} {'video' if isinstance(read.decoded, VideoInfo) else 'image'} "
+                "(it fails alone; the rest of the run goes on)",
             )
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run
             return self.fail(iid, f"processing error: {type(exc).__name__}: {exc}")

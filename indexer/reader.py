@@ -4,6 +4,7 @@ large the library is. Decoding errors are kept as values: the image fails alone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import deque
@@ -16,8 +17,11 @@ from segsearch.identity import image_id
 from segsearch.images import DecodedImage, decode_image
 from segsearch.settings import Settings
 from segsearch.store.sql import Catalog, ImagePathRow, ImageRow
+from segsearch.video import VideoError, VideoInfo, is_video, probe
 
 from segsearch.indexer.results import Outcome, StageTimes
+
+HASH_CHUNK = 1 << 20  # videos are hashed 1 MiB at a time
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class Read:
     look: Look
     image_id: str
     size: int
-    decoded: DecodedImage | ImageError | None  # None: hashed only (the Ray engine decodes in its actors)
+    # None: hashed only (the Ray engine decodes in its actors); a video is probed, not decoded: its
+    # frames are streamed by the video stage
+    decoded: DecodedImage | VideoInfo | ImageError | None
 
 
 def look(catalog: Catalog, path: Path, fingerprint: str, force: bool) -> Outcome | Look:
@@ -69,6 +75,8 @@ class Reader:
         """Worker-thread stage: read, hash and decode."""
         if isinstance(looked, Outcome):
             return looked
+        if is_video(path):
+            return self.read_video(path, looked)
         t0 = time.perf_counter()
         try:
             with open(path, "rb") as f:
@@ -86,6 +94,33 @@ class Reader:
             decoded = exc
         self.times.add("decode", time.perf_counter() - t1)
         return Read(looked, iid, len(data), decoded)
+
+    def read_video(self, path: Path, looked: Look) -> Outcome | Read:
+        """A video is hashed in chunks (never held whole) and its header probed."""
+        t0 = time.perf_counter()
+        h, size = hashlib.sha256(), 0
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(HASH_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
+        t1 = time.perf_counter()
+        self.times.add("read_hash", t1 - t0)
+        try:
+            info: VideoInfo | ImageError = probe(path)
+            if size == 0:
+                raise VideoError("empty file (0 bytes)")
+            if info.duration_s > self.settings.max_video_seconds:
+                raise VideoError(
+                    f"video is {info.duration_s:.0f} s long, above the cap of {self.settings.max_video_seconds:.0f} s "
+                    "(SEGSEARCH_MAX_VIDEO_SECONDS; checked from the header, before decoding)"
+                )
+        except ImageError as exc:
+            info = exc
+        self.times.add("decode", time.perf_counter() - t1)
+        return Read(looked, h.hexdigest(), size, info)
 
     def prefetch(
         self, paths: list[Path], look_up: Callable[[Path], Outcome | Look]

@@ -5,7 +5,7 @@ call, then each image's SQL transaction commits it (steps 3-4 of the protocol in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from segsearch.runtime import Models, Stores
 from segsearch.settings import Settings
 from segsearch.store.schema import SegmentRecord
 from segsearch.store.vectors import VectorPoint, path_dirs
+from segsearch.video import VideoInfo
 
 from segsearch.indexer.results import Outcome, StageTimes
 
@@ -36,8 +37,20 @@ class Prepared:
     format: str
     segments: list[SegmentRecord]
     crops: list
-    vectors: np.ndarray | None = None  # when an engine embedded the crops already (Ray)
+    vectors: np.ndarray | None = None  # when an engine embedded the crops already (Ray, videos)
     meta: PhotoMeta = PhotoMeta()
+    fingerprint: str | None = None  # None: the pipeline's (a video's includes its sampling)
+    video: VideoInfo | None = None
+    rows: list = field(default_factory=list)  # more rows committed with the segments (track frames)
+
+    def columns(self) -> dict:
+        """Image columns besides the size: photo metadata, or what the file is."""
+        video = self.video is not None
+        return {
+            **self.meta.columns(),
+            "media": "video" if video else "photo",
+            "duration_s": self.video.duration_s if video else None,
+        }
 
 
 def build_segments(
@@ -115,9 +128,9 @@ class Writer:
             or sum(len(g.segments) for g in group) >= self.settings.write_group_crops
         )
 
-    def fail(self, iid: str, msg: str) -> Outcome:
+    def fail(self, iid: str, msg: str, fingerprint: str | None = None) -> Outcome:
         """Record an image as failed (and let go of its claim)."""
-        self.catalog.mark_failed(iid, msg, self.models.fingerprint)
+        self.catalog.mark_failed(iid, msg, fingerprint or self.models.fingerprint)
         self.catalog.release_claim(iid, self.worker)
         return Outcome("failed", error=msg)
 
@@ -129,18 +142,21 @@ class Writer:
         fp, collection = self.models.fingerprint, self.models.collection
         t0 = time.perf_counter()
         try:
-            if all(g.vectors is not None for g in group):  # embedded upstream (Ray engine)
-                vecs = np.concatenate([g.vectors for g in group])
-            else:
+            todo = [c for g in group if g.vectors is None for c in g.crops]
+            if todo:
                 if self.models.guard is not None:
                     self.models.guard()
-                vecs = self.models.embedder.embed_images([c for g in group for c in g.crops])
+                fresh = iter(self.models.embedder.embed_images(todo))
                 self.times.add("clip", time.perf_counter() - t0)
+            # in group order; some were embedded upstream (Ray engine, videos while tracking)
+            vecs = np.concatenate(
+                [g.vectors if g.vectors is not None else np.stack([next(fresh) for _ in g.crops]) for g in group]
+            )
         except SegsearchError:
             raise
         except Exception as exc:  # noqa: BLE001 - MemoryError included: the group fails, the run goes on
             msg = f"processing error: {type(exc).__name__}: {exc}"
-            return [(g, self.fail(g.image_id, msg)) for g in group]
+            return [(g, self.fail(g.image_id, msg, g.fingerprint)) for g in group]
 
         t0 = time.perf_counter()
         points, start, tags = [], 0, {}
@@ -167,14 +183,14 @@ class Writer:
         for g in group:
             self.catalog.commit_segments(
                 g.image_id,
-                fingerprint=fp,
+                fingerprint=g.fingerprint or fp,
                 collection=collection,
                 width=g.width,
                 height=g.height,
                 fmt=g.format,
                 segments=g.segments,
-                meta=g.meta.columns(),
-                tags=tag_rows(g.image_id, [seg.id for seg in g.segments], tags[g.image_id]),
+                meta=g.columns(),
+                tags=[*tag_rows(g.image_id, [seg.id for seg in g.segments], tags[g.image_id]), *g.rows],
             )
             self.catalog.release_claim(g.image_id, self.worker)
             out.append((g, Outcome("indexed", segments=len(g.segments))))

@@ -22,6 +22,11 @@ def pipeline_fingerprint(sam_fp: str, clip_fp: str, amg: dict, crop: dict) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def video_fingerprint(pipeline: str, video: dict) -> str:
+    blob = json.dumps({"pipeline": pipeline, "video": video}, sort_keys=True)
+    return "v" + hashlib.sha256(blob.encode()).hexdigest()[:23]
+
+
 def segment_id(image: str, fingerprint: str, mask_index: int) -> str:
     return str(uuid.uuid5(_SEGMENT_NS, f"{image}:{fingerprint}:{mask_index}"))
 

@@ -21,7 +21,7 @@ overrides the record (``Settings.model_fields_set``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +39,14 @@ AMG_FIELDS = (
     "min_mask_region_area",
 )  # points_per_batch is speed only
 CROP_FIELDS = {"mode": "crop_mode", "padding": "crop_padding", "min_area": "min_segment_area"}
+# Video sampling is recalled like the rest, but changing it needs no --reindex: it is part of a
+# video's fingerprint only, so the next index redoes the videos and leaves the photos alone.
+VIDEO_FIELDS = {
+    "fps": "video_fps",
+    "min_track_s": "min_track_seconds",
+    "keyframe_s": "video_keyframe_seconds",
+    "vector": "track_vector",
+}
 
 
 @dataclass
@@ -50,13 +58,21 @@ class Recorded:
     amg: dict
     crop: dict
     clips: list  # every CLIP model this library has had a collection for, newest last
+    video: dict = field(default_factory=dict)  # video sampling (Settings.video_params)
 
     @property
     def empty(self) -> bool:
         return not (self.sam or self.clip)
 
     def to_dict(self) -> dict:
-        return {"sam": self.sam, "clip": self.clip, "amg": self.amg, "crop": self.crop, "clips": self.clips}
+        return {
+            "sam": self.sam,
+            "clip": self.clip,
+            "amg": self.amg,
+            "crop": self.crop,
+            "clips": self.clips,
+            "video": self.video,
+        }
 
 
 def _source(name_or_path: str) -> str:
@@ -115,6 +131,7 @@ def read(catalog) -> Recorded:
         rec.get("amg", {}),
         rec.get("crop", {}),
         rec.get("clips", {}).get("models", []),
+        rec.get("video", {}),
     )
 
 
@@ -151,6 +168,7 @@ def write(catalog, settings: Settings) -> None:
         "clip": clip_entry(settings),
         "amg": amg_entry(settings),
         "crop": crop_entry(settings),
+        "video": settings.video_params(),
     }
     if stored and all(stored.get(k) == v for k, v in entries.items()):
         return
@@ -171,6 +189,7 @@ def recalled(rec: Recorded) -> dict:
         out["clip_arch"] = rec.clip.get("arch", "ViT-B-32")
     out.update({k: v for k, v in rec.amg.items() if k in AMG_FIELDS})
     out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
+    out.update({VIDEO_FIELDS[k]: v for k, v in rec.video.items() if k in VIDEO_FIELDS})
     return out
 
 
@@ -223,9 +242,9 @@ def resolve(
         for k in AMG_FIELDS:
             if k in explicit and rec.amg and params[k] != rec.amg.get(k):
                 changed.append(f"{k} {params[k]} (recorded: {rec.amg.get(k)})")
-        for key, field in CROP_FIELDS.items():
-            if field in explicit and rec.crop and getattr(resolved, field) != rec.crop.get(key):
-                changed.append(f"{field} {getattr(resolved, field)} (recorded: {rec.crop.get(key)})")
+        for key, name in CROP_FIELDS.items():
+            if name in explicit and rec.crop and getattr(resolved, name) != rec.crop.get(key):
+                changed.append(f"{name} {getattr(resolved, name)} (recorded: {rec.crop.get(key)})")
         if changed and not (purpose == "index" and reindex):
             how = (
                 "pass --reindex to re-index with them (the record is replaced), or drop those flags"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from segsearch.identity import collection_name, pipeline_fingerprint
+from segsearch.identity import collection_name, pipeline_fingerprint, video_fingerprint
 from segsearch.settings import Settings
 from segsearch.store.sql import Catalog
 from segsearch.store.vectors import VectorIndex, open_vector_index
+from segsearch.video import is_video
 
 
 class Stores(NamedTuple):
@@ -113,6 +114,14 @@ class Models:
             self.settings.amg_params(),
             self.settings.crop_params(),
         )
+
+    @property
+    def video_fingerprint(self) -> str:
+        """A video's: the pipeline's plus the video sampling (changing --video-fps redoes videos only)."""
+        return video_fingerprint(self.fingerprint, self.settings.video_params())
+
+    def fingerprint_for(self, path) -> str:
+        return self.video_fingerprint if is_video(path) else self.fingerprint
 
     @property
     def collection(self) -> str:

@@ -162,6 +162,19 @@ class Settings(BaseSettings):
     write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
     write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
+
+    # --- video ---------------------------------------------------------------------------
+    video_fps: float = Field(2.0, gt=0, le=30, description="Frames per second sampled from videos (SAM runs on each).")
+    min_track_seconds: float = Field(1.0, ge=0, description="Object tracks shorter than this are dropped (flickers).")
+    video_keyframe_seconds: float = Field(
+        2.0, gt=0, description="A whole-frame vector every this many seconds, so a moment can be found."
+    )
+    track_vector: Literal["mean", "best"] = Field(
+        "mean", description="A track's vector: the mean of its crops' embeddings, or its best frame's."
+    )
+    max_video_seconds: float = Field(
+        3600.0, gt=0, description="Longer videos fail with a reason (checked from the header, and while decoding)."
+    )
     engine: Literal["local", "ray"] = Field(
         "local", description="local: this process (threads); ray: Ray Data actor pools (many GPUs/machines)."
     )
@@ -241,6 +254,15 @@ class Settings(BaseSettings):
             defaults = amg_defaults(get_sam_spec(self.sam))
             given = {k: defaults[k] if v is None else v for k, v in given.items()}
         return given
+
+    def video_params(self) -> dict:
+        """What changes a video's tracks (part of a video's fingerprint, not a photo's)."""
+        return {
+            "fps": self.video_fps,
+            "min_track_s": self.min_track_seconds,
+            "keyframe_s": self.video_keyframe_seconds,
+            "vector": self.track_vector,
+        }
 
     def crop_params(self) -> dict:
         return {"mode": self.crop_mode, "padding": self.crop_padding, "min_area": self.min_segment_area}

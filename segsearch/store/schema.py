@@ -46,6 +46,9 @@ class ImageRow(Base):
     camera_model: Mapped[str | None] = mapped_column(String(128))
     gps_lat: Mapped[float | None] = mapped_column(Float)
     gps_lon: Mapped[float | None] = mapped_column(Float)
+    # "photo" (also NULL: rows from before videos) or "video"; a video's length in seconds
+    media: Mapped[str | None] = mapped_column(String(16))
+    duration_s: Mapped[float | None] = mapped_column(Float)
 
 
 class ImagePathRow(Base):
@@ -65,7 +68,7 @@ class SegmentRow(Base):
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     fingerprint: Mapped[str] = mapped_column(String(128))
     collection: Mapped[str] = mapped_column(String(128), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "object" | "image"
+    kind: Mapped[str] = mapped_column(String(16))  # "object" | "image" | "track" | "frame" (video)
     mask_index: Mapped[int] = mapped_column(Integer)  # -1 for the whole-image segment
     x: Mapped[int] = mapped_column(Integer)
     y: Mapped[int] = mapped_column(Integer)
@@ -77,6 +80,30 @@ class SegmentRow(Base):
     stability_score: Mapped[float | None] = mapped_column(Float)
     rle: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # video segments: a track's span and best frame (its box and mask above are that frame's); a
+    # keyframe's time in all three
+    start_s: Mapped[float | None] = mapped_column(Float)
+    end_s: Mapped[float | None] = mapped_column(Float)
+    best_s: Mapped[float | None] = mapped_column(Float)
+
+    @property
+    def bbox(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+
+class TrackFrameRow(Base):
+    """One sampled frame of a track: its box and mask at time ``t``."""
+
+    __tablename__ = "track_frames"
+
+    segment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    t: Mapped[float] = mapped_column(Float, primary_key=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    rle: Mapped[dict] = mapped_column(JSON)
 
     @property
     def bbox(self) -> list[int]:
@@ -162,7 +189,9 @@ class JobRow(Base):
 @dataclass(frozen=True)
 class SegmentRecord:
     """One segment of an image as the indexer computed it: a mask (``kind`` "object", its box, RLE
-    and SAM's scores) or the whole image (``kind`` "image", ``mask_index`` -1, no mask)."""
+    and SAM's scores) or the whole image (``kind`` "image", ``mask_index`` -1, no mask); in a video,
+    an object track (``kind`` "track", its best frame's box and mask) or a keyframe (``kind``
+    "frame", ``mask_index`` -1 - k)."""
 
     id: str  # deterministic UUID: image content + pipeline fingerprint + mask index (= vector point id)
     kind: str
@@ -176,6 +205,9 @@ class SegmentRecord:
     predicted_iou: float | None
     stability_score: float | None
     rle: dict | None
+    start_s: float | None = None  # video segments (see SegmentRow)
+    end_s: float | None = None
+    best_s: float | None = None
 
     @property
     def bbox(self) -> list[int]:

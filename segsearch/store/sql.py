@@ -37,6 +37,7 @@ from segsearch.store.schema import (  # noqa: F401 - Base and the rows are this 
     SegmentRecord,
     SegmentRow,
     SegmentTagRow,
+    TrackFrameRow,
     as_utc,
     utcnow,
 )
@@ -212,12 +213,14 @@ class Catalog:
         fmt: str,
         segments: Sequence[SegmentRecord],
         meta: dict | None = None,
-        tags: Sequence[SegmentTagRow] = (),
+        tags: Sequence[SegmentTagRow | TrackFrameRow] = (),
     ) -> None:
-        """Replace the image's segments (and the concept tags they got) and mark it indexed, with
-        its photo metadata, atomically. Call only after its vectors were durably written."""
+        """Replace the image's segments (and the rows that hang on them: concept tags, a video's
+        track frames) and mark it indexed, with its photo metadata, atomically. Call only after its
+        vectors were durably written."""
         with self.Session.begin() as s:
             s.execute(delete(SegmentTagRow).where(SegmentTagRow.image_id == image_id))
+            s.execute(delete(TrackFrameRow).where(TrackFrameRow.image_id == image_id))
             s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
             s.add_all(
                 [
@@ -247,6 +250,7 @@ class Catalog:
     def delete_image(self, image_id: str) -> None:
         with self.Session.begin() as s:
             s.execute(delete(SegmentTagRow).where(SegmentTagRow.image_id == image_id))
+            s.execute(delete(TrackFrameRow).where(TrackFrameRow.image_id == image_id))
             s.execute(delete(SegmentRow).where(SegmentRow.image_id == image_id))
             s.execute(delete(ImagePathRow).where(ImagePathRow.image_id == image_id))
             s.execute(delete(ImageRow).where(ImageRow.id == image_id))
