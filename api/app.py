@@ -13,7 +13,7 @@ from segsearch import __version__
 from segsearch.errors import SegsearchError
 from segsearch.settings import Settings
 
-from segsearch.api import admin, errors, metrics, routes, scenes
+from segsearch.api import admin, errors, metrics, routes, scenes, videos
 from segsearch.api.guard import Guard
 from segsearch.api.services import Services
 
@@ -86,6 +86,7 @@ def create_app(
     metrics.install(app)
     app.include_router(routes.router)
     app.include_router(scenes.router)
+    app.include_router(videos.router)
     app.include_router(admin.router)
 
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)

@@ -13,7 +13,7 @@ import io
 import os
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from segsearch import render
@@ -150,6 +150,8 @@ def get_image(image_id: str, services: ServicesDep):
         taken_at=as_utc(img.taken_at),
         camera=PhotoMeta(camera_make=img.camera_make, camera_model=img.camera_model).camera,
         location=None if img.gps_lat is None else schemas.Location(lat=img.gps_lat, lon=img.gps_lon),
+        media=img.media or "photo",
+        duration_s=img.duration_s,
         segments=[schemas.Segment.of(r) for r in segs],
     )
 
@@ -170,11 +172,15 @@ def stats(services: ServicesDep):
 
 
 # --- rendered images -----------------------------------------------------------------------------
-def _source(services: Services, image_id: str) -> np.ndarray:
+def _source(services: Services, image_id: str, t: float | None = None) -> np.ndarray:
+    """The indexed photo, or a video's frame at ``t``, from the first path that still holds it."""
     for path in services.catalog.image_paths(image_id):
         try:
             st = os.stat(path)
-            rgb = render.source_rgb(path, services.settings.max_image_pixels, st.st_mtime_ns)
+            if t is not None:
+                rgb = render.video_frame(path, t, st.st_mtime_ns)
+            else:
+                rgb = render.source_rgb(path, services.settings.max_image_pixels, st.st_mtime_ns)
         except (OSError, ImageError):
             continue
         return rgb
@@ -194,10 +200,10 @@ def _rendered(services: Services, segment_id: str, what: str, media: str) -> Res
 def _render(services: Services, segment_id: str, what: str) -> bytes:
     row = get_segment_row(services, segment_id)
     if what in ("mask", "overlay") and row.rle is None:
-        raise ProblemError(404, "No mask", "whole-image segments have no mask")
+        raise ProblemError(404, "No mask", "whole-image and keyframe segments have no mask")
     if what == "mask":
         return render.mask_png(row.rle)
-    rgb = _source(services, row.image_id)
+    rgb = _source(services, row.image_id, row.best_s)
     if row.rle is not None and tuple(row.rle["size"]) != rgb.shape[:2]:
         raise ProblemError(404, "Source image unavailable", "the file at the indexed path has changed")
     return render.crop_jpeg(rgb, row.rle, row.bbox) if what == "crop" else render.overlay_jpeg(rgb, row.rle)
@@ -219,17 +225,21 @@ def segment_overlay(segment_id: str, services: ServicesDep):
 
 
 @router.get("/images/{image_id}/image.jpg", response_class=Response, responses=NOT_FOUND)
-def image_jpeg(image_id: str, services: ServicesDep):
+def image_jpeg(
+    image_id: str, services: ServicesDep, t: float | None = Query(None, ge=0, le=1e6, description="A video's time (s).")
+):
     """The photo itself, orientation-corrected, at most 1600 px on its longer side (the page shows
-    it with its segments outlined, and prompts SAM on it); ``X-Scale`` is displayed / original."""
+    it with its segments outlined, and prompts SAM on it); ``X-Scale`` is displayed / original. For
+    a video, its frame at ``t`` (default 0)."""
     img = services.catalog.get_image(image_id)
     if img is None or img.status != "indexed":
         raise ProblemError(404, "Image not found", f"no indexed image with id {image_id!r}")
-    cached = services.renders.get((image_id, "image"))
+    t = (t or 0.0) if img.media == "video" else None
+    cached = services.renders.get((image_id, "image", t))
     if cached is None:
         with services.work.slot():
-            cached = render.overlay_jpeg(_source(services, image_id), None)
-        services.renders.put((image_id, "image"), cached)
+            cached = render.overlay_jpeg(_source(services, image_id, t), None)
+        services.renders.put((image_id, "image", t), cached)
     scale = min(1.0, 1600 / max(img.width or 1, img.height or 1))
     headers = {"Cache-Control": "private, max-age=3600", "X-Scale": f"{scale:.6f}"}
     return Response(cached, media_type="image/jpeg", headers=headers)

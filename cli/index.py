@@ -57,6 +57,12 @@ def index(
     min_segment_area: Annotated[
         Optional[int], typer.Option(help="Skip masks below this area (px) (default: 64).")
     ] = None,
+    video_fps: Annotated[
+        Optional[float], typer.Option(help="Frames per second sampled from videos (default: 2).")
+    ] = None,
+    min_track_seconds: Annotated[
+        Optional[float], typer.Option(help="Drop video object tracks shorter than this (default: 1.0 s).")
+    ] = None,
     engine: Annotated[
         Optional[str],
         typer.Option(
@@ -96,6 +102,8 @@ def index(
             min_mask_region_area=min_mask_region_area,
             crop_mode=crop_mode,
             min_segment_area=min_segment_area,
+            video_fps=video_fps,
+            min_track_seconds=min_track_seconds,
             engine=engine,
             ray_address=ray_address,
         )

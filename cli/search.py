@@ -18,7 +18,10 @@ def search(
     query: Annotated[Optional[str], typer.Argument(help="Text query, e.g. 'red car'.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Query by example image instead.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
-    kind: Annotated[Optional[str], typer.Option(help="object | image (default: both)")] = None,
+    kind: Annotated[
+        Optional[str], typer.Option(help="object | image (photos), track | frame (videos) (default: all)")
+    ] = None,
+    media: Annotated[Optional[str], typer.Option(help="photo | video: only photos' or videos' segments.")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only images under this folder.")] = None,
     tag: Annotated[list[str], typer.Option("--tag", help="Only segments this concept tagged (repeat: all).")] = [],  # noqa: B006
     taken_after: Annotated[Optional[str], typer.Option(help="Photos taken after (EXIF; ISO date/time).")] = None,
@@ -55,8 +58,10 @@ def search(
         typer.secho("error: give a text QUERY or --image FILE (one of them)", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     try:
-        if kind not in (None, "object", "image"):
-            raise ConfigError("--kind must be 'object' or 'image'")
+        if kind not in (None, "object", "image", "track", "frame"):
+            raise ConfigError("--kind must be 'object', 'image', 'track' or 'frame'")
+        if media not in (None, "photo", "video"):
+            raise ConfigError("--media must be 'photo' or 'video'")
         settings = make_settings(
             data=data,
             clip=clip,
@@ -66,7 +71,7 @@ def search(
             qdrant_url=qdrant_url,
             offline=offline,
         )
-        filters = _filters(kind, path_prefix, tag, taken_after, taken_before, camera, near)
+        filters = _filters(kind, path_prefix, tag, taken_after, taken_before, camera, near, media)
         server = server_for(settings)
         if server is not None:
             hits = server.search_hits(settings, query, image, top_k=top_k, filters=filters)
@@ -85,10 +90,23 @@ def search(
         typer.echo("no hits")
     for h in hits:
         x, y, w, h_ = h["bbox"]
-        typer.echo(f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}  box=({x},{y},{w},{h_})  {h['segment_id']}")
+        when = ""
+        if h.get("kind") == "track":  # a video's object: its span, and the frame its box is from
+            when = f"  {_clock(h['start_s'])}-{_clock(h['end_s'])} (box at {_clock(h['best_s'])})"
+        elif h.get("kind") == "frame":
+            when = f"  at {_clock(h['start_s'])}"
+        typer.echo(
+            f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}{when}  box=({x},{y},{w},{h_})  {h['segment_id']}"
+        )
 
 
-def _filters(kind, path_prefix, tags, taken_after, taken_before, camera, near) -> dict:
+def _clock(s: float) -> str:
+    """Seconds as m:ss.s (a video position people read)."""
+    m, sec = divmod(float(s), 60.0)
+    return f"{int(m)}:{sec:04.1f}"
+
+
+def _filters(kind, path_prefix, tags, taken_after, taken_before, camera, near, media=None) -> dict:
     """The API's ``filters`` object from the CLI's options (validated as the API validates it)."""
     from pydantic import ValidationError
 
@@ -96,7 +114,7 @@ def _filters(kind, path_prefix, tags, taken_after, taken_before, camera, near) -
 
     from segsearch.api.schemas import Filters
 
-    d: dict = {"kind": kind, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}
+    d: dict = {"kind": kind, "media": media, "path_prefix": str(Path(path_prefix).resolve()) if path_prefix else None}
     d.update(tags=list(tags) or None, taken_after=taken_after, taken_before=taken_before, camera=camera)
     if near:
         try:

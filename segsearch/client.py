@@ -39,6 +39,10 @@ MODEL_FIELDS = (
     "crop_mode",
     "crop_padding",
     "min_segment_area",
+    "video_fps",
+    "min_track_seconds",
+    "video_keyframe_seconds",
+    "track_vector",
 )
 HIT_FIELDS = (
     "segment_id",
@@ -51,6 +55,10 @@ HIT_FIELDS = (
     "score",
     "predicted_iou",
     "stability_score",
+    "tags",
+    "start_s",
+    "end_s",
+    "best_s",
 )
 
 

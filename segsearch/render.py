@@ -22,6 +22,37 @@ def source_rgb(path: str, max_pixels: int, _mtime_ns: int) -> np.ndarray:
         return decode_image(f.read(), max_pixels=max_pixels).rgb
 
 
+@lru_cache(maxsize=8)
+def video_frame(path: str, t: float, _mtime_ns: int) -> np.ndarray:
+    """A video's frame at ``t``, the size the indexer sampled it at (its masks' size)."""
+    from segsearch.video import frame_at
+
+    return frame_at(path, t)
+
+
+def track_clip(path: str, start_s: float, end_s: float, frames: list[tuple[float, dict]]) -> bytes:
+    """A track's span as H.264 MP4, its mask drawn on every frame within one sampling step of a
+    tracked one, at most ``CLIP_MAX_SECONDS`` long and ``CLIP_MAX_SIDE`` wide (bounded cost)."""
+    import bisect
+
+    from segsearch.video import CLIP_FPS, CLIP_MAX_SECONDS, CLIP_MAX_SIDE, encode_mp4, sample_frames
+
+    times = [t for t, _ in frames]
+    step = max((b - a for a, b in zip(times, times[1:])), default=1.0)
+    end = min(end_s, start_s + CLIP_MAX_SECONDS)
+
+    def overlaid():
+        for f in sample_frames(path, CLIP_FPS, start_s=start_s):
+            if f.t > end + step / 2:
+                return
+            k = bisect.bisect_left(times, f.t)
+            near = min((i for i in (k - 1, k) if 0 <= i < len(times)), key=lambda i: abs(times[i] - f.t))
+            rle = frames[near][1] if abs(times[near] - f.t) <= step else None
+            yield np.asarray(overlay(f.rgb, rle, max_side=CLIP_MAX_SIDE))
+
+    return encode_mp4(overlaid(), CLIP_FPS)
+
+
 def mask_png(rle: dict) -> bytes:
     m = decode_rle(rle)
     return _encode(Image.fromarray((m * 255).astype(np.uint8), "L"), "PNG")

@@ -40,6 +40,10 @@ class Hit:
     predicted_iou: float | None
     stability_score: float | None
     tags: list[str] = field(default_factory=list)  # concepts that tagged the segment
+    # a video's segments: a track's span and its best frame (bbox is there); a keyframe's time
+    start_s: float | None = None
+    end_s: float | None = None
+    best_s: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +129,9 @@ class Searcher:
                         r.predicted_iou,
                         r.stability_score,
                         list(h.payload.get("tags") or []),
+                        r.start_s,
+                        r.end_s,
+                        r.best_s,
                     )
                 )
             if len(hits) >= want or len(raw) < fetch:

@@ -11,9 +11,9 @@ rate is handled by sampling on presentation times, not frame counts. Every decod
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -174,13 +174,23 @@ def frame_at(path, t: float, *, max_side: int = VIDEO_MAX_SIDE) -> np.ndarray:
 
 
 def encode_mp4(frames: Iterator[np.ndarray], fps: int = CLIP_FPS) -> bytes:
-    """H.264 (yuv420p, fast start) in memory: what every browser plays."""
+    """H.264 (yuv420p, index first so playback starts at once): what every browser plays. Written
+    to a temporary file (moving the index to the front re-reads the file), returned as bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="segsearch-clip-") as tmp:
+        path = Path(tmp) / "clip.mp4"
+        _encode_to(str(path), frames, fps)
+        return path.read_bytes()
+
+
+def _encode_to(path: str, frames: Iterator[np.ndarray], fps: int) -> None:
     import av
 
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+    with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
         stream = None
         for rgb in frames:
+            rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2])  # yuv420p: even sizes
             if stream is None:
                 stream = out.add_stream("libx264", rate=fps)
                 stream.height, stream.width = rgb.shape[:2]
@@ -191,4 +201,3 @@ def encode_mp4(frames: Iterator[np.ndarray], fps: int = CLIP_FPS) -> bytes:
         if stream is not None:
             for packet in stream.encode():
                 out.mux(packet)
-    return buf.getvalue()

@@ -39,6 +39,11 @@ PAYLOAD_INDEXES = {
 }
 
 
+# Segment kinds of each medium: a filter on the medium is a filter on these kinds (points stored
+# before videos existed need no new payload).
+MEDIA_KINDS = {"photo": ("object", "image"), "video": ("track", "frame")}
+
+
 @dataclass
 class VectorPoint:
     id: str
@@ -56,7 +61,8 @@ class VectorHit:
 @dataclass
 class SearchFilter:
     image_ids: list[str] | None = None
-    kind: str | None = None  # "object" | "image"
+    kind: str | None = None  # "object" | "image" | "track" | "frame"
+    media: str | None = None  # "photo" (object, image) | "video" (track, frame)
     path_prefix: str | None = None  # a folder: hits whose image lies under it
     min_area: float | None = None  # fraction of the image
     max_area: float | None = None
@@ -78,6 +84,8 @@ class SearchFilter:
             out.append(("any", "image_id", list(self.image_ids)))
         if self.kind:
             out.append(("eq", "kind", self.kind))
+        if self.media:
+            out.append(("any", "kind", list(MEDIA_KINDS[self.media])))
         if self.path_prefix:  # every ancestor folder is in "dirs": a prefix is an exact match
             out.append(("eq", "dirs", normalize_prefix(self.path_prefix)))
         if self.min_area is not None or self.max_area is not None:

@@ -35,7 +35,11 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path_prefix: str | None = Field(None, max_length=4096, description="Only images under this folder.")
-    kind: Literal["object", "image"] | None = None
+    kind: Literal["object", "image", "track", "frame"] | None = Field(
+        None,
+        description="object/image: a photo's masks or whole photo; track/frame: a video's object tracks or keyframes.",
+    )
+    media: Literal["photo", "video"] | None = Field(None, description="Only photos' or only videos' segments.")
     min_area: float | None = Field(None, ge=0, le=1, description="Minimum segment area, fraction of the image.")
     max_area: float | None = Field(None, ge=0, le=1)
     image_ids: list[str] | None = Field(None, max_length=1000)
@@ -54,6 +58,7 @@ class Filters(BaseModel):
         return SearchFilter(
             image_ids=self.image_ids,
             kind=self.kind,
+            media=self.media,
             path_prefix=self.path_prefix,
             min_area=self.min_area,
             max_area=self.max_area,
@@ -105,16 +110,18 @@ class Links(BaseModel):
     mask: str | None
     overlay: str | None
     image: str
+    clip: str | None = Field(None, description="A track's span as MP4 with its mask drawn.")
 
     @classmethod
     def of(cls, segment_id: str, image_id: str, kind: str) -> Links:
         base = f"/v1/segments/{segment_id}"
-        has_mask = kind == "object"
+        has_mask = kind in ("object", "track")
         return cls(
             crop=f"{base}/crop.jpg",
             mask=f"{base}/mask.png" if has_mask else None,
             overlay=f"{base}/overlay.jpg" if has_mask else None,
-            image=f"/v1/images/{image_id}",
+            image=f"/v1/videos/{image_id}" if kind in ("track", "frame") else f"/v1/images/{image_id}",
+            clip=f"{base}/clip.mp4" if kind == "track" else None,
         )
 
 
@@ -130,6 +137,9 @@ class Hit(BaseModel):
     predicted_iou: float | None = None
     stability_score: float | None = None
     tags: list[str] = Field(default_factory=list, description="Concepts that tagged this segment.")
+    start_s: float | None = Field(None, description="A video track's first sampled time (s); a keyframe's time.")
+    end_s: float | None = Field(None, description="A video track's last sampled time (s).")
+    best_s: float | None = Field(None, description="The frame bbox, crop and overlay come from (s).")
     urls: Links
 
     @classmethod
@@ -147,6 +157,9 @@ class Hit(BaseModel):
             predicted_iou=h.predicted_iou,
             stability_score=h.stability_score,
             tags=h.tags,
+            start_s=h.start_s,
+            end_s=h.end_s,
+            best_s=h.best_s,
             urls=Links.of(h.segment_id, h.image_id, h.kind),
         )
 
@@ -189,6 +202,9 @@ class Segment(BaseModel):
     predicted_iou: float | None
     stability_score: float | None
     rle: dict | None
+    start_s: float | None = None
+    end_s: float | None = None
+    best_s: float | None = None
     urls: Links
 
     @classmethod
@@ -205,6 +221,9 @@ class Segment(BaseModel):
             predicted_iou=row.predicted_iou,
             stability_score=row.stability_score,
             rle=row.rle,
+            start_s=row.start_s,
+            end_s=row.end_s,
+            best_s=row.best_s,
             urls=Links.of(row.id, row.image_id, row.kind),
         )
 
@@ -221,7 +240,44 @@ class Image(BaseModel):
     taken_at: dt.datetime | None = Field(None, description="EXIF capture time.")
     camera: str | None = Field(None, description="EXIF camera make and model.")
     location: Location | None = Field(None, description="EXIF GPS position.")
+    media: str = Field("photo", description="photo or video (a video's tracks: /v1/videos/{id}).")
+    duration_s: float | None = Field(None, description="A video's length.")
     segments: list[Segment]
+
+
+class TrackFrame(BaseModel):
+    t: float
+    bbox: list[int]
+
+
+class Track(BaseModel):
+    segment_id: str
+    start_s: float
+    end_s: float
+    best_s: float
+    bbox: list[int] = Field(description="At the best frame.")
+    area_frac: float
+    frames: list[TrackFrame] = Field(description="The track's box on every sampled frame.")
+    urls: Links
+
+
+class Keyframe(BaseModel):
+    segment_id: str
+    t: float
+    urls: Links
+
+
+class Video(BaseModel):
+    video_id: str
+    paths: list[str]
+    width: int | None = Field(description="Of a sampled frame (boxes and masks are in its pixels).")
+    height: int | None
+    duration_s: float | None
+    format: str | None
+    status: str
+    error: str | None
+    tracks: list[Track]
+    keyframes: list[Keyframe]
 
 
 class Stats(BaseModel):
@@ -363,123 +419,15 @@ def parse_points(points: str | None, labels: str | None, width: int, height: int
     return coords, lab
 
 
-# --- scene queries and concepts ------------------------------------------------------------------
-_ONE_OBJECT = {
-    "oneOf": [
-        {"required": [k], "properties": {k: {"type": "string", "minLength": 1}}}
-        for k in ("text", "image_b64", "segment_id", "concept")
-    ]
-}
-
-
-class SceneObject(BaseModel):
-    """One object of a scene query: exactly one of ``text``, ``image_b64``, ``segment_id``,
-    ``concept`` (a learnt concept's name), optionally with a ``negative_text``."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OBJECT)
-
-    text: str | None = Field(None, min_length=1, max_length=1000)
-    image_b64: str | None = Field(None, min_length=1)
-    segment_id: str | None = Field(None, min_length=1, max_length=64)
-    concept: str | None = Field(None, min_length=1, max_length=64)
-    negative_text: str | None = Field(None, min_length=1, max_length=1000)
-
-    @model_validator(mode="after")
-    def _one(self):
-        if sum(bool(x) for x in (self.text, self.image_b64, self.segment_id, self.concept)) != 1:
-            raise ValueError("each object needs exactly one of text, image_b64, segment_id, concept")
-        return self
-
-
-class SceneRelation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    subject: int = Field(..., ge=0, description="Index of the subject in objects (0-based).")
-    predicate: str = Field(
-        ...,
-        max_length=32,
-        description="left_of, right_of, above, below, inside, contains, overlaps, near, larger_than",
-    )
-    object: int = Field(..., ge=0)
-
-
-class SceneRequest(BaseModel):
-    """Images holding every object, in the relations given (see ``segsearch.scene``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    objects: list[SceneObject] = Field(..., min_length=1, max_length=8)
-    relations: list[SceneRelation] = Field(default_factory=list, max_length=28)
-    filters: Filters = Field(default_factory=Filters)
-    top_k: int = Field(10, ge=1, le=100)
-    offset: int = Field(0, ge=0, le=10_000)
-
-
-class SceneObjectHit(BaseModel):
-    segment_id: str
-    bbox: list[int]
-    area_frac: float
-    score: float = Field(..., description="Cosine similarity with the object's query.")
-    z: float = Field(..., description="Standard score of that similarity against the library's segments.")
-    tags: list[str] = Field(default_factory=list)
-    urls: Links
-
-
-class SceneHit(BaseModel):
-    image_id: str
-    image_path: str | None
-    score: float = Field(..., description="Mean z of the objects: comparable across queries.")
-    objects: list[SceneObjectHit]
-
-
-class SceneResponse(BaseModel):
-    hits: list[SceneHit]
-    next_offset: int | None = None
-
-    @classmethod
-    def of(cls, page) -> SceneResponse:
-        return cls(
-            hits=[
-                SceneHit(
-                    image_id=h.image_id,
-                    image_path=h.image_path,
-                    score=h.score,
-                    objects=[
-                        SceneObjectHit(**o.__dict__, urls=Links.of(o.segment_id, h.image_id, "object"))
-                        for o in h.objects
-                    ],
-                )
-                for h in page.hits
-            ],
-            next_offset=page.next_offset,
-        )
-
-
-class ConceptRequest(BaseModel):
-    """Create a concept or add labels to it (``replace`` starts it over)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    text: str | None = Field(None, max_length=1000, description="What the concept is, in words (its starting point).")
-    positives: list[str] = Field(default_factory=list, max_length=1000, description="Segment ids that are it.")
-    negatives: list[str] = Field(default_factory=list, max_length=1000, description="Segment ids that are not.")
-    replace: bool = False
-
-
-class Concept(BaseModel):
-    name: str
-    text: str | None
-    positives: int
-    negatives: int
-    tagged: int = Field(..., description="Segments of the library the concept tags.")
-    version: int
-    threshold: float
-
-
-class ConceptSearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    top_k: int = Field(10, ge=1, le=200)
-    offset: int = Field(0, ge=0, le=10_000)
-    filters: Filters = Field(default_factory=Filters)
+# scene queries and concepts live in their own module, re-exported here
+from segsearch.api.schemas.scenes import (  # noqa: E402, F401 - re-exported
+    Concept,
+    ConceptRequest,
+    ConceptSearchRequest,
+    SceneHit,
+    SceneObject,
+    SceneObjectHit,
+    SceneRelation,
+    SceneRequest,
+    SceneResponse,
+)
