@@ -63,7 +63,9 @@ class DriftReport:
         return {"counts": self.counts(), "total": self.total, **asdict(self)}
 
 
-def check(catalog, vectors, fingerprint: str) -> DriftReport:
+def check(catalog, vectors, fingerprint: str, video_fingerprint: str | None = None) -> DriftReport:
+    """Compare SQL with the vector store. ``fingerprint``: the photos' current pipeline fingerprint;
+    ``video_fingerprint``: the videos' (it includes the video sampling), the photos' if not given."""
     from segsearch.store.concepts import ConceptStore
 
     r = DriftReport()
@@ -92,7 +94,11 @@ def check(catalog, vectors, fingerprint: str) -> DriftReport:
     indexed = catalog.images_by_status("indexed")
     r.missing_vectors = sorted(missing & {im.id for im in indexed})
     r.stuck_pending = [im.id for im in catalog.images_by_status("pending") if im.id not in busy]
-    r.stale_fingerprint = [im.id for im in indexed if im.fingerprint != fingerprint]
+    r.stale_fingerprint = [
+        im.id
+        for im in indexed
+        if im.fingerprint != (video_fingerprint or fingerprint if im.media == "video" else fingerprint)
+    ]
     alive: set[str] = set()
     owners_of_paths: dict[str, str] = {}
     for path, iid in catalog.all_paths():

@@ -150,21 +150,25 @@ def _init_ray(settings: Settings):
 
 def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
     """One pass of ``Indexer.run_paths`` on Ray: returns the images deferred to other indexers."""
+    from segsearch.video import is_video
+
     from segsearch.indexer.reader import Read
     from segsearch.indexer.results import Deferred, Outcome
     from segsearch.indexer.writer import Prepared
 
     s, models = indexer.settings, indexer.models
 
-    todo = []
+    todo, videos = [], []
     for path in paths:
         looked = indexer.look(path, force)
         if isinstance(looked, Outcome):
             record(looked, path)
         else:
-            todo.append((path, looked))
+            (videos if is_video(path) else todo).append((path, looked))
+    # videos stream their frames through SAM in this process (a track needs its frames in order)
+    video_deferred = indexer._pass(((p, indexer.reader.read(p, lk)) for p, lk in videos), force, record)
     if not todo:
-        return []  # nothing new: Ray is not even started
+        return video_deferred  # nothing else new: Ray is not even started
 
     ray = _init_ray(s)
     hashed = {}
@@ -172,7 +176,7 @@ def ray_pass(indexer, paths: list[Path], force: bool, record) -> list:
     for row in ds.map_batches(_hash_batch, batch_size=64, batch_format="numpy").iter_rows():
         hashed[row["path"]] = (row["image_id"], int(row["size"]), row["error"])
 
-    work, deferred = [], []
+    work, deferred = [], video_deferred
     for path, looked in todo:
         iid, size, error = hashed[str(path)]
         if error:

@@ -81,9 +81,9 @@ def doctor(settings: Settings, stores: Stores, *, repair: bool = False, models: 
     if models is None:
         settings = record.resolve(settings, stores.catalog, "doctor")
         models = Models(settings)
-    found = check(stores.catalog, stores.vectors, models.fingerprint)
+    found = check(stores.catalog, stores.vectors, models.fingerprint, models.video_fingerprint)
     out = {"found": found.to_dict()}
     if repair and found.total:
         out["repair"] = do_repair(found, Indexer(settings, stores, models))
-        out["after"] = check(stores.catalog, stores.vectors, models.fingerprint).to_dict()
+        out["after"] = check(stores.catalog, stores.vectors, models.fingerprint, models.video_fingerprint).to_dict()
     return out
