@@ -108,7 +108,8 @@ def search_image(
     box: str | None = Form(None, description="Optional region 'x,y,w,h' of the query image"),
     top_k: int = Form(10, ge=1, le=200),
     offset: int = Form(0, ge=0, le=10_000),
-    kind: str | None = Form(None, pattern="^(object|image)$"),
+    kind: str | None = Form(None, pattern="^(object|image|track|frame)$"),
+    media: str | None = Form(None, pattern="^(photo|video)$"),
     group_by_image: bool = Form(False),
 ):
     """Search with an uploaded image, optionally only a box of it."""
@@ -121,7 +122,7 @@ def search_image(
         vector = services.image_vector(pil)
     return schemas.SearchResponse.of(
         services.searcher.page(
-            vector, top_k=top_k, offset=offset, flt=SearchFilter(kind=kind), group_by_image=group_by_image
+            vector, top_k=top_k, offset=offset, flt=SearchFilter(kind=kind, media=media), group_by_image=group_by_image
         )
     )
 

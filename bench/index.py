@@ -3,10 +3,13 @@
     python bench/index.py                          # 100 shapes-world scenes, bundled models
     python bench/index.py --scenes 100,1000 --json # peak RSS must not grow with the library
     python bench/index.py --amg reference --scenes 20
+    python bench/index.py --video 1,5,20 --json    # one shapes-world video of each length (minutes)
 
 Each size runs in a fresh process (so its peak RSS is its own) on a fresh data directory with the
 embedded stores: images/s, segments/s, seconds per stage (read+hash and decode are summed over
-reader threads and overlap the model stages), peak RSS, and RSS sampled along the run.
+reader threads and overlap the model stages), peak RSS, and RSS sampled along the run. With
+--video: seconds per video-minute at the default --video-fps, tracks found, and peak RSS per
+length (it must stay flat: frames are streamed, never held).
 """
 
 from __future__ import annotations
@@ -60,9 +63,26 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
     models = Models(settings)
     with Library(settings=settings, models=models) as library:
         summary = library.index(files).to_dict()
+        tracks = library.catalog.counts()["segments"]
     stop.set()
     th.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    n = len(samples)
+    if files[0].suffix == ".mp4":
+        from segsearch.video import probe
+
+        minutes = probe(files[0]).duration_s / 60
+        return {
+            "video_minutes": round(minutes, 2),
+            "indexed": summary["indexed"],
+            "failed": summary["failed"],
+            "segments": tracks,
+            "seconds": round(summary["seconds"], 1),
+            "seconds_per_video_minute": round(summary["seconds"] / minutes, 1),
+            "stages_s": summary["stages"],
+            "peak_rss_mb": round(peak, 1),
+            "rss_mb_at_10_50_100pct": [samples[min(n - 1, int(n * f))][1] for f in (0.1, 0.5, 0.99)] if n else [],
+        }
 
     # the slowest stage measured alone: SAM on (up to 20 of) the same images, nothing else running
     from segsearch.images import decode_image
@@ -75,7 +95,6 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
         mask_generator_for(models).generate(im)
     sam_alone = (time.perf_counter() - t) / len(sample_imgs)
     secs = summary["seconds"]
-    n = len(samples)
     st = summary["stages"]
     steady = secs - st.get("load_models", 0.0) - st.get("optimize", 0.0)
     return {
@@ -102,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--amg", default="fast", choices=["fast", "reference"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="where scenes and stores go (default: a temp dir)")
+    ap.add_argument("--video", default=None, help="comma-separated video lengths in minutes, e.g. 1,5,20")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, metavar=("FILES_TXT", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -115,8 +135,10 @@ def main(argv=None) -> int:
 
     from segsearch.eval.shapes import DEMO_SEEDS, make_scene
 
-    sizes = [int(v) for v in args.scenes.split(",")]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-index-"))
+    if args.video:
+        return video_main(args, work)
+    sizes = [int(v) for v in args.scenes.split(",")]
     scenes = work / "scenes"
     scenes.mkdir(parents=True, exist_ok=True)
     files = []
@@ -154,6 +176,48 @@ def main(argv=None) -> int:
         print(json.dumps(report))
     elif "peak_rss_ratio_largest_vs_smallest" in report:
         print(f"peak RSS ratio {sizes[-1]} vs {sizes[0]} scenes: {report['peak_rss_ratio_largest_vs_smallest']}")
+    return 0
+
+
+def child(files: list[Path], data: Path, args) -> dict:
+    lst = data.with_suffix(".txt")
+    lst.write_text("\n".join(str(p) for p in files))
+    cmd = [sys.executable, __file__, "--child", str(lst), str(data), "--amg", args.amg]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def video_main(args, work: Path) -> int:
+    """One video per length, each indexed in its own process (its peak RSS its own)."""
+    from segsearch.eval.videos import VIDEO_HELDOUT_SEEDS, make_video, write_mp4
+
+    results = []
+    work.mkdir(parents=True, exist_ok=True)
+    for minutes in [float(v) for v in args.video.split(",")]:
+        path = work / f"video-{minutes:g}min.mp4"
+        if not path.exists():
+            write_mp4(make_video(VIDEO_HELDOUT_SEEDS[0], duration_s=60 * minutes), path)
+        r = child([path], work / f"data-video-{minutes:g}-{time.time_ns()}", args)
+        results.append(r)
+        if not args.json:
+            print(
+                f"{r['video_minutes']:5.1f} min  {r['seconds_per_video_minute']:.1f} s per video-minute  "
+                f"{r['segments']} tracks+keyframes  peak RSS {r['peak_rss_mb']:.0f} MiB  RSS along the run "
+                f"{r['rss_mb_at_10_50_100pct']}  stages {r['stages_s']}",
+                flush=True,
+            )
+    report = {"videos": results}
+    if len(results) > 1:
+        report["peak_rss_ratio_longest_vs_shortest"] = round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 3)
+    print(
+        json.dumps(report)
+        if args.json
+        else f"peak RSS ratio longest vs shortest: {report.get('peak_rss_ratio_longest_vs_shortest')}"
+    )
     return 0
 
 

@@ -211,11 +211,15 @@ def resolve(
     ``collections``: the vector collections that exist (search/serve accept an earlier CLIP model
     whose collection is still there)."""
     rec = read(catalog)
-    if rec.empty or (purpose == "index" and not catalog.has_indexed()):
-        return settings  # nothing indexed yet: the record (if any) is not binding; index records anew
+    if rec.empty:
+        return settings
     explicit = settings.model_fields_set
     keep = {k: v for k, v in recalled(rec).items() if k not in explicit}
     resolved = settings.model_copy(update=keep)
+    if purpose == "index" and not catalog.has_indexed():
+        # nothing indexed yet (a first run was stopped before any image was written): the record
+        # is not binding, so flags may still change it, but without flags the run goes on with it
+        return resolved
     if purpose == "info":
         return resolved
 

@@ -25,11 +25,14 @@ def library(tmp_path_factory):
     from segsearch.eval.shapes import make_scene
 
     root = tmp_path_factory.mktemp("page")
+    from segsearch.eval.videos import scripted_video, write_mp4
+
     for seed in DEMO_SEEDS[:12]:
         Image.fromarray(make_scene(seed).image).save(root / f"scene-{seed}.png")
+    write_mp4(scripted_video([("red", "circle", 1.0, 5.0, (-0.1, 0.35), (1.1, 0.45))], seed=1), root / "street.mp4")
     settings = Settings(data=root / "data", sam="sam-shapes-tiny", clip="clip-shapes-tiny")
     with Library(settings=settings) as lib:
-        assert lib.index([str(root)]).indexed == 12
+        assert lib.index([str(root)]).indexed == 13
     return root
 
 
@@ -295,3 +298,23 @@ def test_api_key_is_asked_once_and_sent_as_a_header(browser, tmp_path):
         assert not any("s3cret" in url for url, _ in sent) and "s3cret" not in pg.url
         assert pg.evaluate("sessionStorage.getItem('segsearch-api-key')") == "s3cret"
     ctx.close()
+
+
+def test_a_video_object_plays_from_its_start_with_its_mask(page):
+    page.click("#filters summary")
+    page.select_option("#kind", "track")
+    search(page, "red circle")
+    first = page.locator("#grid .hit").first
+    assert "street.mp4" in first.inner_text()
+    when = first.locator(".when").inner_text()
+    assert "–" in when and when.startswith("0:0")  # its span, e.g. 0:01.5–0:04.5
+    first.click()
+    page.wait_for_function("document.querySelector('#clip').readyState >= 2", timeout=30_000)
+    clip = page.evaluate(
+        "(() => { const v = document.querySelector('#clip');"
+        " return {hidden: v.hidden, duration: v.duration, w: v.videoWidth, error: v.error && v.error.code}; })()"
+    )
+    assert not clip["hidden"] and clip["error"] is None and clip["w"] == 320 and 2.0 <= clip["duration"] <= 5.0
+    assert page.locator("#photo").is_hidden()
+    page.keyboard.press("Escape")
+    assert page.locator("#detail").is_hidden()

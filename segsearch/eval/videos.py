@@ -206,3 +206,38 @@ def write_mp4(video: ShapesVideo, path: str | Path, *, crf: int = 18, rotation: 
         for p in s.encode():
             out.mux(p)
     return path
+
+
+def scripted_video(
+    script: list[tuple[str, str, float, float, tuple[float, float], tuple[float, float]]],
+    *,
+    seed: int = 0,
+    duration_s: float = 8.0,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 10,
+    size: float = 0.34,
+) -> ShapesVideo:
+    """A clip with exactly the given objects: ``(colour, shape, t0, t1, (x0, y0), (x1, y1))``, each
+    moving on screen from the first position to the second (fractions of the frame) between t0 and
+    t1; a still camera over a background drawn from ``seed``. For tests that need known answers."""
+    rng = np.random.default_rng(seed)
+    bg = background(rng, width + 2, height, kind="gradient").astype(np.uint8)
+    objects = [
+        MovingShape(
+            colour,
+            shape,
+            size * min(width, height),
+            0.3,
+            0.0,
+            t0,
+            t1,
+            (p0[0] * width, p0[1] * height),
+            (p1[0] * width, p1[1] * height),
+            COLORS[colour],
+        )
+        for colour, shape, t0, t1, p0, p1 in script
+    ]
+    v = ShapesVideo(seed, width, height, fps, duration_s, objects, 0.0)
+    v._bg = bg
+    return v
