@@ -12,7 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
-from segsearch.indexer.discover import MEDIA_EXTENSIONS
+from segsearch.video import MEDIA_EXTENSIONS
 
 log = logging.getLogger("segsearch.watch")
 

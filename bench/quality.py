@@ -6,6 +6,8 @@
     python bench/quality.py --split validation --pred-iou-thresh 0.5   # tune on scenes the report never uses
     python bench/quality.py --scene                # scene queries (AND, each predicate) and concepts
     python bench/quality.py --scene --masks ground-truth   # the same without SAM's misses
+    python bench/quality.py --video                # object tracks in 20 held-out shapes-world clips
+    python bench/quality.py --video --track-vector mean,best   # which track vector retrieves better
     python bench/quality.py --coco-images val2017/ --coco-annotations instances_val2017.json \
         --sam sam-vit-b --clip clip-vit-b-32 --limit 200     # real photos, category names as queries
 
@@ -45,6 +47,37 @@ def scene_main(args) -> int:
     return 0
 
 
+def video_main(args) -> int:
+    from segsearch.eval.video_quality import video_eval_set, video_quality
+    from segsearch.settings import Settings
+
+    reports = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = video_eval_set(Path(tmp) / "videos", args.videos, split=args.split)
+        for how in args.track_vector.split(","):
+            s = Settings(
+                data=Path(tmp) / f"data-{how}",
+                sam=args.sam or "sam-shapes-tiny",
+                clip=args.clip or "clip-shapes-tiny",
+                track_vector=how,
+                **({"device": args.device} if args.device else {}),
+            )
+            reports[how] = video_quality(videos, s)
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else next(iter(reports.values()))))
+        return 0
+    keys = ["track_recall", "mean_temporal_iou", "precision_at_5", "recall_at_10"]
+    print(f"{args.videos} clips ({args.split}), video fps {Settings().video_fps}")
+    print("track vector".ljust(14) + "".join(k.rjust(20) for k in keys) + "   tracks (truth / found)")
+    for how, r in reports.items():
+        print(
+            how.ljust(14)
+            + "".join(f"{r[k]:20.3f}" for k in keys)
+            + f"   {r['ground_truth_tracks']} / {r['predicted_tracks']}  ({r['seconds']:.0f} s)"
+        )
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=60, help="held-out shapes-world scenes")
@@ -79,10 +112,15 @@ def main(argv=None) -> int:
     ap.add_argument("--scene", action="store_true", help="scene queries and concepts (segsearch/eval/scenes.py)")
     ap.add_argument("--masks", default="sam", help="with --scene: sam, ground-truth or both (comma-separated)")
     ap.add_argument("--nested", type=float, default=0.5, help="with --scene: share of scenes with a shape in another")
+    ap.add_argument("--video", action="store_true", help="object tracks in shapes-world videos")
+    ap.add_argument("--videos", type=int, default=20, help="with --video: held-out clips (8 s each)")
+    ap.add_argument("--track-vector", default="mean", help="with --video: mean, best or both (comma-separated)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.scene:
         return scene_main(args)
+    if args.video:
+        return video_main(args)
 
     from segsearch.eval.quality import coco_eval_set, evaluate, format_report, shapes_eval_set
     from segsearch.settings import Settings

@@ -8,10 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from segsearch.images import IMAGE_EXTENSIONS
-from segsearch.video import VIDEO_EXTENSIONS
-
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+from segsearch.video import MEDIA_EXTENSIONS
 
 
 def _hidden(p: Path) -> bool:

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from segsearch.errors import ImageError
+from segsearch.images import IMAGE_EXTENSIONS
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS  # what folders are searched for
 # Longer side of a sampled frame. SAM resizes every frame to its own input (1024 px for Meta's
 # models), so decoding 4K frames at full size would cost 8x the memory for nothing SAM sees; the
 # stored boxes and masks are in this frame's pixels (the video row's width/height).
