@@ -180,7 +180,7 @@ def main(argv=None) -> int:
 
 
 def child(files: list[Path], data: Path, args) -> dict:
-    lst = data.with_suffix(".txt")
+    lst = data.parent / (data.name + ".txt")
     lst.write_text("\n".join(str(p) for p in files))
     cmd = [sys.executable, __file__, "--child", str(lst), str(data), "--amg", args.amg]
     if args.threads:

@@ -131,8 +131,10 @@ def _upright(frame, rot: int, size: tuple[int, int]) -> np.ndarray:
 def sample_frames(
     path, fps: float, *, max_side: int = VIDEO_MAX_SIDE, max_seconds: float | None = None, start_s: float = 0.0
 ) -> Iterator[Frame]:
-    """Frames at ``fps`` samples per second from ``start_s``: the first frame shown at or after each
-    sampling time (frame presentation times, so variable frame rate is sampled evenly). Raises
+    """Frames at ``fps`` samples per second from ``start_s``: at each sampling time, the frame on
+    screen then (the last one presented at or before it), each at most once, with its own
+    presentation time. Sampling follows presentation times, so variable frame rate is sampled
+    evenly; one decoded frame is held back (not converted) to know which is on screen. Raises
     ``VideoError`` on a corrupt or truncated stream, and past ``max_seconds``."""
     import av
 
@@ -143,25 +145,33 @@ def sample_frames(
             "(SEGSEARCH_MAX_VIDEO_SECONDS; checked from the header, before decoding)"
         )
     container, stream = _open(path)
-    step = 1.0 / fps
+    step, eps = 1.0 / fps, 1e-6
     next_t = start_s
-    origin = None
+    origin = float((stream.start_time or 0) * stream.time_base)
+    shown = None  # (t, frame): the last frame presented at or before next_t
+
+    def out(t, frame) -> Frame:
+        return Frame(round(t, 3), _upright(frame, info.rotation, (info.width, info.height)))
+
     try:
         if start_s > 0:
             container.seek(int(start_s / stream.time_base) + (stream.start_time or 0), stream=stream, backward=True)
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
-            if origin is None:
-                origin = float((stream.start_time or 0) * stream.time_base) if stream.start_time is not None else 0.0
             t = float(frame.pts * frame.time_base) - origin
-            if t + 1e-6 < next_t:
-                continue
             if max_seconds is not None and t > max_seconds:  # the header lied about the length
                 raise VideoError(f"video runs past the cap of {max_seconds:.0f} s (SEGSEARCH_MAX_VIDEO_SECONDS)")
-            yield Frame(round(t, 3), _upright(frame, info.rotation, (info.width, info.height)))
-            while next_t <= t + 1e-6:
-                next_t += step
+            if t > next_t + eps:  # next_t has passed: the frame on screen then was the one held back
+                if shown is not None:
+                    yield out(*shown)
+                    shown = None
+                while next_t + eps < t:  # sampling times before this frame showed that one too
+                    next_t += step
+            if t <= next_t + eps:
+                shown = (t, frame)
+        if shown is not None and next_t < max(info.duration_s, shown[0]) - eps:  # a sampling time left
+            yield out(*shown)
     except av.error.FFmpegError as exc:
         raise VideoError(f"corrupt or truncated video: {exc}") from None
     finally:
