@@ -75,7 +75,13 @@ def _record(image, paths, r) -> dict:
         "predicted_iou": r.predicted_iou,
         "stability_score": r.stability_score,
         "rle": r.rle,
+        **_times(r),
     }
+
+
+def _times(r) -> dict:
+    """A video segment's span and best frame (None for a photo's)."""
+    return {"start_s": r.start_s, "end_s": r.end_s, "best_s": r.best_s}
 
 
 def _jsonl(selected, path: Path) -> int:
@@ -148,6 +154,9 @@ def _parquet(selected, vectors, collection, path: Path) -> int:
             ("area_frac", pa.float32()),
             ("predicted_iou", pa.float32()),
             ("stability_score", pa.float32()),
+            ("start_s", pa.float32()),
+            ("end_s", pa.float32()),
+            ("best_s", pa.float32()),
             ("rle_size", pa.list_(pa.int32(), 2)),
             ("rle_counts", pa.string()),
             ("vector", pa.list_(pa.float32())),
@@ -183,6 +192,7 @@ def _parquet(selected, vectors, collection, path: Path) -> int:
                         "area_frac": r.area_frac,
                         "predicted_iou": r.predicted_iou,
                         "stability_score": r.stability_score,
+                        **_times(r),
                         "rle_size": rle.get("size"),
                         "rle_counts": rle.get("counts"),
                     }

@@ -197,3 +197,47 @@ def test_sigkill_mid_video_then_rerun_equals_clean_run(world, tmp_path):
         [sys.executable, "-m", "segsearch", "doctor", "--data", str(killed), "--json"], capture_output=True, text=True
     )
     assert doctor.returncode == 0 and json.loads(doctor.stdout)["found"]["total"] == 0, doctor.stdout
+
+
+def _encode(path: Path, codec: str, pix_fmt: str, times: list[float], fmt: str | None = None) -> list[np.ndarray]:
+    """A clip whose frame k is one flat colour, presented at times[k]; returns the colours."""
+    import fractions
+
+    colours = [np.array([(37 * k) % 256, 255 - (37 * k) % 256, 128], np.uint8) for k in range(len(times))]
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream(codec, rate=30)
+        s.width, s.height, s.pix_fmt = 160, 120, pix_fmt
+        s.codec_context.time_base = fractions.Fraction(1, 1000)
+        for t, c in zip(times, colours):
+            f = av.VideoFrame.from_ndarray(np.broadcast_to(c, (120, 160, 3)).copy(), format="rgb24")
+            f.pts, f.time_base = int(round(t * 1000)), fractions.Fraction(1, 1000)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return colours
+
+
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt",
+    [
+        ("h264.mp4", "libx264", "yuv420p"),
+        ("vp9.webm", "libvpx-vp9", "yuv420p"),
+        ("mpeg4.avi", "mpeg4", "yuv420p"),
+        ("hevc-10bit.mkv", "hevc", "yuv420p10le"),
+    ],
+)
+def test_sampling_takes_the_frame_on_screen_whatever_the_codec_or_frame_rate(tmp_path, name, codec, pix_fmt):
+    from segsearch.video import frame_at, probe, sample_frames
+
+    # variable frame rate: gaps, bursts, a frame held for 1.2 s
+    times = [0.0, 0.1, 0.35, 0.4, 1.6, 1.7, 1.9, 2.6, 2.62, 3.1, 3.4]
+    colours = _encode(tmp_path / name, codec, pix_fmt, times, fmt="matroska" if name.endswith(".mkv") else None)
+    info = probe(tmp_path / name)
+    assert (info.width, info.height) == (160, 120)
+    got = [(f.t, f.rgb[60, 80].astype(int)) for f in sample_frames(tmp_path / name, 2.0)]
+    # on screen at 0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0: frames 0, 3, (3 again: skipped), (3), 6, (6), 8
+    assert [t for t, _ in got][:4] == [0.0, 0.4, 1.9, 2.62]
+    for (t, rgb), k in zip(got, (0, 3, 6, 8)):
+        assert np.abs(rgb - colours[k]).max() <= 12, (name, t, rgb, colours[k])
+    assert np.abs(frame_at(tmp_path / name, 1.2)[60, 80].astype(int) - colours[3]).max() <= 12  # still the 0.4 s frame
