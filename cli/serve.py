@@ -94,6 +94,7 @@ def demo(
         ),
     ] = None,
     scenes: Annotated[int, typer.Option("--scenes", min=1, max=2000, help="Generated scenes to index.")] = 16,
+    videos: Annotated[int, typer.Option("--videos", min=0, max=50, help="Generated 8-second clips to index.")] = 2,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=50)] = 3,
     sam: Annotated[
         DemoSam,
@@ -102,8 +103,9 @@ def demo(
     device: Device = None,
     json_out: Json = False,
 ):
-    """Offline demo: generate shapes-world scenes, index them with the bundled small models
-    (sam-shapes-tiny or sam2-shapes-tiny, + clip-shapes-tiny), run example queries and print the hits.
+    """Offline demo: generate shapes-world scenes and short clips, index them with the bundled small
+    models (sam-shapes-tiny or sam2-shapes-tiny, + clip-shapes-tiny), run example queries and print
+    the hits (in the clips: object tracks, with when they are on screen).
 
     The bundled models know only coloured shapes; real photos need real weights
     (`segsearch index PHOTOS` downloads them)."""
@@ -120,7 +122,10 @@ def demo(
         folder = Path(settings.data) / "scenes"
         folder.mkdir(parents=True, exist_ok=True)
         truth = _write_demo_scenes(folder, DEMO_SEEDS[:scenes])
-        summary = run_index(settings, [str(folder)], show_progress=not json_out and sys.stderr.isatty())
+        clips = Path(settings.data) / "videos"
+        clip_truth = _write_demo_videos(clips, videos)
+        inputs = [str(folder)] + ([str(clips)] if videos else [])
+        summary = run_index(settings, inputs, show_progress=not json_out and sys.stderr.isatty())
         # query the objects that are really there (most frequent first), plus one colour-only query
         common = [c for c, _ in Counter(c for caps in truth.values() for c in caps).most_common(5)]
         results = []
@@ -128,12 +133,22 @@ def demo(
             for q in [*common, f"a {common[0].split()[0]} shape"]:
                 hits = library.search(q, top_k=top_k, filters={"kind": "object"})
                 results.append({"query": q, "hits": [h.to_dict() for h in hits]})
+            if clip_truth:  # an object in the clips: its track, with when it is on screen
+                q = Counter(label for spans in clip_truth.values() for label, *_ in spans).most_common(1)[0][0]
+                hits = library.search(q, top_k=top_k, filters={"kind": "track"})
+                results.append({"query": q, "kind": "track", "hits": [h.to_dict() for h in hits]})
     except SegsearchError as exc:
         fail(exc)
     if json_out:
         typer.echo(
             json.dumps(
-                {"index": summary.to_dict(), "queries": results, "scenes": str(folder), "data": str(settings.data)}
+                {
+                    "index": summary.to_dict(),
+                    "queries": results,
+                    "scenes": str(folder),
+                    "videos": str(clips) if videos else None,
+                    "data": str(settings.data),
+                }
             )
         )
         return
@@ -142,8 +157,14 @@ def demo(
         typer.secho(f'\n"{r["query"]}"', bold=True)
         for h in r["hits"]:
             x, y, w, hh = h["bbox"]
-            shown = ", ".join(truth.get(Path(h["image_path"]).name, []))
-            typer.echo(f"  {h['score']:.3f}  {Path(h['image_path']).name}  box=({x},{y},{w},{hh})  scene has: {shown}")
+            name = Path(h["image_path"]).name
+            if h["kind"] == "track":
+                shown = ", ".join(f"{lab} {a:.1f}-{b:.1f} s" for lab, a, b in clip_truth.get(name, []))
+                span = f"{h['start_s']:.1f}-{h['end_s']:.1f} s"
+                typer.echo(f"  {h['score']:.3f}  {name}  {span}  box=({x},{y},{w},{hh})  clip has: {shown}")
+                continue
+            shown = ", ".join(truth.get(name, []))
+            typer.echo(f"  {h['score']:.3f}  {name}  box=({x},{y},{w},{hh})  scene has: {shown}")
     typer.echo(
         f"\nscenes in {folder}; the library remembers its models, so try:\n"
         f'  segsearch search "white star" --data {settings.data}\n'
@@ -151,6 +172,21 @@ def demo(
         "The bundled models know only coloured shapes: for real photos, `segsearch index PHOTOS` with the "
         "default models (downloaded on first use)."
     )
+
+
+def _write_demo_videos(folder: Path, n: int) -> dict[str, list[tuple[str, float, float]]]:
+    """``n`` shapes-world clips; per file, each object's label and when it is in view."""
+    from segsearch.eval.videos import VIDEO_DEMO_SEEDS, make_video, write_mp4
+
+    truth = {}
+    for seed in VIDEO_DEMO_SEEDS[:n]:
+        folder.mkdir(parents=True, exist_ok=True)
+        name, video = f"clip-{seed}.mp4", make_video(seed)
+        if not (folder / name).exists():
+            write_mp4(video, folder / name)
+        spans = video.truth([k * 0.5 for k in range(int(video.duration_s * 2))])
+        truth[name] = [(" ".join(g["label"]), g["start_s"], g["end_s"]) for g in spans]
+    return truth
 
 
 def _write_demo_scenes(folder: Path, seeds) -> dict[str, list[str]]:

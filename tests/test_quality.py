@@ -40,10 +40,13 @@ def test_validation_scenes_are_not_the_reported_ones(tmp_path):
 
 
 def test_demo_offline(tmp_path):
-    r = CliRunner().invoke(app, ["demo", "--data", str(tmp_path / "demo"), "--scenes", "3", "--json"])
+    args = ["demo", "--data", str(tmp_path / "demo"), "--scenes", "3", "--videos", "1", "--json"]
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["index"]["indexed"] == 3 and out["index"]["failed"] == 0
-    assert len(out["queries"]) >= 5 and all(q["hits"] for q in out["queries"])
-    again = CliRunner().invoke(app, ["demo", "--data", str(tmp_path / "demo"), "--scenes", "3", "--json"])
-    assert json.loads(again.stdout)["index"]["skipped"] == 3  # idempotent re-run
+    assert out["index"]["indexed"] == 4 and out["index"]["failed"] == 0  # 3 scenes, 1 clip
+    assert len(out["queries"]) >= 6 and all(q["hits"] for q in out["queries"])
+    track = out["queries"][-1]["hits"][0]  # the clip's most common object, as a track with its span
+    assert track["kind"] == "track" and 0 <= track["start_s"] < track["end_s"] <= 8.0
+    again = CliRunner().invoke(app, args)
+    assert json.loads(again.stdout)["index"]["skipped"] == 4  # idempotent re-run

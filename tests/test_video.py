@@ -152,19 +152,10 @@ def test_sigkill_mid_video_then_rerun_equals_clean_run(world, tmp_path):
     root = world[0]
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("street.mp4", "phone.mov"):
-        (lib / name).write_bytes((root / "library" / "trip" / name).read_bytes())
-    cmd = [
-        sys.executable,
-        "-m",
-        "segsearch",
-        "index",
-        str(lib),
-        "--sam",
-        "sam-shapes-tiny",
-        "--clip",
-        "clip-shapes-tiny",
-    ]
+    (lib / "street.mp4").write_bytes((root / "library" / "trip" / "street.mp4").read_bytes())
+    # one frame a second: the kill still lands mid-video (8 SAM runs), the test costs half as much
+    cmd = [sys.executable, "-m", "segsearch", "index", str(lib), "--video-fps", "1"]
+    cmd += ["--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny"]
 
     def state(data):
         import sqlite3
@@ -241,3 +232,21 @@ def test_sampling_takes_the_frame_on_screen_whatever_the_codec_or_frame_rate(tmp
     for (t, rgb), k in zip(got, (0, 3, 6, 8)):
         assert np.abs(rgb - colours[k]).max() <= 12, (name, t, rgb, colours[k])
     assert np.abs(frame_at(tmp_path / name, 1.2)[60, 80].astype(int) - colours[3]).max() <= 12  # still the 0.4 s frame
+
+
+def test_a_4k_phone_video_is_sampled_at_the_size_sam_sees(tmp_path):
+    """A 4K clip recorded upright on a phone (stored 3840x2160 turned, with a rotation flag): frames
+    come out upright and at most 1024 px, so memory per frame does not follow the video's pixels."""
+    from segsearch.video import probe, sample_frames
+
+    clip = scripted_video([("red", "square", 0.0, 2.0, (0.3, 0.3), (0.3, 0.3))], width=2160, height=3840, fps=4)
+    clip.duration_s = 1.0
+    write_mp4(clip, tmp_path / "uhd.mov", rotation=90)
+    info = probe(tmp_path / "uhd.mov")
+    assert (info.width, info.height, info.rotation) == (576, 1024, 90)
+    frames = list(sample_frames(tmp_path / "uhd.mov", 2.0))
+    assert [f.rgb.shape for f in frames] == [(1024, 576, 3)] * 2
+    # upright: the red square is in the upper left third, as drawn
+    red = (frames[0].rgb[:, :, 0] > 180) & (frames[0].rgb[:, :, 1] < 80)
+    ys, xs = np.nonzero(red)
+    assert abs(ys.mean() / 1024 - 0.3) < 0.05 and abs(xs.mean() / 576 - 0.3) < 0.05

@@ -27,6 +27,7 @@ VISIBLE_FRAC = 0.5  # an object is "in view" while at least half of its area is 
 MIN_LIFE = 2.5
 VIDEO_HELDOUT_SEEDS = range(40_000_000, 40_100_000)
 VIDEO_VALIDATION_SEEDS = range(50_000_000, 50_100_000)
+VIDEO_DEMO_SEEDS = range(60_000_000, 60_100_000)
 
 
 @dataclass
