@@ -86,9 +86,10 @@ def test_first_day(installed, tmp_path):
 
     # 1. the demo, from an empty folder: bundled models from package data, data in the user's data dir
     demo = json.loads(segsearch("demo", "--scenes", "4", "--json").stdout)
-    assert demo["index"]["indexed"] == 4 and demo["index"]["failed"] == 0
+    assert demo["index"]["indexed"] == 6 and demo["index"]["failed"] == 0  # 4 scenes and 2 clips
     assert demo["data"] == str(home / "data" / "segsearch" / "demo")
     assert any(q["hits"] for q in demo["queries"])
+    assert demo["queries"][-1]["hits"][0]["kind"] == "track"  # video works from a non-editable install
     assert sorted(p.name for p in work.iterdir()) == []  # nothing written where the user stood
 
     # 2. their photos, indexed once with non-default models (and a smaller grid)
