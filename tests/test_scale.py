@@ -152,19 +152,24 @@ def test_a_crashed_indexers_images_are_taken_over(settings, pg_url, qdrant_serve
     )
     victim = start({**env, "SEGSEARCH_WORKER_ID": "victim"}, lib)
     catalog = Catalog.open(pg_url)
+    from sqlalchemy import select
+
+    from segsearch.store.sql import ClaimRow
+
+    def victims_claims() -> set[str]:
+        with catalog.Session() as s:
+            return set(s.scalars(select(ClaimRow.image_id).where(ClaimRow.worker == "victim")))
+
     try:
         deadline = time.monotonic() + 120
-        while not catalog.counts()["pending"]:  # the victim holds an image it has started on
+        # the victim holds an image it has started on (an image is registered "pending" a moment
+        # before it is claimed: waiting on the status alone once killed it in that moment, under load)
+        while not (catalog.counts()["pending"] and victims_claims()):
             assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read()
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-        from sqlalchemy import select
-
-        from segsearch.store.sql import ClaimRow
-
-        with catalog.Session() as s:
-            held = set(s.scalars(select(ClaimRow.image_id).where(ClaimRow.worker == "victim")))
+        held = victims_claims()
         assert held, "the killed worker left no claim behind"
     finally:
         catalog.close()
