@@ -30,6 +30,9 @@ VIDEO_MAX_SIDE = 1024
 CLIP_MAX_SECONDS = 30.0
 CLIP_MAX_SIDE = 640
 CLIP_FPS = 10
+# A frame larger than this (from the header) is refused before any is decoded: 8K is 33 MP, and one
+# decoded frame of a forged 60000x60000 header would be 5 GB.
+MAX_FRAME_PIXELS = 100_000_000
 
 
 class VideoError(ImageError):
@@ -89,6 +92,9 @@ def probe(path, *, max_side: int = VIDEO_MAX_SIDE) -> VideoInfo:
     """What the header says, plus the first frame's rotation and size (opened and closed)."""
     container, stream = _open(path)
     try:
+        cw, ch = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if cw * ch > MAX_FRAME_PIXELS:
+            raise VideoError(f"video frames are {cw}x{ch} = {cw * ch:,} pixels, above the cap of {MAX_FRAME_PIXELS:,}")
         first = _first_frame(container, stream)
         rot = int(getattr(first, "rotation", 0) or 0) % 360
         w, h = (first.height, first.width) if rot in (90, 270) else (first.width, first.height)
