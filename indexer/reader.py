@@ -109,9 +109,9 @@ class Reader:
         t1 = time.perf_counter()
         self.times.add("read_hash", t1 - t0)
         try:
-            info: VideoInfo | ImageError = probe(path)
             if size == 0:
                 raise VideoError("empty file (0 bytes)")
+            info: VideoInfo | ImageError = probe(path)
             if info.duration_s > self.settings.max_video_seconds:
                 raise VideoError(
                     f"video is {info.duration_s:.0f} s long, above the cap of {self.settings.max_video_seconds:.0f} s "
