@@ -150,17 +150,7 @@ def main(argv=None) -> int:
 
     results = []
     for n in sizes:
-        lst = work / f"files-{n}.txt"
-        lst.write_text("\n".join(str(p) for p in files[:n]))
-        data = work / f"data-{n}-{args.amg}-{time.time_ns()}"
-        cmd = [sys.executable, __file__, "--child", str(lst), str(data), "--amg", args.amg]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            return out.returncode
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results.append(child(files[:n], work / f"data-{n}-{args.amg}-{time.time_ns()}", args))
         if not args.json:
             r = results[-1]
             print(
