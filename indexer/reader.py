@@ -17,7 +17,7 @@ from segsearch.identity import image_id
 from segsearch.images import DecodedImage, decode_image
 from segsearch.settings import Settings
 from segsearch.store.sql import Catalog, ImagePathRow, ImageRow
-from segsearch.video import VideoError, VideoInfo, is_video, probe
+from segsearch.video import VideoError, VideoInfo, check_length, is_video, probe
 
 from segsearch.indexer.results import Outcome, StageTimes
 
@@ -112,11 +112,7 @@ class Reader:
             if size == 0:
                 raise VideoError("empty file (0 bytes)")
             info: VideoInfo | ImageError = probe(path)
-            if info.duration_s > self.settings.max_video_seconds:
-                raise VideoError(
-                    f"video is {info.duration_s:.0f} s long, above the cap of {self.settings.max_video_seconds:.0f} s "
-                    "(SEGSEARCH_MAX_VIDEO_SECONDS; checked from the header, before decoding)"
-                )
+            check_length(info, self.settings.max_video_seconds)
         except ImageError as exc:
             info = exc
         self.times.add("decode", time.perf_counter() - t1)

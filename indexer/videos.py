@@ -47,7 +47,8 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
     next_key = 0.0
     dim = None
     t_decode = time.perf_counter()
-    for frame in sample_frames(path, s.video_fps, max_side=VIDEO_MAX_SIDE, max_seconds=s.max_video_seconds):
+    frames = sample_frames(path, s.video_fps, max_side=VIDEO_MAX_SIDE, max_seconds=s.max_video_seconds, info=info)
+    for frame in frames:
         t1 = time.perf_counter()
         ix.times.add("video_decode", t1 - t_decode)
         if models.guard is not None:

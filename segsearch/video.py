@@ -134,22 +134,34 @@ def _upright(frame, rot: int, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-def sample_frames(
-    path, fps: float, *, max_side: int = VIDEO_MAX_SIDE, max_seconds: float | None = None, start_s: float = 0.0
-) -> Iterator[Frame]:
-    """Frames at ``fps`` samples per second from ``start_s``: at each sampling time, the frame on
-    screen then (the last one presented at or before it), each at most once, with its own
-    presentation time. Sampling follows presentation times, so variable frame rate is sampled
-    evenly; one decoded frame is held back (not converted) to know which is on screen. Raises
-    ``VideoError`` on a corrupt or truncated stream, and past ``max_seconds``."""
-    import av
-
-    info = probe(path, max_side=max_side)
+def check_length(info: VideoInfo, max_seconds: float | None) -> None:
+    """The length cap, from the header (before any frame is decoded)."""
     if max_seconds is not None and info.duration_s > max_seconds:
         raise VideoError(
             f"video is {info.duration_s:.0f} s long, above the cap of {max_seconds:.0f} s "
             "(SEGSEARCH_MAX_VIDEO_SECONDS; checked from the header, before decoding)"
         )
+
+
+def sample_frames(
+    path,
+    fps: float,
+    *,
+    max_side: int = VIDEO_MAX_SIDE,
+    max_seconds: float | None = None,
+    start_s: float = 0.0,
+    info: VideoInfo | None = None,
+) -> Iterator[Frame]:
+    """Frames at ``fps`` samples per second from ``start_s``: at each sampling time, the frame on
+    screen then (the last one presented at or before it), each at most once, with its own
+    presentation time. Sampling follows presentation times, so variable frame rate is sampled
+    evenly; one decoded frame is held back (not converted) to know which is on screen. Raises
+    ``VideoError`` on a corrupt or truncated stream, and past ``max_seconds``. ``info``: this file's
+    ``probe`` at ``max_side``, when the caller already has it (the file is not probed twice)."""
+    import av
+
+    info = info or probe(path, max_side=max_side)  # the caller's probe, if it has one (same max_side)
+    check_length(info, max_seconds)
     container, stream = _open(path)
     step, eps = 1.0 / fps, 1e-6
     next_t = start_s
