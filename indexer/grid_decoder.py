@@ -59,6 +59,7 @@ class GridDecoder:
         self.output_tokens = torch.cat(tokens, dim=0)
         self.iou_sigmoid = bool(getattr(md, "iou_prediction_use_sigmoid", False))
         self.high_res = high_res if getattr(md, "use_high_res_features", False) else None
+        self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res)
 
     def __call__(self, sparse, iou_thresh: float = 0.0):
         """``sparse``: B x P x C point embeddings from the prompt encoder. Returns (low-res mask
@@ -108,17 +109,13 @@ class GridDecoder:
             idx = torch.nonzero(iou.max(dim=1).values > iou_thresh).flatten()
         else:
             idx = torch.arange(b, device=iou.device)
-        c = keys.shape[-1]
-        h, w = self.hw
         if len(idx) == 0:
+            h, w = self.hw
             return iou.new_zeros((0, 3, h * 4, w * 4)), iou[:0], idx
-        src = keys[idx].transpose(1, 2).reshape(len(idx), c, h, w)
-        up = _upscale(md.output_upscaling, src, self.high_res)
         hyper = torch.stack(
             [md.output_hypernetworks_mlps[i](queries[idx, s + 1 + i, :]) for i in range(1, md.num_mask_tokens)], dim=1
         )
-        n, uc, uh, uw = up.shape
-        masks = (hyper @ up.view(n, uc, uh * uw)).view(n, -1, uh, uw)
+        masks = self.upscaler(keys, hyper, idx)
         return masks, iou[idx], idx
 
 
@@ -229,21 +226,94 @@ def _image_to_tokens(mod, kp, kt, vt, q_cached=None, residual=None, inplace=Fals
     return torch.baddbmm(residual.expand(b, -1, -1), a_t, u)
 
 
-def _upscale(seq, x, high_res=None):
-    """``MaskDecoder.output_upscaling`` (ConvT, LayerNorm2d, GELU, ConvT, GELU) with the channel
-    LayerNorm done by the fused kernel on a channels-last view instead of five elementwise ops.
-    SAM 2 adds its stride-8 features after the first transposed convolution and its stride-4
-    features after the second (``high_res`` = (stride 4, stride 8), broadcast over the prompts)."""
-    import torch.nn.functional as F
+class Upscaler:
+    """``MaskDecoder.output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) followed
+    by the hypernetwork product, computed per image position.
 
-    conv1, norm, act1, conv2, act2 = seq
-    if type(norm).__name__ != "LayerNorm2d":  # pragma: no cover - a model with another head
-        raise ValueError(f"unexpected mask upscaling norm {type(norm).__name__}")
-    x = conv1(x)
-    if high_res is not None:
-        x = x + high_res[1]
-    x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
-    x = conv2(act1(x))
-    if high_res is not None:
-        x = x + high_res[0]
-    return act2(x)
+    Both transposed convolutions have kernel = stride = 2, so every embedding position feeds its own
+    4x4 block of the output and nothing else: the whole head is a per-position function. Here it
+    runs on the prompts' channels-last image embeddings (B x N x C, as the transformer leaves them)
+    as two matrix products whose rows are positions and whose columns are (dy, dx, channel), in
+    blocks of positions small enough to stay in cache (``BLOCK_FLOATS`` of the largest
+    intermediate), and the masks are put in raster order by one gather at the end. This replaces
+    per-prompt NCHW convolutions (the 16 -> 8 channel second one ran at a fifth of the first's
+    speed) and a permuted copy for the LayerNorm.
+
+    The channel LayerNorm's mean subtraction is linear, so it is folded into the first product's
+    weights (each group of output channels is centred); what is left is a variance per group and
+    the affine, four cheap passes instead of a row-wise LayerNorm over 16 values (0.09 vs 0.19 ms
+    per 1,024 positions of the bundled SAM). SAM 2 adds its stride-8 features after the first
+    convolution and its stride-4 features after the second (``high_res`` = (stride 4, stride 8),
+    shared by every prompt): they are put in the same block layout once per image."""
+
+    BLOCK_FLOATS = 1 << 20  # 4 MB of float32 per block (measured here: 1-4 MB alike, 64 KB 2x and 16 MB 2.3x slower)
+
+    def __init__(self, seq, hw, high_res=None):
+        import torch
+
+        conv1, norm, act1, conv2, act2 = seq
+        if type(norm).__name__ != "LayerNorm2d":  # pragma: no cover - a model with another head
+            raise ValueError(f"unexpected mask upscaling norm {type(norm).__name__}")
+        c, c1 = conv1.weight.shape[:2]
+        c2 = conv2.weight.shape[1]
+        h, w = hw
+        self.hw, self.c1, self.c2 = hw, c1, c2
+        self.act1, self.act2, self.eps = act1, act2, norm.eps
+        self.gain, self.shift = norm.weight, norm.bias
+
+        def centred(v):  # subtract each (dy, dx) group's channel mean: LayerNorm's first step
+            g = v.reshape(*v.shape[:-1], -1, c1)
+            return (g - g.mean(-1, keepdim=True)).reshape(v.shape)
+
+        # ConvTranspose2d weight: C_in x C_out x kh x kw -> C_in x (dy, dx, C_out)
+        self.w1 = centred(conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1))
+        self.b1 = centred(conv1.bias.repeat(4))
+        self.w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        self.b2 = conv2.bias.repeat(4)
+        self.hr1 = self.hr0 = None
+        if high_res is not None:
+            s4, s8 = high_res[0][0], high_res[1][0]
+            # rows (i, j, dy, dx) and (i, j, dy1, dx1, dy2, dx2): output pixel (2i+dy, 2j+dx) and
+            # (4i + 2dy1 + dy2, 4j + 2dx1 + dx2)
+            self.hr1 = centred(s8.reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w * 4, c1))
+            self.hr0 = s4.reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h * w * 16, c2)
+        # raster pixel (Y, X) <- block row (i, j, dy1, dx1, dy2, dx2), Y = 4i + 2dy1 + dy2
+        order = torch.arange(h * w * 16, device=conv1.weight.device).view(h, w, 2, 2, 2, 2)
+        self.raster = order.permute(0, 2, 4, 1, 3, 5).reshape(-1)
+
+    def __call__(self, x, hyper, idx=None):
+        """``x``: B x N x C prompt image embeddings (N = h*w, raster order), of which the prompts
+        ``idx`` (all when None); ``hyper``: K x M x C2 hypernetwork outputs, one per selected prompt.
+        Returns the K x M x 4h x 4w mask logits."""
+        import torch
+
+        n, c = x.shape[1:]
+        k, m = hyper.shape[:2]
+        h, w = self.hw
+        c1, c2 = self.c1, self.c2
+        rows = min(n, max(1, self.BLOCK_FLOATS // (16 * c2)))  # positions per block
+        whole = rows == n  # blocks of whole prompts (else blocks of one prompt's positions)
+        prompts = max(1, self.BLOCK_FLOATS // (16 * c2 * n)) if whole else 1
+        out = x.new_empty((k, m, n * 16))
+        for p0 in range(0, k, prompts):
+            p1 = min(k, p0 + prompts)
+            sel = slice(p0, p1) if idx is None else idx[p0:p1]
+            for r0 in range(0, n, rows):
+                r1 = min(n, r0 + rows)
+                y = torch.addmm(self.b1, x[sel, r0:r1].reshape(-1, c), self.w1).view(-1, c1)
+                if self.hr1 is not None:
+                    y.view(p1 - p0, -1, c1).add_(self.hr1[r0 * 4 : r1 * 4])
+                rstd = y.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+                y = self.act1(torch.addcmul(self.shift, y.mul_(rstd), self.gain))
+                z = torch.addmm(self.b2, y, self.w2).view(p1 - p0, (r1 - r0) * 16, c2)
+                if self.hr0 is not None:
+                    z += self.hr0[r0 * 16 : r1 * 16]
+                masks = torch.bmm(hyper[p0:p1], self.act2(z).transpose(1, 2))
+                if whole:  # the block's prompts into raster order while they are in cache
+                    t = torch.gather(masks.view(-1, n * 16), 1, self.raster.expand((p1 - p0) * m, -1))
+                    out[p0:p1] = t.view(p1 - p0, m, -1)
+                else:
+                    out[p0:p1, :, r0 * 16 : r1 * 16] = masks
+        if not whole:
+            out = torch.gather(out.view(k * m, -1), 1, self.raster.expand(k * m, -1))
+        return out.view(k, m, 4 * h, 4 * w)
