@@ -61,10 +61,9 @@ class GridDecoder:
         self.high_res = high_res if getattr(md, "use_high_res_features", False) else None
         self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res)
 
-    def __call__(self, sparse, iou_thresh: float = 0.0):
-        """``sparse``: B x P x C point embeddings from the prompt encoder. Returns (low-res mask
-        logits, predicted IoU, prompt index) for the prompts that have a multimask output with
-        predicted IoU > ``iou_thresh`` (all prompts when it is <= 0): K x 3 x H x W, K x 3, K."""
+    def _transformer(self, sparse):
+        """The two-way transformer and the IoU head: final tokens, per-prompt image embeddings
+        (B x N x C) and the multimask outputs' predicted IoUs (B x 3)."""
         import torch
 
         md, tr, first = self.md, self.tr, self.first
@@ -104,19 +103,46 @@ class GridDecoder:
         iou = md.iou_prediction_head(queries[:, s, :])
         if self.iou_sigmoid:
             iou = iou.sigmoid()
-        iou = iou[:, 1:]  # multimask outputs
+        return queries, keys, iou[:, 1:]  # multimask outputs
+
+    def _hyper(self, queries, idx):
+        md, s = self.md, self.skip
+        mlps = md.output_hypernetworks_mlps
+        import torch
+
+        return torch.stack([mlps[i](queries[idx, s + 1 + i, :]) for i in range(1, md.num_mask_tokens)], dim=1)
+
+    def __call__(self, sparse, iou_thresh: float = 0.0):
+        """``sparse``: B x P x C point embeddings from the prompt encoder. Returns (low-res mask
+        logits, predicted IoU, prompt index) for the prompts that have a multimask output with
+        predicted IoU > ``iou_thresh`` (all prompts when it is <= 0): K x 3 x H x W, K x 3, K."""
+        import torch
+
+        queries, keys, iou = self._transformer(sparse)
         if iou_thresh > 0:
             idx = torch.nonzero(iou.max(dim=1).values > iou_thresh).flatten()
         else:
-            idx = torch.arange(b, device=iou.device)
+            idx = torch.arange(len(iou), device=iou.device)
         if len(idx) == 0:
             h, w = self.hw
             return iou.new_zeros((0, 3, h * 4, w * 4)), iou[:0], idx
-        hyper = torch.stack(
-            [md.output_hypernetworks_mlps[i](queries[idx, s + 1 + i, :]) for i in range(1, md.num_mask_tokens)], dim=1
-        )
-        masks = self.upscaler(keys, hyper, idx)
-        return masks, iou[idx], idx
+        return self.upscaler(keys, self._hyper(queries, idx), idx), iou[idx], idx
+
+    def candidates(self, sparse, iou_thresh: float = 0.0):
+        """Per mask instead of per prompt: the multimask outputs whose own predicted IoU is
+        > ``iou_thresh`` (all when it is <= 0), in (prompt, output) order, as the automatic mask
+        generator filters them: M x H x W logits and their M predicted IoUs. Only those masks are
+        written out."""
+        import torch
+
+        queries, keys, iou = self._transformer(sparse)
+        sel = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        idx = torch.nonzero(sel.any(dim=1)).flatten()
+        h, w = self.hw
+        if len(idx) == 0:
+            return iou.new_zeros((0, h * 4, w * 4)), iou.new_zeros(0)
+        masks = self.upscaler(keys, self._hyper(queries, idx), idx, sel[idx])
+        return masks, iou[sel]
 
 
 def _heads(x, n):
@@ -223,7 +249,7 @@ def _image_to_tokens(mod, kp, kt, vt, q_cached=None, residual=None, inplace=Fals
         return a_t @ u
     if inplace:
         return residual.baddbmm_(a_t, u)
-    return torch.baddbmm(residual.expand(b, -1, -1), a_t, u)
+    return torch.bmm(a_t, u).add_(residual)  # (baddbmm would first copy the broadcast residual twice)
 
 
 class Upscaler:
@@ -281,10 +307,11 @@ class Upscaler:
         order = torch.arange(h * w * 16, device=conv1.weight.device).view(h, w, 2, 2, 2, 2)
         self.raster = order.permute(0, 2, 4, 1, 3, 5).reshape(-1)
 
-    def __call__(self, x, hyper, idx=None):
+    def __call__(self, x, hyper, idx=None, select=None):
         """``x``: B x N x C prompt image embeddings (N = h*w, raster order), of which the prompts
         ``idx`` (all when None); ``hyper``: K x M x C2 hypernetwork outputs, one per selected prompt.
-        Returns the K x M x 4h x 4w mask logits."""
+        Returns the K x M x 4h x 4w mask logits, or with ``select`` (K x M booleans) only the
+        selected masks, S x 4h x 4w in (prompt, mask) order."""
         import torch
 
         n, c = x.shape[1:]
@@ -294,7 +321,14 @@ class Upscaler:
         rows = min(n, max(1, self.BLOCK_FLOATS // (16 * c2)))  # positions per block
         whole = rows == n  # blocks of whole prompts (else blocks of one prompt's positions)
         prompts = max(1, self.BLOCK_FLOATS // (16 * c2 * n)) if whole else 1
-        out = x.new_empty((k, m, n * 16))
+        if select is not None and whole:  # only the selected masks are written
+            count = select.sum(1).tolist()
+            starts = [0]
+            for v in count:
+                starts.append(starts[-1] + v)
+            out = x.new_empty((starts[-1], n * 16))
+        else:
+            out = x.new_empty((k, m, n * 16))
         for p0 in range(0, k, prompts):
             p1 = min(k, p0 + prompts)
             sel = slice(p0, p1) if idx is None else idx[p0:p1]
@@ -309,11 +343,18 @@ class Upscaler:
                 if self.hr0 is not None:
                     z += self.hr0[r0 * 16 : r1 * 16]
                 masks = torch.bmm(hyper[p0:p1], self.act2(z).transpose(1, 2))
-                if whole:  # the block's prompts into raster order while they are in cache
-                    t = torch.gather(masks.view(-1, n * 16), 1, self.raster.expand((p1 - p0) * m, -1))
-                    out[p0:p1] = t.view(p1 - p0, m, -1)
-                else:
+                if not whole:
                     out[p0:p1, :, r0 * 16 : r1 * 16] = masks
+                    continue
+                # the block's masks into raster order while they are in cache
+                masks = masks.view(-1, n * 16)
+                if select is None:
+                    out[p0:p1] = torch.gather(masks, 1, self.raster.expand(len(masks), -1)).view(p1 - p0, m, -1)
+                else:
+                    masks = masks[select[p0:p1].reshape(-1)]
+                    torch.gather(masks, 1, self.raster.expand(len(masks), -1), out=out[starts[p0] : starts[p1]])
         if not whole:
-            out = torch.gather(out.view(k * m, -1), 1, self.raster.expand(k * m, -1))
-        return out.view(k, m, 4 * h, 4 * w)
+            out = torch.gather(out.view(k * m, -1), 1, self.raster.expand(k * m, -1)).view(k, m, -1)
+            if select is not None:
+                out = out[select]
+        return out.view(-1, 4 * h, 4 * w) if select is not None else out.view(k, m, 4 * h, 4 * w)

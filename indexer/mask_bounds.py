@@ -62,15 +62,35 @@ class BoxBounds:
         frame = F.interpolate(low[idx][:, None], (img, img), mode="bilinear", align_corners=False)
         return _stability(frame[:, 0, :in_h, :in_w], tuple(crop_size), tuple(crop_size), thr, off)
 
+    def _bound_consts(self, low_hw, crop_size):
+        """What the box bounds need from the interpolation maps, once per crop (the screening runs
+        per decoder batch): each low-resolution row/column's first and last full-resolution index,
+        the valid low-resolution extent, and the inner bound's weights and neighbourhood."""
+        import torch
+
+        key = (tuple(low_hw), tuple(crop_size), tuple(self.predictor.input_size))
+        if getattr(self, "_consts_key", None) != key:
+            ry, rx = self._interp_maps(low_hw, crop_size)
+            first_y, last_y = self._support_span(ry)
+            first_x, last_x = self._support_span(rx)
+            ny, nx = int((last_y >= 0).nonzero().max()) + 1, int((last_x >= 0).nonzero().max()) + 1
+            wy, ystar = ry.max(0)
+            wx, xstar = rx.max(0)
+            reach = max(_reach(ry), _reach(rx))
+            w = wy[:, None] * wx[None, :]
+            self._consts = {
+                "outer": (first_x, first_y, last_x, last_y, ny, nx),
+                "inner": (xstar, ystar, 2 * reach + 1, torch.where(w > 0, w, 0), torch.where(w > 0, 1 - w, 0)),
+            }
+            self._consts_key = key
+        return self._consts
+
     def _outer_boxes(self, low, crop_size):
         """XYXY boxes that surely contain ``upsample(low) > threshold``: the full-resolution rows and
         columns whose interpolation support meets the low-resolution box."""
         import torch
 
-        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
-        first_y, last_y = self._support_span(ry)
-        first_x, last_x = self._support_span(rx)
-        ny, nx = int((last_y >= 0).nonzero().max()) + 1, int((last_x >= 0).nonzero().max()) + 1
+        first_x, first_y, last_x, last_y, ny, nx = self._bound_consts(low.shape[-2:], crop_size)["outer"]
         c = self.BOUNDS_CHUNK  # padding never shows: only the valid ny x nx part
         x0, y0, x1, y1, _ = _extents((low[j : j + c, :ny, :nx] for j in range(0, len(low), c)), self.sam.mask_threshold)
         return torch.stack([first_x[x0], first_y[y0], last_x[x1], last_y[y1]], 1)
@@ -82,14 +102,8 @@ class BoxBounds:
         surely in the mask. Rows are -1 where no pixel is sure."""
         import torch
 
-        ry, rx = self._interp_maps(low.shape[-2:], crop_size)
-        wy, ystar = ry.max(0)
-        wx, xstar = rx.max(0)
-        span = max(int(((r != 0).float().cumsum(1).argmax(1) - (r != 0).float().argmax(1)).max()) for r in (ry, rx))
-        k = 2 * span + 1
+        xstar, ystar, k, w_on, w_off = self._bound_consts(low.shape[-2:], crop_size)["inner"]
         thr = self.sam.mask_threshold
-        w = wy[:, None] * wx[None, :]
-        w_on, w_off = torch.where(w > 0, w, 0), torch.where(w > 0, 1 - w, 0)
 
         def sure(d):
             """d = L - thr; > 0 exactly where the pixel is sure: w > 0, L > thr and the bound above."""
@@ -150,6 +164,22 @@ class BoxBounds:
         return out
 
 
+def _reach(r) -> int:
+    """For a 1-D interpolation map r (full x low resolution): how far, in low-resolution pixels,
+    the support of each low-resolution pixel j's representative full-resolution pixel (the one
+    with the largest weight on j) reaches from j. One for SAM's two bilinear steps at any photo
+    size; the inner bound's minimum runs over that neighbourhood."""
+    import torch
+
+    wmax, star = r.max(0)
+    nz = (r[star] != 0).to(torch.uint8)  # row j: the support of j's representative pixel
+    j = torch.arange(nz.shape[0])
+    first = nz.argmax(1)
+    last = nz.shape[1] - 1 - nz.flip(1).argmax(1)
+    reach = torch.maximum(j - first, last - j)[wmax > 0]
+    return int(reach.max()) if len(reach) else 0
+
+
 def _extents(maps, thr: float = 0.0):
     """Box extents of ``map > thr`` for chunks of (n, H, W) maps: first/last column and row
     (x0, y0, x1, y1; 0 where the map is nowhere above) and whether it is anywhere, via row and
@@ -169,24 +199,21 @@ def _extents(maps, thr: float = 0.0):
 
 def _min_filter(x, k: int):
     """Minimum over a k×k neighbourhood of each pixel of (N, H, W) (borders: the pixels that exist),
-    as shifted elementwise minima over an edge-padded copy, rows then columns: much faster on CPU
-    than max_pool2d."""
+    as shifted elementwise minima on overlapping slices, rows then columns: no padded copy (filling
+    one with +inf cost as much as the minima) and much faster on CPU than max_pool2d."""
     import torch
-    import torch.nn.functional as F
 
     r = k // 2
     if r == 0:
         return x
-    h, w = x.shape[-2:]
-    inf = float("inf")
-    xp = F.pad(x, (0, 0, r, r), value=inf)
-    out = torch.minimum(xp[:, :h], xp[:, 1 : h + 1])
-    for d in range(2, 2 * r + 1):
-        torch.minimum(out, xp[:, d : d + h], out=out)
-    op = F.pad(out, (r, r), value=inf)
-    out = torch.minimum(op[:, :, :w], op[:, :, 1 : w + 1])
-    for d in range(2, 2 * r + 1):
-        torch.minimum(out, op[:, :, d : d + w], out=out)
+    out = x.clone()
+    for axis in (1, 2):
+        src = out.clone() if axis == 2 else x
+        n = x.shape[axis]
+        for d in range(1, min(r, n - 1) + 1):
+            lo, hi = out.narrow(axis, d, n - d), out.narrow(axis, 0, n - d)
+            torch.minimum(lo, src.narrow(axis, 0, n - d), out=lo)
+            torch.minimum(hi, src.narrow(axis, d, n - d), out=hi)
     return out
 
 
