@@ -139,7 +139,7 @@ class FastAMG(BoxBounds):
 
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         with self._autocast():
-            decoder = GridDecoder(sam, pred.features)
+            decoder = GridDecoder(sam, pred.features, needed=self._needed_low_res(pred.features))
         batch = self.decode_batch or _decode_batch(pred.features)
         screen_s = []
 
@@ -169,6 +169,19 @@ class FastAMG(BoxBounds):
             return self._postprocess(rows, data, crop_box, crop_size, orig_size)
         finally:
             self.timings["postprocess"] += time.perf_counter() - t2
+
+    def _needed_low_res(self, features):
+        """Low-resolution rows and columns that anything reads: the input frame covers the top-left
+        ``input_size`` of SAM's padded square, and each of its pixels reads the two low-resolution
+        rows/columns it lies between; one more for the inner box bound's neighbourhood (reach 1)."""
+        from segsearch.indexer.mask_bounds import _taps
+
+        img = self.sam.image_encoder.img_size
+        out = []
+        for n_low, n_in in zip((4 * features.shape[-2], 4 * features.shape[-1]), self.predictor.input_size):
+            h, _ = _taps(n_low, img, "cpu")
+            out.append(min(n_low, int(h[:n_in].max()) + 3))
+        return tuple(out)
 
     def _screen(self, low, iou, crop_size) -> dict:
         """One decoder batch's candidates, while their logits are in cache: the low-resolution

@@ -29,9 +29,11 @@ class GridDecoder:
     """Decodes single-point prompts (multimask) against one image embedding.
 
     ``features`` is the predictor's image embedding (1 x C x h x w); for SAM 2, ``high_res`` its
-    two high-resolution feature maps (stride 4, stride 8; 1 x C' x H x W each)."""
+    two high-resolution feature maps (stride 4, stride 8; 1 x C' x H x W each). ``needed``: the
+    low-resolution rows and columns (from the top left) whose logits anything reads; the rest of
+    each mask is ``Upscaler.FILL`` (all of it is computed when None)."""
 
-    def __init__(self, sam, features, high_res=None):
+    def __init__(self, sam, features, high_res=None, needed=None):
         import torch
 
         sam2 = hasattr(sam, "sam_mask_decoder")
@@ -63,7 +65,9 @@ class GridDecoder:
         self.output_tokens = torch.cat(tokens, dim=0)
         self.iou_sigmoid = bool(getattr(md, "iou_prediction_use_sigmoid", False))
         self.high_res = high_res if getattr(md, "use_high_res_features", False) else None
-        self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res)
+        # masks only where read: ``needed`` low-resolution rows and columns (from the top left)
+        part = None if needed is None else tuple(-(-v // 4) for v in needed)
+        self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res, part)
 
     def _transformer(self, sparse):
         """The two-way transformer and the IoU head: the final IoU and multimask tokens (B x 4 x C),
@@ -275,20 +279,25 @@ class Upscaler:
     runs on the prompts' channels-last image embeddings (B x N x C, as the transformer leaves them)
     as two matrix products whose rows are positions and whose columns are (dy, dx, channel), in
     blocks of positions small enough to stay in cache (``BLOCK_FLOATS`` of the largest
-    intermediate), and the masks are put in raster order by one gather at the end. This replaces
-    per-prompt NCHW convolutions (the 16 -> 8 channel second one ran at a fifth of the first's
-    speed) and a permuted copy for the LayerNorm.
+    intermediate), and one gather puts the masks in raster order. This replaces per-prompt NCHW
+    convolutions (the 16 -> 8 channel second one ran at a fifth of the first's speed) and a
+    permuted copy for the LayerNorm.
 
     The channel LayerNorm's mean subtraction is linear, so it is folded into the first product's
     weights (each group of output channels is centred); what is left is a variance per group and
     the affine, four cheap passes instead of a row-wise LayerNorm over 16 values (0.09 vs 0.19 ms
     per 1,024 positions of the bundled SAM). SAM 2 adds its stride-8 features after the first
     convolution and its stride-4 features after the second (``high_res`` = (stride 4, stride 8),
-    shared by every prompt): they are put in the same block layout once per image."""
+    shared by every prompt): they are put in the same block layout once per image.
+
+    ``part`` (rows, columns of positions, from the top left) limits the work to the positions whose
+    output is ever read: SAM pads a photo to a square, and nothing reads the masks' logits over the
+    padding (a 4:3 photo: a quarter of the positions). The rest of the output is ``FILL``."""
 
     BLOCK_FLOATS = 1 << 20  # 4 MB of float32 per block (measured here: 1-4 MB alike, 64 KB 2x and 16 MB 2.3x slower)
+    FILL = -1e4  # logits where no position was computed: far below every threshold, and finite
 
-    def __init__(self, seq, hw, high_res=None):
+    def __init__(self, seq, hw, high_res=None, part=None):
         import torch
 
         conv1, norm, act1, conv2, act2 = seq
@@ -297,9 +306,12 @@ class Upscaler:
         c, c1 = conv1.weight.shape[:2]
         c2 = conv2.weight.shape[1]
         h, w = hw
-        self.hw, self.c1, self.c2 = hw, c1, c2
+        hv, wv = part or hw
+        self.hw, self.part, self.c1, self.c2 = hw, (min(h, hv), min(w, wv)), c1, c2
+        hv, wv = self.part
         self.act1, self.act2, self.eps = act1, act2, norm.eps
         self.gain, self.shift = norm.weight, norm.bias
+        device = conv1.weight.device
 
         def centred(v):  # subtract each (dy, dx) group's channel mean: LayerNorm's first step
             g = v.reshape(*v.shape[:-1], -1, c1)
@@ -315,10 +327,14 @@ class Upscaler:
             s4, s8 = high_res[0][0], high_res[1][0]
             # rows (i, j, dy, dx) and (i, j, dy1, dx1, dy2, dx2): output pixel (2i+dy, 2j+dx) and
             # (4i + 2dy1 + dy2, 4j + 2dx1 + dx2)
-            self.hr1 = centred(s8.reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w * 4, c1))
-            self.hr0 = s4.reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h * w * 16, c2)
-        # raster pixel (Y, X) <- block row (i, j, dy1, dx1, dy2, dx2), Y = 4i + 2dy1 + dy2
-        order = torch.arange(h * w * 16, device=conv1.weight.device).view(h, w, 2, 2, 2, 2)
+            hr1 = centred(s8.reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h, w, 4, c1))
+            hr0 = s4.reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h, w, 16, c2)
+            self.hr1 = hr1[:hv, :wv].reshape(-1, c1)
+            self.hr0 = hr0[:hv, :wv].reshape(-1, c2)
+        ii, jj = torch.meshgrid(torch.arange(hv), torch.arange(wv), indexing="ij")
+        self.positions = None if (hv, wv) == hw else (ii * w + jj).reshape(-1).to(device)
+        # raster pixel (Y, X) of the part <- block column (i, j, dy1, dx1, dy2, dx2), Y = 4i + 2dy1 + dy2
+        order = torch.arange(hv * wv * 16, device=device).view(hv, wv, 2, 2, 2, 2)
         self.raster = order.permute(0, 2, 4, 1, 3, 5).reshape(-1)
 
     def __call__(self, x, hyper, idx=None, select=None):
@@ -328,27 +344,27 @@ class Upscaler:
         selected masks, S x 4h x 4w in (prompt, mask) order."""
         import torch
 
-        n, c = x.shape[1:]
+        c = x.shape[-1]
         k, m = hyper.shape[:2]
-        h, w = self.hw
-        c1, c2 = self.c1, self.c2
+        (h, w), (hv, wv) = self.hw, self.part
+        c1, c2, n = self.c1, self.c2, hv * wv
         rows = min(n, max(1, self.BLOCK_FLOATS // (16 * c2)))  # positions per block
         whole = rows == n  # blocks of whole prompts (else blocks of one prompt's positions)
         prompts = max(1, self.BLOCK_FLOATS // (16 * c2 * n)) if whole else 1
-        if select is not None and whole:  # only the selected masks are written
-            count = select.sum(1).tolist()
-            starts = [0]
-            for v in count:
-                starts.append(starts[-1] + v)
-            out = x.new_empty((starts[-1], n * 16))
-        else:
-            out = x.new_empty((k, m, n * 16))
+        sel = None if select is None else select.reshape(-1)
+        total = k * m if sel is None else int(sel.sum())
+        full = (hv, wv) == (h, w)
+        out = x.new_empty((total, 16 * h * w)) if full else x.new_full((total, 4 * h, 4 * w), self.FILL)
+        done = 0
+        buf = None if whole else x.new_empty((1, m, 16 * n))
+        prompt_rows = torch.arange(k, device=x.device) if idx is None else idx
         for p0 in range(0, k, prompts):
             p1 = min(k, p0 + prompts)
-            sel = slice(p0, p1) if idx is None else idx[p0:p1]
+            pr = prompt_rows[p0:p1]
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
-                y = torch.addmm(self.b1, x[sel, r0:r1].reshape(-1, c), self.w1).view(-1, c1)
+                xb = x[pr, r0:r1] if self.positions is None else x[pr[:, None], self.positions[None, r0:r1]]
+                y = torch.addmm(self.b1, xb.reshape(-1, c), self.w1).view(-1, c1)
                 if self.hr1 is not None:
                     y.view(p1 - p0, -1, c1).add_(self.hr1[r0 * 4 : r1 * 4])
                 rstd = y.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
@@ -356,19 +372,28 @@ class Upscaler:
                 z = torch.addmm(self.b2, y, self.w2).view(p1 - p0, (r1 - r0) * 16, c2)
                 if self.hr0 is not None:
                     z += self.hr0[r0 * 16 : r1 * 16]
-                masks = torch.bmm(hyper[p0:p1], self.act2(z).transpose(1, 2))
+                masks = torch.bmm(hyper[p0:p1], self.act2(z).transpose(1, 2))  # P x M x 16(r1 - r0)
                 if not whole:
-                    out[p0:p1, :, r0 * 16 : r1 * 16] = masks
+                    buf[:, :, 16 * r0 : 16 * r1] = masks
                     continue
-                # the block's masks into raster order while they are in cache
-                masks = masks.view(-1, n * 16)
-                if select is None:
-                    out[p0:p1] = torch.gather(masks, 1, self.raster.expand(len(masks), -1)).view(p1 - p0, m, -1)
-                else:
-                    masks = masks[select[p0:p1].reshape(-1)]
-                    torch.gather(masks, 1, self.raster.expand(len(masks), -1), out=out[starts[p0] : starts[p1]])
-        if not whole:
-            out = torch.gather(out.view(k * m, -1), 1, self.raster.expand(k * m, -1)).view(k, m, -1)
-            if select is not None:
-                out = out[select]
-        return out.view(-1, 4 * h, 4 * w) if select is not None else out.view(k, m, 4 * h, 4 * w)
+                done = self._emit(masks, sel, p0, p1, m, out, done)
+            if not whole:
+                done = self._emit(buf, sel, p0, p1, m, out, done)
+        return out.view(-1, 4 * h, 4 * w) if sel is not None else out.view(k, m, 4 * h, 4 * w)
+
+    def _emit(self, masks, sel, p0, p1, m, out, done) -> int:
+        """The block's masks (P x M x 16n, block layout), the selected ones only, into raster order
+        in ``out`` from row ``done`` (the computed part of each mask)."""
+        import torch
+
+        hv, wv = self.part
+        masks = masks.reshape((p1 - p0) * m, -1)
+        if sel is not None:
+            masks = masks[sel[p0 * m : p1 * m]]
+        raster = torch.gather(masks, 1, self.raster.expand(len(masks), -1))
+        end = done + len(raster)
+        if out.dim() == 2:
+            out[done:end] = raster
+        else:
+            out[done:end, : 4 * hv, : 4 * wv] = raster.view(-1, 4 * hv, 4 * wv)
+        return end

@@ -169,6 +169,42 @@ def test_grid_decoder_gives_the_official_decoders_masks(model, shapes_sam):
     np.testing.assert_allclose(low2.numpy(), low[idx].numpy(), atol=2e-4 * float(low.abs().max()))
 
 
+def test_grid_decoder_candidates_skip_the_padding_and_keep_the_rest(shapes_sam):
+    """Per-mask candidates (as the fast engine asks for them) are the official decoder's masks above
+    the predicted-IoU threshold, in the same order; for a landscape photo the rows over SAM's
+    square padding, which nothing reads, are not computed."""
+    import torch
+    from segment_anything import SamPredictor
+
+    from segsearch.indexer.fast_amg import FastAMG
+    from segsearch.indexer.grid_decoder import GridDecoder, Upscaler
+
+    img = make_scene(HELDOUT_SEEDS[0], width=640, height=400).image
+    thresh = SHAPES_AMG["pred_iou_thresh"]
+    (low, iou), _ = _decode_both(shapes_sam, img, 48, thresh)
+    gen = FastAMG(shapes_sam)
+    pred = SamPredictor(shapes_sam)
+    with torch.inference_mode():
+        pred.set_image(img)
+        gen.predictor = pred
+        rows, cols = gen._needed_low_res(pred.features)
+        assert cols == 128 and rows < 100  # 400 / 640 of 128 rows, plus the two the bounds read
+        pts = np.random.default_rng(1).random((48, 2)) * np.array(img.shape[:2])[::-1]
+        coords = torch.as_tensor(pred.transform.apply_coords(pts, img.shape[:2]), dtype=torch.float)
+        sparse, _ = shapes_sam.prompt_encoder(
+            points=(coords[:, None, :], torch.ones(48, 1, dtype=torch.int)), boxes=None, masks=None
+        )
+        masks, ious = GridDecoder(shapes_sam, pred.features, needed=(rows, cols)).candidates(sparse, thresh)
+    keep = iou > thresh
+    want = low[keep]
+    assert 0 < len(masks) == int(keep.sum()) < 3 * 48
+    np.testing.assert_allclose(ious.numpy(), iou[keep].numpy(), atol=1e-5)
+    tol = 2e-4 * float(want.abs().max())
+    np.testing.assert_allclose(masks[:, :rows].numpy(), want[:, :rows].numpy(), atol=tol)
+    # whole 4-row blocks are computed, so the rows up to the next multiple of 4 are real too
+    assert (masks[:, -(-rows // 4) * 4 :] == Upscaler.FILL).all()
+
+
 @pytest.mark.parametrize("model", ["bundled", "random-rel-pos"])
 def test_fused_attention_encoder_gives_the_official_embedding(model, shapes_sam):
     """The fast engine's encoder (fused attention, relative positions as a mask built per slab
