@@ -10,19 +10,23 @@ but:
    model's encoder modules, with fused attention: :mod:`~segsearch.indexer.fast_encoder`,
    embeddings equal up to float rounding) and the prompts are decoded in batches by
    :class:`~segsearch.indexer.grid_decoder.GridDecoder` (SAM's own decoder modules, with the
-   per-image part of the first layer computed once, fused
-   attention, and the mask upscaling only for prompts that have a candidate above the
-   predicted-IoU threshold), keeping the low-resolution logits (256×256 for ViT-B/L/H) and the
-   predicted IoUs;
-2. the predicted-IoU filter and the stability score are computed on the low-resolution logits;
-   scores within the measured low-resolution error of the threshold are re-scored at the input
-   frame, then at full resolution, so the keep/drop decisions match the reference;
-3. box NMS uses the exact full-resolution boxes, bounded by guaranteed inner/outer boxes derived
-   from the interpolation weights and computed over a mask's region only when the bounds cannot
-   decide;
+   per-image part of the first layer computed once, fused attention, and the mask head run only
+   for masks above the predicted-IoU threshold and only where their logits are read), keeping the
+   low-resolution logits (256×256 for ViT-B/L/H) and the predicted IoUs; on a CPU the batches run
+   side by side, one per core;
+2. each batch is screened while it is in cache: the stability score estimated on the
+   low-resolution logits (candidates surely below the threshold dropped) and guaranteed inner and
+   outer full-resolution boxes derived from the interpolation weights;
+3. greedy box NMS runs on those bounds, computing an exact full-resolution box (over the mask's
+   region only) when the bounds cannot decide; the stability filter, which the reference applies
+   before NMS, is decided only for candidates that no kept box suppresses (a dropped candidate
+   suppresses nothing): scores within the measured low-resolution error of the threshold are
+   re-scored at the input frame, then at full resolution, so the keep/drop decisions match the
+   reference's (at SAM's defaults, 58 of 1,692 candidates per shapes scene are scored at all);
 4. only the survivors (tens, not thousands) are upsampled with the model's own
-   ``postprocess_masks`` — bit-for-bit the reference's interpolation — and thresholded (masks on
-   an inner crop edge were already dropped before NMS, on the same exact boxes).
+   ``postprocess_masks`` — bit-for-bit the reference's interpolation — thresholded, and scored
+   for stability from those logits, as the reference scores them (masks on an inner crop edge
+   were already dropped before NMS, on the same exact boxes).
 
 Crop layers, crop NMS and small-region clean-up follow the reference exactly (its own helpers).
 Output: a :class:`~segsearch.masks.MaskSet` in canonical order, like the reference engine.
