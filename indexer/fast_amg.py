@@ -191,7 +191,6 @@ class FastAMG(BoxBounds):
         """One decoder batch's candidates, while their logits are in cache: the low-resolution
         stability estimate (candidates surely below the threshold are dropped, as the reference
         drops them) and the inner and outer box bounds NMS decides with."""
-        import torch
         from segment_anything.utils.amg import calculate_stability_score
 
         sam, pred = self.sam, self.predictor
@@ -206,13 +205,12 @@ class FastAMG(BoxBounds):
             if not bool(keep.all()):
                 low, iou, est = low[keep], iou[keep], est[keep]
         host = low.cpu()  # (the bounds and NMS decisions run on the CPU)
-        none = torch.zeros((0, 4), dtype=torch.float64)
         return {
             "low": low,
             "iou_preds": iou,
             "est": est,
-            "outer": self._outer_boxes(host, crop_size).double() if len(low) else none,
-            "inner": self._inner_boxes(host, crop_size).double() if len(low) else none,
+            "outer": self._outer_boxes(host, crop_size).double(),
+            "inner": self._inner_boxes(host, crop_size).double(),
         }
 
     def _postprocess(self, rows, data, crop_box, crop_size, orig_size):
@@ -380,7 +378,6 @@ class _LazyStability:
         e = est.float().cpu().numpy()
         # 1: passes, 0: fails, -1: not decided yet
         self.state = np.where(e >= t + gen.LOW_RES_ERR, 1, -1).astype(np.int8) if t > 0 else np.ones(len(e), np.int8)
-        self.scored = 0  # candidates scored beyond the estimate (for benchmarks)
 
     def __call__(self, i: int, ahead) -> bool:
         import itertools
@@ -396,13 +393,11 @@ class _LazyStability:
         g = self.gen
         t, thr, off = g.stability_score_thresh, g.sam.mask_threshold, g.stability_score_offset
         at = torch.as_tensor(idx)
-        s = g._input_frame_stability(self.low, at, thr, off)
-        s = s.cpu()
+        s = g._input_frame_stability(self.low, at, thr, off).cpu()
         close = (s - t).abs() < g.INPUT_ERR
         if bool(close.any()):
             s[close] = g._full_stability(self.low, at[close], self.crop_size, thr, off).cpu()
-        self.state[idx] = (s >= t).cpu().numpy()
-        self.scored += len(idx)
+        self.state[idx] = (s >= t).numpy()
 
 
 class _Rows:

@@ -50,13 +50,11 @@ class GridDecoder:
         # of a transposed view ran 30x slower (3 ms instead of 0.1 for 16 prompts of the bundled SAM)
         self.src = (features + dense).flatten(2).permute(0, 2, 1).contiguous()
         self.pos = pe.get_dense_pe().flatten(2).permute(0, 2, 1).contiguous()
-        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        t2i = first.cross_attn_token_to_image
         self.key = key = self.src + self.pos
         self.t2i_k = _heads(t2i.k_proj(key), t2i.num_heads)  # 1 x H x N x c
         self.t2i_v = _heads(t2i.v_proj(self.src), t2i.num_heads)
-        # (used unless that attention is reassociated: then the shared image meets the prompts'
-        # projected tokens in one product instead)
-        self.i2t_q = _heads(i2t.q_proj(key), i2t.num_heads)
+        self._i2t_q = None  # the first image->token attention's image queries, made when needed
         tokens = [md.iou_token.weight, md.mask_tokens.weight]
         self.skip = 0  # output tokens before the IoU token (SAM 2's object-score token)
         if getattr(md, "pred_obj_scores", False):
@@ -90,7 +88,13 @@ class GridDecoder:
         queries = first.norm2(queries + t2i.out_proj(_merge(out)))
         queries = first.norm3(queries + first.mlp(queries))
         i2t = first.cross_attn_image_to_token
-        keys = first.norm4(_image_to_tokens(i2t, self.key, queries + tokens, queries, self.i2t_q, residual=self.src))
+        if _low_rank(i2t, tokens.shape[1]):
+            q_img = None  # reassociated: the shared image meets the prompts' projected tokens in one product
+        elif self._i2t_q is None:
+            q_img = self._i2t_q = _heads(i2t.q_proj(self.key), i2t.num_heads)  # once per image
+        else:
+            q_img = self._i2t_q
+        keys = first.norm4(_image_to_tokens(i2t, self.key, queries + tokens, queries, q_img, residual=self.src))
 
         for layer in tr.layers[1:]:  # TwoWayAttentionBlock.forward, image side per prompt
             qt = queries + tokens

@@ -190,6 +190,9 @@ def _extents(maps, thr: float = 0.0):
     for v in maps:
         rows.append(v.amax(2) > thr)
         cols.append(v.amax(1) > thr)
+    if not rows:  # no maps
+        none = torch.zeros(0, dtype=torch.long)
+        return none, none, none, none, torch.zeros(0, dtype=torch.bool)
     rows, cols = torch.cat(rows), torch.cat(cols)
     r8, c8 = rows.to(torch.uint8), cols.to(torch.uint8)  # argmax: the first 1
     x0, y0 = c8.argmax(1), r8.argmax(1)
