@@ -56,7 +56,7 @@ run amg_shapes 60 amg.py --device cuda --images 10
 run amg_vit_b 90 amg.py --device cuda --model sam-vit-b --random-weights --images 3 --size 1024x768
 run amg_vit_b_open_gates 100 amg.py --device cuda --model sam-vit-b --random-weights --images 3 --size 1024x768 --params "$tmp/open-gates.params"
 run amg_vit_h 90 amg.py --device cuda --model sam-vit-h --random-weights --images 3 --size 1024x768
-run index 100 index.py --scenes 100
+run index 100 index.py --scenes 100 --threads "$(nproc)"  # the default settings only (one core is not the question on a GPU)
 run query 100 query.py --sizes 100000 --queries 200 --clip clip-vit-b-32 --random-weights
 
 $py - "$tmp" "$out" <<'EOF'

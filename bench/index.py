@@ -1,15 +1,20 @@
 """End-to-end indexing throughput, per-stage time and peak memory on generated scenes.
 
-    python bench/index.py                          # 100 shapes-world scenes, bundled models
+    python bench/index.py                          # 100 shapes-world scenes on one core, then on all
     python bench/index.py --scenes 100,1000 --json # peak RSS must not grow with the library
+    python bench/index.py --threads 2              # only all (2) threads, the default settings
     python bench/index.py --amg reference --scenes 20
     python bench/index.py --video 1,5,20 --json    # one shapes-world video of each length (minutes)
 
-Each size runs in a fresh process (so its peak RSS is its own) on a fresh data directory with the
-embedded stores: images/s, segments/s, seconds per stage (read+hash and decode are summed over
-reader threads and overlap the model stages), peak RSS, and RSS sampled along the run. With
---video: seconds per video-minute at the default --video-fps, tracks found, and peak RSS per
-length (it must stay flat: frames are streamed, never held).
+Each size runs in a fresh process (so its peak memory is its own) on a fresh data directory with
+the embedded stores, first pinned to one core (one PyTorch thread, no SAM processes), then with
+the default settings on every core, and reports the gain from the other cores within the one
+invocation: images/s (and without the one-off model load), segments/s, seconds per stage
+(read+hash and decode are summed over reader threads and overlap the model stages; with SAM
+processes the SAM and crop stages are summed over them), peak RSS of the indexing process, and
+peak memory of it together with its SAM processes (sum of PSS, so the SAM weights they share
+count once), sampled along the run. With --video: seconds per video-minute at the default
+--video-fps, tracks found, and peak RSS per length (it must stay flat: frames are streamed).
 """
 
 from __future__ import annotations
@@ -35,6 +40,25 @@ def rss_mb() -> float:
         return 0.0
 
 
+def tree_pss_mb() -> float:
+    """Proportional set size of this process and its children (SAM processes), in MiB (Linux)."""
+    import os
+
+    pids, total = [os.getpid()], 0
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
 def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dict:
     import resource
     import threading
@@ -45,16 +69,26 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
     from segsearch.eval.shapes import SHAPES_AMG
     from segsearch.settings import Settings
 
+    extra = {}
+    if threads == 1:  # one core: pinned, one PyTorch thread, SAM in this process
+        import os
+
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        extra["sam_processes"] = 0
     if threads:
         torch.set_num_threads(threads)
-    settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True, **SHAPES_AMG)
+    settings = Settings(
+        data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True, **SHAPES_AMG, **extra
+    )
     samples: list[tuple[float, float]] = []
+    tree = [0.0]
     stop = threading.Event()
     t0 = time.perf_counter()
 
     def sample():
-        while not stop.wait(1.0):
+        while not stop.wait(0.5):
             samples.append((round(time.perf_counter() - t0, 1), round(rss_mb(), 1)))
+            tree[0] = max(tree[0], tree_pss_mb())
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -107,7 +141,11 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
         "images_per_s": round(summary["indexed"] / secs, 3),
         "segments_per_s": round(summary["segments"] / secs, 2),
         "stages_s": summary["stages"],
+        "steady_images_per_s": round(summary["indexed"] / steady, 3) if steady > 0 else None,
         "peak_rss_mb": round(peak, 1),
+        "peak_pss_with_sam_processes_mb": round(tree[0], 1),
+        "threads": torch.get_num_threads(),
+        "sam_processes": settings.sam_processes,
         # throughput relative to the slowest stage (SAM) alone, excluding one-off model load and index build
         "sam_alone_images_per_s": round(1 / sam_alone, 3),
         "efficiency_vs_sam_alone": round(summary["indexed"] / steady * sam_alone, 3) if steady > 0 else None,
@@ -119,7 +157,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", default="100", help="comma-separated library sizes, e.g. 100,1000")
     ap.add_argument("--amg", default="fast", choices=["fast", "reference"])
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="only this many threads (1: one core); default: one core, then all"
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="where scenes and stores go (default: a temp dir)")
     ap.add_argument("--video", default=None, help="comma-separated video lengths in minutes, e.g. 1,5,20")
     ap.add_argument("--json", action="store_true")
@@ -148,20 +188,41 @@ def main(argv=None) -> int:
             Image.fromarray(make_scene(DEMO_SEEDS[k]).image).save(p)
         files.append(p)
 
-    results = []
+    results, gains = [], []
     for n in sizes:
-        results.append(child(files[:n], work / f"data-{n}-{args.amg}-{time.time_ns()}", args))
-        if not args.json:
-            r = results[-1]
-            print(
-                f"{r['scenes']:6d} scenes  {r['images_per_s']:.2f} img/s  {r['segments_per_s']:.1f} seg/s  "
-                f"peak RSS {r['peak_rss_mb']:.0f} MiB  efficiency vs SAM alone {r['efficiency_vs_sam_alone']}  "
-                f"stages {r['stages_s']}",
-                flush=True,
+        pair = {}
+        for threads in [args.threads] if args.threads else [1, None]:
+            r = child(files[:n], work / f"data-{n}-{args.amg}-{time.time_ns()}", args, threads)
+            results.append(r)
+            pair[threads] = r
+            if not args.json:
+                label = "1 core" if threads == 1 else f"{r['threads']} threads"
+                print(
+                    f"{r['scenes']:6d} scenes  {label:>10}  "
+                    f"{r['images_per_s']:.2f} img/s ({r['steady_images_per_s']:.2f} without model load)  "
+                    f"{r['segments_per_s']:.1f} seg/s  peak RSS {r['peak_rss_mb']:.0f} MiB "
+                    f"(with SAM processes {r['peak_pss_with_sam_processes_mb']:.0f})  "
+                    f"efficiency vs SAM alone {r['efficiency_vs_sam_alone']}  stages {r['stages_s']}",
+                    flush=True,
+                )
+        if len(pair) == 2:
+            one, every = pair[1], pair[None]
+            gains.append(
+                {
+                    "scenes": n,
+                    "images_per_s": round(every["images_per_s"] / one["images_per_s"], 3),
+                    "steady_images_per_s": round(every["steady_images_per_s"] / one["steady_images_per_s"], 3),
+                }
             )
+            if not args.json:
+                print(f"{n:6d} scenes  gain from every core vs one: {gains[-1]}", flush=True)
     report = {"runs": results}
-    if len(results) > 1:
-        report["peak_rss_ratio_largest_vs_smallest"] = round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 3)
+    if gains:
+        report["gain_all_cores_vs_one"] = gains
+    if len(sizes) > 1:
+        last = [r for r in results if r["scenes"] == sizes[-1]][-1]
+        first = [r for r in results if r["scenes"] == sizes[0]][-1]
+        report["peak_rss_ratio_largest_vs_smallest"] = round(last["peak_rss_mb"] / first["peak_rss_mb"], 3)
     if args.json:
         print(json.dumps(report))
     elif "peak_rss_ratio_largest_vs_smallest" in report:
@@ -169,12 +230,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def child(files: list[Path], data: Path, args) -> dict:
+def child(files: list[Path], data: Path, args, threads: int | None = None) -> dict:
     lst = data.parent / (data.name + ".txt")
     lst.write_text("\n".join(str(p) for p in files))
     cmd = [sys.executable, __file__, "--child", str(lst), str(data), "--amg", args.amg]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+    threads = threads or args.threads
+    if threads:
+        cmd += ["--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)

@@ -29,9 +29,12 @@ The per-image surface (``look``, ``read``, ``begin_image``, ``prepare``, ``add``
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from segsearch.errors import ImageError, SegsearchError, Stop
@@ -45,10 +48,17 @@ from segsearch.indexer import claims
 from segsearch.indexer.amg import mask_generator_for
 from segsearch.indexer.reader import Look, Read, Reader, look
 from segsearch.indexer.results import Deferred, Outcome, RunSummary, StageTimes
+from segsearch.indexer.sam_procs import sam_workers, single_threaded
 from segsearch.indexer.videos import prepare_video
 from segsearch.indexer.writer import Prepared, Writer, build_segments
 
 Record = Callable[[Outcome, Path], None]
+log = logging.getLogger("segsearch.indexer")
+
+# A run starts SAM processes (see sam_procs) only with at least this many files still to come:
+# each is a fresh interpreter importing PyTorch (about 2 s, in the background while SAM runs
+# here), which a handful of photos does not win back.
+PROCESSES_MIN_LEFT = 8
 
 __all__ = ["Indexer", "Outcome", "RunSummary", "Stop"]
 
@@ -67,6 +77,9 @@ class Indexer:
         self._group: list[Prepared] = []
         self._run_started = None  # wall clock of the run start (for --force with several indexers)
         self._fp: dict[str, str] = {}  # image id -> its fingerprint (a video's includes the sampling)
+        self._procs = None  # this run's SAM processes, once started (sam_procs)
+        self._left = 0  # files of this run not yet looked at
+        self._workers = 1
 
     @property
     def stages(self) -> dict[str, float]:
@@ -90,6 +103,7 @@ class Indexer:
             }
         )
         self._done, self._group = set(), []
+        self._left, self._workers = len(paths), sam_workers(self.models)
         self.times.reset()  # shared with the reader and the writer
         self._run_started = utcnow()
         status = "crashed"
@@ -118,6 +132,7 @@ class Indexer:
             status = "interrupted"
             raise
         finally:
+            self._close_procs()
             summary.seconds = time.perf_counter() - started
             summary.stages = self.stages
             try:
@@ -136,20 +151,94 @@ class Indexer:
         return summary
 
     def _pass(self, reads: Iterable[tuple[Path, Outcome | Read]], force: bool, record: Record) -> list[Deferred]:
-        """Admit each read file, prepare it and write it in groups; returns the deferred images."""
+        """Admit each read file, prepare it and write it in groups; returns the deferred images.
+        Photos go to the SAM processes once they are up (``sam_procs``), a window of
+        ``2 x workers`` in flight, and are written in the order they were read."""
         deferred: list[Deferred] = []
+        window: deque = deque()
         for path, read in reads:
+            self._left -= 1
             begun = self.begin_image(path, read, force)
             if isinstance(begun, Deferred):
                 deferred.append(begun)
                 continue
-            result = begun if isinstance(begun, Outcome) else self._prepare_read(path, read)
-            if isinstance(result, Outcome):
-                record(result, path)
-            else:
-                self.add(result, record)
+            if isinstance(begun, Outcome):
+                record(begun, path)
+                continue
+            procs = self._procs_for(read)
+            if procs is None:
+                self._queue(path, self._prepare_read(path, read), record)
+                continue
+            job = self._fail_alone(read.image_id, read.decoded, partial(self._submit, procs, read))
+            window.append((path, read, job))
+            while len(window) > 2 * procs.workers:
+                self._collect(*window.popleft(), record)
+        while window:
+            self._collect(*window.popleft(), record)
         self.flush(record)
         return deferred
+
+    def _procs_for(self, read: Read):
+        """The run's SAM processes if they are up, for a photo; None: SAM runs here. They are
+        started (in the background) at a photo that needs SAM with ``PROCESSES_MIN_LEFT`` or more
+        files still to come."""
+        if not isinstance(read.decoded, DecodedImage) or self._workers <= 1:
+            return None
+        if self._procs is None and self._left >= PROCESSES_MIN_LEFT:
+            from segsearch.indexer.sam_procs import SamProcesses
+
+            self._procs = SamProcesses(self.models, self._workers)
+        if self._procs is None:
+            return None
+        try:
+            return self._procs if self._procs.ready() else None
+        except Exception as exc:  # noqa: BLE001 - no worker processes here: SAM stays in this process
+            log.warning("SAM worker processes could not start (%s); SAM runs in this process", exc)
+            self._close_procs()
+            self._workers = 1
+            return None
+
+    def _submit(self, procs, read: Read):
+        """Step 1 here, masks and crops in a SAM process: the image's future."""
+        decoded = read.decoded
+        check_sam_view(decoded.width, decoded.height, int(self.models.sam_spec.config["image_size"]))
+        if self.models.guard is not None:
+            self.models.guard()
+        self.mark_pending(read.image_id)
+        return procs.submit(read.image_id, self.models.fingerprint, decoded)
+
+    def _collect(self, path: Path, read: Read, job, record: Record) -> None:
+        """A SAM process's result for an image, into its write group (or its failure recorded). If
+        the processes died, the image is done again here and the next images get new processes."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        iid, decoded = read.image_id, read.decoded
+        if not isinstance(job, Outcome) and isinstance(job.exception(), BrokenProcessPool):
+            self._close_procs()
+            self._queue(path, self._prepare_read(path, read), record)
+            return
+        got = job if isinstance(job, Outcome) else self._fail_alone(iid, decoded, job.result)
+        if isinstance(got, Outcome):
+            record(got, path)
+            return
+        segments, crops, times = got
+        for stage, seconds in times.items():
+            self.times.add(stage, seconds)
+        meta = decoded.meta
+        prepared = Prepared(path, iid, decoded.width, decoded.height, decoded.format, segments, crops, meta=meta)
+        with single_threaded():  # (a full write group is embedded and written now)
+            self.add(prepared, record)
+
+    def _close_procs(self) -> None:
+        procs, self._procs = self._procs, None
+        if procs is not None:
+            procs.close()
+
+    def _queue(self, path: Path, result: Prepared | Outcome, record: Record) -> None:
+        if isinstance(result, Outcome):
+            record(result, path)
+        else:
+            self.add(result, record)
 
     def _revisit(self, deferred: list[Deferred], force: bool, record: Record) -> list[Deferred]:
         """One round over the deferred images: done by their holder -> skipped; holder gone ->
@@ -242,13 +331,17 @@ class Indexer:
 
     def _prepare_read(self, path: Path, read: Read) -> Prepared | Outcome:
         """``prepare`` for a begun image; what goes wrong with this image fails it alone."""
-        iid = read.image_id
-        if isinstance(read.decoded, ImageError):
-            return self.fail(iid, str(read.decoded))
+        iid, decoded = read.image_id, read.decoded
+        if isinstance(decoded, ImageError):
+            return self.fail(iid, str(decoded))
+        if isinstance(decoded, VideoInfo):
+            return self._fail_alone(iid, decoded, lambda: prepare_video(self, path, iid, decoded))
+        return self._fail_alone(iid, decoded, lambda: self.prepare(path, iid, decoded))
+
+    def _fail_alone(self, iid: str, decoded: DecodedImage | VideoInfo, step):
+        """``step()``, or the image's failure (recorded) when it goes wrong for this image alone."""
         try:
-            if isinstance(read.decoded, VideoInfo):
-                return prepare_video(self, path, iid, read.decoded)
-            return self.prepare(path, iid, read.decoded)
+            return step()
         except SegsearchError:
             raise  # configuration/storage problems stop the run
         except ImageError as exc:  # the image itself cannot be processed (e.g. too thin for SAM)
@@ -256,8 +349,8 @@ class Indexer:
         except MemoryError:  # this image is too much for this machine: it fails alone, the run goes on
             return self.fail(
                 iid,
-                f"out of memory while processing this {read.decoded.width}x"
-                f"{read.decoded.height} {'video' if isinstance(read.decoded, VideoInfo) else 'image'} "
+                f"out of memory while processing this {decoded.width}x"
+                f"{decoded.height} {'video' if isinstance(decoded, VideoInfo) else 'image'} "
                 "(it fails alone; the rest of the run goes on)",
             )
         except Exception as exc:  # noqa: BLE001 - a model error on one image must not stop the run

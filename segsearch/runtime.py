@@ -101,6 +101,9 @@ class Models:
         self.clip_spec = clip_spec or (embedder.spec if embedder else get_clip_spec(settings.clip, settings.clip_arch))
         self.engine = engine or settings.amg
         self.mask_generator = mask_generator
+        # a given generator runs in this process only; one built from the settings can also be
+        # built in SAM worker processes (segsearch.indexer.sam_procs)
+        self.given_mask_generator = mask_generator is not None
         self.guard = guard
         self._sam = sam
         self._embedder = embedder
