@@ -3,6 +3,7 @@
     python bench/index.py                          # 100 shapes-world scenes on one core, then on all
     python bench/index.py --scenes 100,1000 --json # peak RSS must not grow with the library
     python bench/index.py --threads 2              # only all (2) threads, the default settings
+    python bench/index.py --sam-processes 2        # and all cores with SAM in 2 worker processes
     python bench/index.py --amg reference --scenes 20
     python bench/index.py --video 1,5,20 --json    # one shapes-world video of each length (minutes)
 
@@ -69,17 +70,13 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
     from segsearch.eval.shapes import SHAPES_AMG
     from segsearch.settings import Settings
 
-    extra = {}
-    if threads == 1:  # one core: pinned, one PyTorch thread, SAM in this process
+    if threads == 1:  # one core: pinned, one PyTorch thread (and SAM in this process)
         import os
 
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        extra["sam_processes"] = 0
     if threads:
         torch.set_num_threads(threads)
-    settings = Settings(
-        data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True, **SHAPES_AMG, **extra
-    )
+    settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True, **SHAPES_AMG)
     samples: list[tuple[float, float]] = []
     tree = [0.0]
     stop = threading.Event()
@@ -162,6 +159,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--workdir", type=Path, default=None, help="where scenes and stores go (default: a temp dir)")
     ap.add_argument("--video", default=None, help="comma-separated video lengths in minutes, e.g. 1,5,20")
+    ap.add_argument(
+        "--sam-processes", type=int, default=0, help="also run all cores with SAM in this many worker processes"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, metavar=("FILES_TXT", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -189,14 +189,18 @@ def main(argv=None) -> int:
         files.append(p)
 
     results, gains = [], []
+    setups = [(args.threads, None)] if args.threads else [(1, None), (None, None)]
+    if args.sam_processes:  # and all cores with SAM in worker processes
+        setups.append((args.threads, args.sam_processes))
     for n in sizes:
-        pair = {}
-        for threads in [args.threads] if args.threads else [1, None]:
-            r = child(files[:n], work / f"data-{n}-{args.amg}-{time.time_ns()}", args, threads)
+        by = {}
+        for threads, procs in setups:
+            r = child(files[:n], work / f"data-{n}-{args.amg}-{time.time_ns()}", args, threads, procs)
             results.append(r)
-            pair[threads] = r
+            by[(threads, procs)] = r
             if not args.json:
                 label = "1 core" if threads == 1 else f"{r['threads']} threads"
+                label += f", {procs} SAM processes" if procs else ""
                 print(
                     f"{r['scenes']:6d} scenes  {label:>10}  "
                     f"{r['images_per_s']:.2f} img/s ({r['steady_images_per_s']:.2f} without model load)  "
@@ -205,11 +209,14 @@ def main(argv=None) -> int:
                     f"efficiency vs SAM alone {r['efficiency_vs_sam_alone']}  stages {r['stages_s']}",
                     flush=True,
                 )
-        if len(pair) == 2:
-            one, every = pair[1], pair[None]
+        one = by.get((1, None))
+        for (threads, procs), every in by.items() if one else []:
+            if threads == 1:
+                continue
             gains.append(
                 {
                     "scenes": n,
+                    "sam_processes": procs or 0,
                     "images_per_s": round(every["images_per_s"] / one["images_per_s"], 3),
                     "steady_images_per_s": round(every["steady_images_per_s"] / one["steady_images_per_s"], 3),
                 }
@@ -230,14 +237,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def child(files: list[Path], data: Path, args, threads: int | None = None) -> dict:
+def child(files: list[Path], data: Path, args, threads: int | None = None, procs: int | None = None) -> dict:
+    import os
+
     lst = data.parent / (data.name + ".txt")
     lst.write_text("\n".join(str(p) for p in files))
     cmd = [sys.executable, __file__, "--child", str(lst), str(data), "--amg", args.amg]
     threads = threads or args.threads
     if threads:
         cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "SEGSEARCH_SAM_PROCESSES": str(procs or 0)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])

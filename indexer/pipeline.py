@@ -187,7 +187,9 @@ class Indexer:
         if self._procs is None and self._left >= PROCESSES_MIN_LEFT:
             from segsearch.indexer.sam_procs import SamProcesses
 
+            t0 = time.perf_counter()  # (loads the models here first, if no photo did yet)
             self._procs = SamProcesses(self.models, self._workers)
+            self.times.add("load_models", time.perf_counter() - t0)
         if self._procs is None:
             return None
         try:

@@ -1,17 +1,18 @@
-"""SAM in worker processes on a CPU: one single-threaded mask generator per core.
+"""SAM in worker processes on a CPU (``SEGSEARCH_SAM_PROCESSES=N``): single-threaded mask generators.
 
-Within one process, SAM's CPU work does not scale past about 1.5x on two cores: the decoder is
-hundreds of small PyTorch calls per prompt batch, and their Python side runs under one GIL. Two
-processes do not share it: on the 2-core benchmark VM two single-threaded SAMs ran side by side
-at 0.54 s per image each, against 0.52 alone (1.93x), where one SAM on two threads managed 1.6x.
+Within one process, SAM's CPU work does not scale past about 1.5x on two cores; the likely reason
+is that the decoder is hundreds of small PyTorch calls per prompt batch whose Python side runs
+under one GIL. Two processes do not share it: on the 2-core benchmark VM two single-threaded SAMs ran side by side at
+0.54 s per image each, against 0.52 alone (1.93x), where one SAM on two threads managed 1.6x.
 
-So on a CPU with several cores a run hands its images to ``workers`` processes, each running the
-configured mask generator single-threaded and cutting the crops (``build_segments``), while the
-calling process reads, decodes, embeds (CLIP) and writes. The processes are started from the
-already loaded SAM: its weights travel as shared memory (PyTorch's multiprocessing pickler), so
-they are not copied per worker and no checkpoint is read again. Results come back in submission
-order. A worker that dies (killed for memory, a crash in native code) breaks the pool: the images
-it held are redone in the calling process one by one, and a new pool takes the next images.
+So on request (``sam_workers`` says why not by default) a CPU run hands its photos to ``N``
+processes, each running the configured mask generator single-threaded and cutting the crops
+(``build_segments``), while the calling process reads, decodes, embeds (CLIP) and writes. The
+processes are started from the already loaded SAM: its weights travel as shared memory (PyTorch's
+multiprocessing pickler), so they are not copied per worker and no checkpoint is read again.
+Results come back in submission order. A worker that dies (killed for memory, a crash in native
+code) breaks the pool: the images it held are redone in the calling process one by one, and a new
+pool takes the next images.
 """
 
 from __future__ import annotations
@@ -157,26 +158,27 @@ def _main_script_hidden():
 
 
 def sam_workers(models) -> int:
-    """SAM processes for a run: ``settings.sam_processes`` when set, else one per PyTorch thread
-    (the cores this process may use) and at most one per ``GIB_PER_WORKER`` of memory, on a CPU;
-    1 means SAM runs in the calling process. Always 1 on a GPU (one process feeds it), for a mask
-    generator given to ``Models`` (it is not rebuilt elsewhere), and under a guard: a server's
-    index job yields the cores to queries before each model call, which work already handed to
-    other processes could not do."""
+    """SAM processes for a run: ``settings.sam_processes``, at most one per ``GIB_PER_WORKER`` of
+    memory; 1 means SAM runs in the calling process. Always 1 on a GPU (one process feeds it), for
+    a mask generator given to ``Models`` (it is not rebuilt elsewhere), and under a guard: a
+    server's index job yields the cores to queries before each model call, which work already
+    handed to other processes could not do.
+
+    Not the default: on the 2-core benchmark VM two processes indexed 100 small scenes 7-15%
+    faster than SAM on two threads, but 15 mixed photos (one of 24 MP) 20% slower, and each
+    process holds ~0.6 GB of its own (PyTorch's runtime; the weights are shared). Many cores are
+    where the GIL should cost threads most; that is yet to be measured."""
     import os
 
     settings = models.settings
-    if settings.resolved_device() != "cpu" or models.given_mask_generator or models.guard is not None:
+    n = settings.sam_processes
+    if n <= 1 or settings.resolved_device() != "cpu" or models.given_mask_generator or models.guard is not None:
         return 1
-    if settings.sam_processes is not None:
-        return max(1, settings.sam_processes)
-    import torch
-
     try:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         mem_gib = 8.0
-    return max(1, min(torch.get_num_threads(), int(mem_gib // GIB_PER_WORKER)))
+    return max(1, min(n, int(mem_gib // GIB_PER_WORKER)))
 
 
 # Memory one worker may need: a 24 MP photo at SAM's defaults peaks at ~1.7 GB in one indexing

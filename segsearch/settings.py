@@ -162,11 +162,11 @@ class Settings(BaseSettings):
     write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
     write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
-    sam_processes: int | None = Field(
-        None,
+    sam_processes: int = Field(
+        0,
         ge=0,
-        description="On a CPU, SAM runs in this many worker processes, one single-threaded SAM each "
-        "(from a run's 9th photo on). Unset: one per PyTorch thread (the cores); 0 or 1: in this process.",
+        description="On a CPU, runs of 8+ files hand SAM to this many worker processes (one single-threaded "
+        "SAM each, ~0.6 GB apiece); 0 or 1: SAM in the indexing process, on all its threads (default).",
     )
 
     # --- video ---------------------------------------------------------------------------

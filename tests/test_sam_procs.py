@@ -1,6 +1,6 @@
-"""SAM in worker processes (``indexer/sam_procs``), the default for larger runs on a multi-core
-CPU: a library indexed that way must end exactly as one indexed with SAM in the indexing process,
-a corrupt file still fails alone, and a worker that dies mid-run costs no image."""
+"""SAM in worker processes (``indexer/sam_procs``, ``SEGSEARCH_SAM_PROCESSES=N`` on a CPU): a
+library indexed that way must end exactly as one indexed with SAM in the indexing process, a
+corrupt file still fails alone, and a worker that dies mid-run costs no image."""
 
 import os
 import signal
@@ -90,17 +90,19 @@ def test_a_sam_process_that_dies_mid_run_costs_no_image(settings, tmp_path, sent
     assert (again.indexed, again.skipped) == (0, 10)  # nothing was left to redo
 
 
-def test_sam_processes_are_one_per_core_and_memory_share_on_a_cpu_and_none_otherwise(settings, tiny_sam, monkeypatch):
-    import torch
+def test_sam_processes_are_what_was_asked_within_memory_on_a_cpu_and_none_otherwise(settings, tiny_sam, monkeypatch):
+    def workers(**changes):
+        s = settings.model_copy(update=changes)
+        return sam_procs.sam_workers(Models(s, sam_spec=tiny.TINY_SAM, sam=tiny_sam))
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
-    own = Models(settings, sam_spec=tiny.TINY_SAM, sam=tiny_sam)
     monkeypatch.setattr(sam_procs, "GIB_PER_WORKER", 1 / 1024)
-    assert sam_procs.sam_workers(own) == 6
+    assert workers() == 1  # by default SAM runs in the indexing process
+    assert workers(sam_processes=6) == 6
     monkeypatch.setattr(sam_procs, "GIB_PER_WORKER", 2**20)
-    assert sam_procs.sam_workers(own) == 1  # not more workers than the memory holds
-    assert sam_procs.sam_workers(Models(settings.model_copy(update={"sam_processes": 0}), sam=tiny_sam)) == 1
-    given = Models(settings, sam_spec=tiny.TINY_SAM, mask_generator=object())
+    assert workers(sam_processes=6) == 1  # not more workers than the memory holds
+    monkeypatch.setattr(sam_procs, "GIB_PER_WORKER", 1 / 1024)
+    s = settings.model_copy(update={"sam_processes": 6})
+    given = Models(s, sam_spec=tiny.TINY_SAM, mask_generator=object())
     assert sam_procs.sam_workers(given) == 1  # a given generator is not rebuilt in other processes
-    guarded = Models(settings, sam_spec=tiny.TINY_SAM, sam=tiny_sam, guard=lambda: None)
+    guarded = Models(s, sam_spec=tiny.TINY_SAM, sam=tiny_sam, guard=lambda: None)
     assert sam_procs.sam_workers(guarded) == 1  # a server job yields the cores to queries
