@@ -1,7 +1,8 @@
 """Wire the stages together: discover -> read+hash -> decode -> masks -> crops -> CLIP -> store.
 
 Streaming: files are read, hashed and decoded ahead of the model in worker threads (``reader``);
-SAM runs on the calling thread; crops of several images are embedded together in CLIP batches and
+SAM runs on the calling thread (or, with ``SEGSEARCH_SAM_PROCESSES=N`` on a CPU, in N worker
+processes, ``sam_procs``); crops of several images are embedded together in CLIP batches and
 their vectors written in one store call (a "write group", ``writer``), bounded by
 ``write_group_images`` / ``write_group_crops``.
 
