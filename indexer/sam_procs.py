@@ -17,6 +17,7 @@ pool takes the next images.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -40,7 +41,6 @@ def _die_with(parent: int) -> None:
     the OOM killer) it cannot shut its pool down, and its workers would otherwise wait forever
     holding their memory. Linux signals the death (PR_SET_PDEATHSIG); elsewhere, and for a parent
     gone before that was set, a thread looks for it every second."""
-    import os
     import signal
     import sys
     import threading
@@ -90,8 +90,6 @@ class SamProcesses:
 
         s = models.settings
         self.workers = workers
-        import os
-
         args = (os.getpid(), models.sam, models.engine, s.amg_params(), s, models.embedder.image_size)
         self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start, initargs=args)
         with _main_script_hidden():  # (the pool starts a process per submit until it has them all)
@@ -164,12 +162,10 @@ def sam_workers(models) -> int:
     server's index job yields the cores to queries before each model call, which work already
     handed to other processes could not do.
 
-    Not the default: on the 2-core benchmark VM two processes indexed 100 small scenes 7-15%
-    faster than SAM on two threads, but 15 mixed photos (one of 24 MP) 20% slower, and each
-    process holds ~0.6 GB of its own (PyTorch's runtime; the weights are shared). Many cores are
-    where the GIL should cost threads most; that is yet to be measured."""
-    import os
-
+    Not the default: on the 2-core benchmark VM two processes indexed 100 small scenes 4-6%
+    faster than SAM on two threads (bench/RESULTS.md), but 15 mixed photos (one of 24 MP) 20%
+    slower, and each process holds ~0.6 GB of its own (PyTorch's runtime; the weights are shared).
+    Many cores are where the GIL should cost threads most; that is yet to be measured."""
     settings = models.settings
     n = settings.sam_processes
     if n <= 1 or settings.resolved_device() != "cpu" or models.given_mask_generator or models.guard is not None:
