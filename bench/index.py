@@ -42,22 +42,12 @@ def rss_mb() -> float:
 
 
 def tree_pss_mb() -> float:
-    """Proportional set size of this process and its children (SAM processes), in MiB (Linux)."""
+    """Proportional set size of this process and every process it started (SAM processes), MiB."""
     import os
 
-    pids, total = [os.getpid()], 0
-    try:
-        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
+    from treemem import descendants, memory_kib  # bench/, this script's folder
+
+    return sum(memory_kib(p)[0] for p in descendants(os.getpid())) / 1024
 
 
 def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dict:

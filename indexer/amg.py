@@ -132,6 +132,15 @@ def make_mask_generator(engine: str, sam, **params) -> MaskGenerator:
     return ENGINES[engine](sam, **family_params(sam, params))
 
 
+def sam_stage_times(generator, seconds: float) -> dict[str, float]:
+    """A ``generate`` call's stage seconds: ``sam_encoder`` / ``sam_decoder`` / ``sam_postprocess``
+    where the generator reports them (the fast engines), else its whole time as ``sam``."""
+    sub = getattr(generator, "timings", None)
+    if not sub:
+        return {"sam": seconds}
+    return {f"sam_{k}": v for k, v in sub.items() if k in ("encoder", "decoder", "postprocess")}
+
+
 def mask_generator_for(models):
     """The automatic mask generator of ``models`` (``segsearch.runtime.Models``), built on first use
     around its SAM with the settings' engine and parameters, then kept on ``models``."""

@@ -46,7 +46,7 @@ from segsearch.store.sql import as_utc, utcnow
 from segsearch.video import VideoInfo
 
 from segsearch.indexer import claims
-from segsearch.indexer.amg import mask_generator_for
+from segsearch.indexer.amg import mask_generator_for, sam_stage_times
 from segsearch.indexer.reader import Look, Read, Reader, look
 from segsearch.indexer.results import Deferred, Outcome, RunSummary, StageTimes
 from segsearch.indexer.sam_procs import sam_workers, single_threaded
@@ -372,13 +372,8 @@ class Indexer:
         t0 = time.perf_counter()
         masks = mask_generator.generate(decoded.rgb)
         t1 = time.perf_counter()
-        sub = getattr(mask_generator, "timings", None)
-        if sub:  # the fast engine reports encoder / decoder / post-processing
-            for k, v in sub.items():
-                if k in ("encoder", "decoder", "postprocess"):
-                    self.times.add(f"sam_{k}", v)
-        else:
-            self.times.add("sam", t1 - t0)
+        for stage, seconds in sam_stage_times(mask_generator, t1 - t0).items():
+            self.times.add(stage, seconds)
         segments, crops = build_segments(
             iid, self.models.fingerprint, decoded, masks, self.settings, embedder.image_size
         )

@@ -67,6 +67,7 @@ def _ready() -> bool:
 
 def _segment(iid: str, fingerprint: str, decoded) -> tuple:
     """One image in a worker: (segments, crops, stage seconds). Errors travel back as exceptions."""
+    from segsearch.indexer.amg import sam_stage_times
     from segsearch.indexer.writer import build_segments
 
     gen = _STATE["gen"]
@@ -74,9 +75,7 @@ def _segment(iid: str, fingerprint: str, decoded) -> tuple:
     masks = gen.generate(decoded.rgb)
     t1 = time.perf_counter()
     segments, crops = build_segments(iid, fingerprint, decoded, masks, _STATE["settings"], _STATE["image_size"])
-    times = {f"sam_{k}": v for k, v in getattr(gen, "timings", {}).items()} or {"sam": t1 - t0}
-    times["crops"] = time.perf_counter() - t1
-    return segments, crops, times
+    return segments, crops, {**sam_stage_times(gen, t1 - t0), "crops": time.perf_counter() - t1}
 
 
 class SamProcesses:
@@ -170,11 +169,9 @@ def sam_workers(models) -> int:
     n = settings.sam_processes
     if n <= 1 or settings.resolved_device() != "cpu" or models.given_mask_generator or models.guard is not None:
         return 1
-    try:
-        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        mem_gib = 8.0
-    return max(1, min(n, int(mem_gib // GIB_PER_WORKER)))
+    from segsearch.settings import memory_gib
+
+    return max(1, min(n, int(memory_gib() // GIB_PER_WORKER)))
 
 
 # Memory one worker may need: a 24 MP photo at SAM's defaults peaks at ~1.7 GB in one indexing

@@ -49,15 +49,18 @@ def user_data_dir() -> Path:
     return Path(base) / "segsearch"
 
 
+def memory_gib() -> float:
+    """This machine's physical memory in GiB (8 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 8.0
+
+
 def _default_work_slots() -> int:
     """One heavy API job per core, and at most one per 3 GiB of memory (a 100 MP upload decodes to
     300 MB and its SAM/CLIP work costs several times that)."""
-    cores = os.cpu_count() or 1
-    try:
-        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        mem_gib = 8.0
-    return max(1, min(cores, int(mem_gib // 3)))
+    return max(1, min(os.cpu_count() or 1, int(memory_gib() // 3)))
 
 
 def _default_checkpoints() -> Path:
