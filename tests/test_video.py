@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -158,8 +159,6 @@ def test_sigkill_mid_video_then_rerun_equals_clean_run(world, tmp_path):
     cmd += ["--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny"]
 
     def state(data):
-        import sqlite3
-
         con = sqlite3.connect(data / "segsearch.db")
         try:
             return (
@@ -177,8 +176,11 @@ def test_sigkill_mid_video_then_rerun_equals_clean_run(world, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once the first video is being worked on
         time.sleep(0.2)
-        if (killed / "segsearch.db").exists() and "pending" in str(state(killed)[0]):
-            break
+        try:
+            if (killed / "segsearch.db").exists() and "pending" in str(state(killed)[0]):
+                break
+        except sqlite3.OperationalError:  # the file exists before its schema does
+            continue
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
     assert "pending" in str(state(killed)[0])  # it died mid-video
