@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import os
+
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from segsearch.roots import OutsideRoots
+
 from segsearch.api import schemas
-from segsearch.api.deps import ServicesDep, require_api_key
+from segsearch.api.deps import ServicesDep, is_owner, require_admin
 from segsearch.api.errors import ProblemError
 from segsearch.api.services import Services
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 NOT_FOUND = {404: {"model": schemas.Problem, "description": "Unknown job"}}
 
 
@@ -21,19 +25,34 @@ def _job(services: Services, job_id: str) -> dict:
     return job
 
 
-@router.post("/jobs/index", response_model=schemas.Job, status_code=202, responses={422: {"model": schemas.Problem}})
-def submit_index_job(body: schemas.IndexJobRequest, services: ServicesDep):
-    """Index files, folders or globs (paths as the server sees them) in the background. Poll
-    ``GET /v1/jobs/{id}``; ``DELETE`` cancels."""
-    import os
-
-    relative = [p for p in body.paths if not os.path.isabs(p)]
-    if relative:
-        raise ProblemError(422, "Invalid request", f"paths must be absolute (as the server sees them): {relative[0]}")
-    missing = services.library.missing_inputs(body.paths)  # the caller's error, said now rather than in the job
-    if missing:
-        raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {missing[0]}")
-    job = services.jobs.submit("index", {"paths": body.paths, "force": body.force})
+@router.post(
+    "/jobs/index",
+    response_model=schemas.Job,
+    status_code=202,
+    responses={422: {"model": schemas.Problem}, 429: {"model": schemas.Problem}},
+)
+def submit_index_job(body: schemas.IndexJobRequest, request: Request, services: ServicesDep):
+    """Index files, folders or globs under the server's library roots (``serve --root``; relative
+    to a root, or absolute under one) in the background. Poll ``GET /v1/jobs/{id}``; ``DELETE``
+    cancels. A path outside the roots and a path that does not exist get the same 422."""
+    s = services.settings
+    if len(body.paths) > s.max_job_paths:
+        raise ProblemError(
+            422, "Invalid request", f"{len(body.paths):,} paths; a job takes at most {s.max_job_paths:,}"
+        )
+    if is_owner(request):  # the CLI of the data directory's owner: paths as that user sees them
+        missing = services.library.missing_inputs(body.paths)
+        if missing or any(not os.path.isabs(p) for p in body.paths):
+            bad = missing[0] if missing else next(p for p in body.paths if not os.path.isabs(p))
+            raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {bad}")
+        paths, owner = list(body.paths), True
+    else:
+        roots = services.roots
+        try:
+            paths, owner = [roots.resolve(p) for p in body.paths], False
+        except OutsideRoots as exc:
+            raise ProblemError(422, "Invalid request", str(exc)) from None
+    job = services.jobs.submit("index", {"paths": paths, "force": body.force, "owner": owner})
     return JSONResponse(
         schemas.Job(**job).model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{job['job_id']}"}
     )
@@ -49,8 +68,13 @@ def submit_repair_job(services: ServicesDep):
 
 
 @router.get("/jobs", response_model=list[schemas.Job])
-def list_jobs(services: ServicesDep):
-    return services.jobs.list()
+def list_jobs(
+    services: ServicesDep,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=1_000_000),
+):
+    """Jobs, newest first, a page at a time (finished ones are kept SEGSEARCH_JOB_RETENTION_DAYS)."""
+    return services.jobs.list(limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job, responses=NOT_FOUND)

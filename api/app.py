@@ -36,6 +36,9 @@ def create_app(
     ``doctor``/``info`` on the same data directory hand their work to this server (``segsearch.client``).
     ``watch``: folders kept indexed (new, changed and deleted files become index jobs)."""
     settings = settings or (services.settings if services else Settings())
+    import secrets
+
+    owner_token = secrets.token_urlsafe(32)  # proves the data directory's owner (server.json, mode 0600)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -43,11 +46,13 @@ def create_app(
 
         svc = services or Services(settings)
         app.state.services = svc
+        if watch:
+            svc.add_roots(watch)
         announced = None
         if announce:
             from segsearch.client import announce as write_announcement
 
-            announced = write_announcement(svc.settings)
+            announced = write_announcement(svc.settings, owner_token)
         try:
             await run_in_threadpool(svc.load)
         except SegsearchError as exc:  # weights missing offline and the like: said, not a traceback
@@ -61,6 +66,7 @@ def create_app(
 
             watcher = Watcher(svc, watch)
             watcher.start()
+        app.state.watcher = watcher
         yield
         if watcher is not None:
             watcher.stop()
@@ -71,19 +77,22 @@ def create_app(
         else:
             svc.jobs.stop()
 
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline  # /docs and /redoc with their assets bundled: no CDN
+
+    app = FastAPIOffline(
         title="segsearch",
         version=__version__,
         lifespan=lifespan,
         description="Search photo libraries at the level of individual objects (SAM + CLIP + Qdrant).",
         generate_unique_id_function=lambda route: route.name,
     )  # operationIds: search, get_segment, ...
+    app.state.owner_token = owner_token
+    app.state.watcher = None
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     errors.install(app)
-    metrics.install(app)
     app.include_router(routes.router)
     app.include_router(scenes.router)
     app.include_router(videos.router)
@@ -91,11 +100,12 @@ def create_app(
 
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(QueryGateMiddleware)
-    app.add_middleware(Guard, settings=settings)  # outermost: key and body size before anything reads
+    app.add_middleware(Guard, settings=settings, owner_token=owner_token)  # host, origin, key, size: before any read
+    metrics.install(app)  # outermost: counts the status clients receive, the guard's and the timeout's answers too
     app.openapi = lambda: _openapi_with_problems(app)
 
     @app.get("/healthz", tags=["health"])
-    def healthz():
+    async def healthz():  # on the event loop: answers even when every worker thread is busy
         """The process is up."""
         return {"status": "ok"}
 
@@ -104,6 +114,9 @@ def create_app(
         """Models loaded and stores reachable; when not, ``problem`` says which and why."""
         svc: Services = app.state.services
         checks = {"models": svc.ready}
+        watcher = app.state.watcher
+        if watcher is not None:
+            checks["watch"] = watcher.alive
         try:
             svc.catalog.counts()
             checks["sql"] = True
@@ -120,11 +133,21 @@ def create_app(
             "checks": checks,
             "models": {"sam": svc.settings.sam, "clip": svc.clip_spec.name},
         }
+        if watcher is not None and watcher.last_error:
+            body["watch_error"] = watcher.last_error
         if not ok:
-            body["problem"] = svc.load_error or (
-                "models are loading"
-                if not svc.ready
-                else "a store is unreachable: " + ", ".join(k for k, v in checks.items() if not v)
+            body["problem"] = (
+                svc.load_error
+                or (
+                    f"the folder watcher stopped: {watcher.last_error}"
+                    if watcher is not None and not watcher.alive
+                    else None
+                )
+                or (
+                    "models are loading"
+                    if not svc.ready
+                    else "a store is unreachable: " + ", ".join(k for k, v in checks.items() if not v)
+                )
             )
         return JSONResponse(body, status_code=200 if ok else 503)
 

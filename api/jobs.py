@@ -11,6 +11,13 @@ Jobs are rows in SQL (migration 0003). A job queued or running when the server s
 again when it starts: images already written stay indexed, the ones in flight were left
 ``pending`` and are redone, so a restart costs at most the images in flight.
 
+Jobs are bounded: at most ``max_queued_jobs`` wait (more: 429), finished ones are deleted after
+``job_retention_days``, and ``DELETE`` marks a job cancelled in SQL at once (so a restart never
+runs it again) while the worker stops at its next check: every few hundred entries of the file
+walk (``discover.Bounds``), before each image's model work and after each image, so within a
+moment at any stage. A job posted over HTTP walks only under the server's roots, for at most
+``discover_timeout_s`` and ``max_job_files`` files.
+
 Queries come first: before each image's SAM pass and each CLIP batch the job waits (at most
 ``index_yield_s``, a setting) while search requests are in flight, so an index job does not
 starve search.
@@ -33,6 +40,23 @@ log = logging.getLogger("segsearch.jobs")
 # How often a running job's progress is written to SQL (GET reads the live copy in between).
 PROGRESS_EVERY_S = 1.0
 FINAL = ("completed", "failed", "cancelled")
+CANCEL_WAIT_S = 2.0  # DELETE waits this long for the worker to stop (it checks every few hundred files or per image)
+
+
+def displayable(value):
+    """A stored request with file names that are not valid UTF-8 shown escaped (``caf\\xe9.png``):
+    they are kept losslessly in SQL, but JSON answers must be valid Unicode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [displayable(v) for v in value]
+    if isinstance(value, dict):
+        return {displayable(k): displayable(v) for k, v in value.items()}
+    return value
 
 
 class QueryGate:
@@ -69,6 +93,7 @@ class Jobs:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._cancel: set[str] = set()
+        self._user_cancel: set[str] = set()  # cancelled by a caller (stays cancelled when the server stops)
         self._live: dict[str, dict] = {}
         self.processed: dict[str, int] = {}  # images by outcome + segments, over this server's jobs (/metrics)
         self._lock = threading.Lock()
@@ -86,11 +111,19 @@ class Jobs:
         catalog = self.services.catalog
         for job in catalog.jobs(["running"]):  # the server stopped while it ran: run it again
             catalog.update_job(job.id, status="queued")
+        self.expire()
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="segsearch-jobs", daemon=True)
             self._thread.start()
         self._wake.set()
+
+    def expire(self) -> int:
+        """Delete finished jobs past the retention time."""
+        import datetime as dt
+
+        cutoff = utcnow() - dt.timedelta(days=self.services.settings.job_retention_days)
+        return self.services.catalog.delete_jobs(FINAL, cutoff)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -101,7 +134,19 @@ class Jobs:
             self._thread.join(timeout=timeout)
 
     # --- API ---------------------------------------------------------------------------------------
-    def submit(self, kind: str, request: dict) -> dict:
+    def submit(self, kind: str, request: dict, *, internal: bool = False) -> dict:
+        """Queue a job. A caller's job past ``max_queued_jobs`` waiting is refused (429); the
+        folder watcher's (``internal``) are not, it only follows the disk."""
+        from segsearch.api.errors import ProblemError
+
+        limit = self.services.settings.max_queued_jobs
+        if not internal and self.services.catalog.job_counts().get("queued", 0) >= limit:
+            raise ProblemError(
+                429,
+                "Too many queued jobs",
+                f"{limit} jobs wait already (SEGSEARCH_MAX_QUEUED_JOBS); try again when some have run",
+                headers={"Retry-After": "30"},
+            )
         job_id = str(uuid.uuid4())
         self.services.catalog.add_job(job_id, kind, request)
         self._wake.set()
@@ -118,7 +163,7 @@ class Jobs:
             "job_id": row.id,
             "kind": row.kind,
             "status": row.status,
-            "request": row.request,
+            "request": displayable(row.request),
             "progress": progress,
             "summary": row.summary,
             "error": row.error,
@@ -127,21 +172,25 @@ class Jobs:
             "finished_at": _iso(row.finished_at),
         }
 
-    def list(self) -> list[dict]:
-        return [self.get(j.id) for j in self.services.catalog.jobs(limit=100)]
+    def list(self, limit: int = 50, offset: int = 0) -> list[dict]:
+        """Newest first."""
+        rows = self.services.catalog.jobs(limit=limit, offset=offset, newest_first=True)
+        return [j for j in (self.get(r.id) for r in rows) if j is not None]
 
     def cancel(self, job_id: str) -> dict | None:
+        """Cancel a queued or running job: recorded at once (a restart will not run it), and the
+        worker stops at its next check (within a moment; this waits up to ``CANCEL_WAIT_S`` for it)."""
         row = self.services.catalog.get_job(job_id)
         if row is None:
             return None
-        if row.status == "queued":
-            self.services.catalog.update_job(job_id, status="cancelled", finished_at=utcnow())
-        elif row.status == "running":
-            with self._lock:
+        if row.status in ("queued", "running"):
+            with self._lock:  # also for a queued one: the worker may be taking it right now
                 self._cancel.add(job_id)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.services.catalog.get_job(job_id).status == "running":
-                time.sleep(0.05)
+                self._user_cancel.add(job_id)
+            self.services.catalog.update_job(job_id, status="cancelled", finished_at=utcnow())
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while time.monotonic() < deadline and self._running == job_id:
+                time.sleep(0.02)
         return self.get(job_id)
 
     def check_cancelled(self) -> None:
@@ -184,7 +233,11 @@ class Jobs:
     def _run(self, job) -> None:
         library = self.services.library
         catalog = self.services.catalog
-        catalog.update_job(job.id, status="running", started_at=utcnow(), error=None)
+        if not catalog.update_job(job.id, if_status="queued", status="running", started_at=utcnow(), error=None):
+            with self._lock:
+                self._cancel.discard(job.id)
+                self._user_cancel.discard(job.id)
+            return  # cancelled between being picked and taken
         progress = {
             "files_total": None,
             "files_done": 0,
@@ -229,6 +282,15 @@ class Jobs:
                 paths = [Path(p) for p in req.get("paths") or [] if p not in gone]
                 summary = dict(forgotten) if req.get("removed") else {}
                 if paths:
+                    from segsearch.indexer.discover import Bounds
+
+                    s = self.services.settings
+                    bounds = Bounds(
+                        roots=None if req.get("owner") else self.services.roots,
+                        max_files=s.max_job_files,
+                        timeout_s=s.discover_timeout_s,
+                        check=self.check_cancelled,
+                    )
                     result = library.index(
                         paths,
                         force=bool(req.get("force")),
@@ -236,6 +298,7 @@ class Jobs:
                         on_start=on_start,
                         progress=on_image,
                         indexer_hook=indexer_ref.append,
+                        bounds=bounds,
                     )
                     summary.update(result.to_dict())
                     progress["stages"] = summary["stages"]
@@ -249,12 +312,17 @@ class Jobs:
             log.exception("index job %s failed", job.id)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            if self._stop.is_set() and status != "completed":
+            with self._lock:
+                by_user = job.id in self._user_cancel
+            if by_user:
+                status, error = "cancelled", None
+            elif self._stop.is_set() and status != "completed":
                 status, error = "queued", None  # the server is stopping: run it again at the next start
             self._running = None
             with self._lock:
                 self._live.pop(job.id, None)
                 self._cancel.discard(job.id)
+                self._user_cancel.discard(job.id)
             catalog.update_job(
                 job.id,
                 status=status,

@@ -21,16 +21,17 @@ from segsearch.errors import ImageError, ImageTooLarge, SegsearchError
 from segsearch.exif import PhotoMeta
 from segsearch.images import DecodedImage, check_sam_view, decode_image
 from segsearch.masks import decode_logits_token, encode_logits_token, encode_rle, mask_box_xywh
+from segsearch.paths import on_disk
 from segsearch.search import minus
 from segsearch.store.schema import as_utc
 from segsearch.store.vectors import SearchFilter
 
 from segsearch.api import schemas
-from segsearch.api.deps import ServicesDep, require_api_key
+from segsearch.api.deps import ServicesDep, require_read
 from segsearch.api.errors import ProblemError
 from segsearch.api.services import Services
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_read)])
 NOT_FOUND = {404: {"model": schemas.Problem, "description": "Unknown id"}}
 BAD_IMAGE = {413: {"model": schemas.Problem}, 415: {"model": schemas.Problem}}
 
@@ -174,14 +175,25 @@ def stats(services: ServicesDep):
 
 # --- rendered images -----------------------------------------------------------------------------
 def _source(services: Services, image_id: str, t: float | None = None) -> np.ndarray:
-    """The indexed photo, or a video's frame at ``t``, from the first path that still holds it."""
-    for path in services.catalog.image_paths(image_id):
+    """The indexed photo, or a video's frame at ``t``, from the first path that still holds it.
+    Decoding a frame stops when the request's time is up."""
+    import time
+
+    from segsearch.video import VideoTimeout
+
+    s = services.settings
+    deadline = time.monotonic() + s.request_timeout_s
+    for path in map(on_disk, services.catalog.image_paths(image_id)):
         try:
             st = os.stat(path)
             if t is not None:
-                rgb = render.video_frame(path, t, st.st_mtime_ns)
+                rgb = render.video_frame(path, t, st.st_mtime_ns, deadline=deadline)
             else:
-                rgb = render.source_rgb(path, services.settings.max_image_pixels, st.st_mtime_ns)
+                rgb = render.source_rgb(path, s.max_image_pixels, st.st_mtime_ns, s.max_image_bytes)
+        except VideoTimeout:
+            raise ProblemError(
+                503, "Request timed out", "decoding the frame took too long", {"Retry-After": "2"}
+            ) from None
         except (OSError, ImageError):
             continue
         return rgb
@@ -236,9 +248,13 @@ def image_jpeg(
     if img is None or img.status != "indexed":
         raise ProblemError(404, "Image not found", f"no indexed image with id {image_id!r}")
     t = (t or 0.0) if img.media == "video" else None
+    if t is not None and img.duration_s is not None and t > img.duration_s:  # before any decoding
+        raise ProblemError(404, "No such frame", f"t={t:g} s is past the video's end ({img.duration_s:.2f} s)")
+    if t is not None:
+        t = round(t, 1)  # one decode (and cache entry) per tenth of a second
     cached = services.renders.get((image_id, "image", t))
     if cached is None:
-        with services.work.slot():
+        with (services.video_work if t is not None else services.work).slot():
             cached = render.overlay_jpeg(_source(services, image_id, t), None)
         services.renders.put((image_id, "image", t), cached)
     scale = min(1.0, 1600 / max(img.width or 1, img.height or 1))

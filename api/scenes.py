@@ -15,20 +15,19 @@ from segsearch.scene import SceneSearcher
 from segsearch.search import SearchPage, minus
 
 from segsearch.api import schemas
-from segsearch.api.deps import ServicesDep, require_api_key
+from segsearch.api.deps import ServicesDep, require_admin, require_read
 from segsearch.api.routes import NOT_FOUND, b64decode, decode_upload
 from segsearch.api.services import Services
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_read)])
 INVALID = {422: {"model": schemas.Problem, "description": "A query no image can answer as written"}}
 
 
 def object_vector(services: Services, obj: schemas.SceneObject) -> np.ndarray:
     if obj.text:
         v = services.text_vector(obj.text)
-    elif obj.image_b64:
-        with services.work.slot():
-            v = services.image_vector(decode_upload(b64decode(obj.image_b64), services).pil())
+    elif obj.image_b64:  # the caller holds a work slot
+        v = services.image_vector(decode_upload(b64decode(obj.image_b64), services).pil())
     elif obj.concept:
         v = services.concepts.get(obj.concept).model.direction
     else:
@@ -45,10 +44,11 @@ def search_scene(body: schemas.SceneRequest, services: ServicesDep):
     """Images holding every object in the relations given, each with the segment chosen per object."""
     rels = [Relation(r.subject, r.predicate, r.object) for r in body.relations]
     check_relations(len(body.objects), rels)  # before any model work
-    vectors = [object_vector(services, o) for o in body.objects]
-    page = SceneSearcher(services.catalog, services.vectors, services.collection).search(
-        vectors, rels, flt=body.filters.to_filter(), top_k=body.top_k, offset=body.offset
-    )
+    with services.work.slot():  # a scene query can cost a second of CPU: it takes a slot like any heavy work
+        vectors = [object_vector(services, o) for o in body.objects]
+        page = SceneSearcher(services.catalog, services.vectors, services.collection).search(
+            vectors, rels, flt=body.filters.to_filter(), top_k=body.top_k, offset=body.offset
+        )
     return schemas.SceneResponse.of(page)
 
 
@@ -57,12 +57,17 @@ def list_concepts(services: ServicesDep):
     return [schemas.Concept(**c.summary()) for c in services.concepts.list()]
 
 
-@router.post("/concepts", response_model=schemas.Concept, responses={**INVALID})
+@router.post("/concepts", response_model=schemas.Concept, responses={**INVALID}, dependencies=[Depends(require_admin)])
 def learn_concept(body: schemas.ConceptRequest, services: ServicesDep):
     """Create a concept, or add labelled segments to it, train it and tag the library."""
     with services.work.slot():
         c = services.concepts.learn(
-            body.name, text=body.text, positives=body.positives, negatives=body.negatives, replace=body.replace
+            body.name,
+            text=body.text,
+            positives=body.positives,
+            negatives=body.negatives,
+            replace=body.replace,
+            max_concepts=services.settings.max_concepts,
         )
     return schemas.Concept(**c.summary())
 
@@ -72,7 +77,13 @@ def get_concept(name: str, services: ServicesDep):
     return schemas.Concept(**services.concepts.get(name).summary())
 
 
-@router.delete("/concepts/{name}", status_code=204, response_class=Response, responses=NOT_FOUND)
+@router.delete(
+    "/concepts/{name}",
+    status_code=204,
+    response_class=Response,
+    responses=NOT_FOUND,
+    dependencies=[Depends(require_admin)],
+)
 def delete_concept(name: str, services: ServicesDep):
     services.concepts.remove(name)
     return Response(status_code=204)

@@ -11,6 +11,7 @@ import numpy as np
 from segsearch import record
 from segsearch.library import Library
 from segsearch.models.sam import PromptSegmenter
+from segsearch.roots import Roots
 from segsearch.runtime import Models, open_stores
 from segsearch.search import Searcher
 from segsearch.settings import Settings
@@ -39,12 +40,22 @@ class Services:
         self.model_lock = threading.Lock()  # one shared model instance; torch calls serialised
         self._segmenter: PromptSegmenter | None = None
         self.work = WorkSlots(settings.max_concurrent_work, settings.max_queued_work, settings.request_timeout_s)
+        # Video frames decode for seconds each: they get their own, smaller pool, so many of them
+        # cannot take every slot from crops, overlays and searches
+        self.video_work = WorkSlots(
+            max(1, settings.max_concurrent_work // 2), max(1, settings.max_queued_work // 4), settings.request_timeout_s
+        )
         self.renders = ByteLRU(settings.render_cache_bytes)
+        self.roots = Roots.of(settings.roots)  # where jobs posted over HTTP may index (segsearch.roots)
         self.ready = False
         self.load_error: str | None = None  # why the models are not loaded (readyz, 503 bodies)
         from segsearch.api.jobs import Jobs
 
         self.jobs = Jobs(self)
+
+    def add_roots(self, folders) -> None:
+        """``--watch`` folders are roots too."""
+        self.roots = Roots.of([*self.roots.dirs, *folders])
 
     def load(self) -> None:
         """Load CLIP up front so the first query is fast; a failure is kept, not raised: the server

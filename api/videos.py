@@ -11,14 +11,15 @@ from fastapi.responses import Response
 
 from segsearch import render
 from segsearch.errors import ImageError
+from segsearch.paths import on_disk
 from segsearch.store.tracks import track_frames, video_segments
 
 from segsearch.api import schemas
-from segsearch.api.deps import ServicesDep, require_api_key
+from segsearch.api.deps import ServicesDep, require_read
 from segsearch.api.errors import ProblemError
 from segsearch.api.routes import NOT_FOUND, get_segment_row
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_read)])
 
 
 @router.get("/videos/{video_id}", response_model=schemas.Video, responses=NOT_FOUND)
@@ -74,7 +75,7 @@ def track_clip(segment_id: str, services: ServicesDep):
 
 
 def _clip(services, row, frames) -> bytes:
-    for path in services.catalog.image_paths(row.image_id):
+    for path in map(on_disk, services.catalog.image_paths(row.image_id)):
         try:
             os.stat(path)
             return render.track_clip(path, row.start_s, row.end_s, frames)

@@ -3,7 +3,14 @@
 At start the folders are indexed once (whatever changed while the server was down); then
 ``watchfiles`` reports added, modified and deleted files, which become index jobs: new and changed
 image files are indexed (a changed file is re-indexed, its old segments removed), deleted ones are
-forgotten (an image with no path left loses its segments and vectors).
+forgotten (an image with no path left loses its segments and vectors). A folder that appears
+(a photo moved into a new sub-folder, a copied tree) is indexed as a folder: its files may have
+arrived before the watch on it was in place.
+
+The watch follows the same rule as the start-up scan (``indexer.discover``): symlinked folders are
+not followed, so an event under one is ignored. One bad event (a name that is not valid UTF-8, a
+file gone while it was looked at) is logged and skipped; the watcher goes on. If the watch itself
+dies, ``/readyz`` says so (``checks.watch``) with the reason.
 """
 
 from __future__ import annotations
@@ -26,11 +33,30 @@ def _wanted(path: str) -> bool:
     return p.suffix.lower() in MEDIA_EXTENSIONS and not any(part.startswith(".") for part in p.parts)
 
 
+def _through_symlink(path: str, folders: list[str]) -> bool:
+    """Whether ``path`` lies under a symlinked folder below its watched folder (not followed)."""
+    p = Path(path)
+    for folder in folders:
+        try:
+            rel = p.relative_to(folder)
+        except ValueError:
+            continue
+        cur = Path(folder)
+        for part in rel.parts[:-1]:
+            cur = cur / part
+            if cur.is_symlink():
+                return True
+        return False
+    return True  # not under any watched folder at all
+
+
 class Watcher:
     def __init__(self, services, folders: list[str]):
         self.services = services
         self.folders = [str(Path(f).expanduser().resolve()) for f in folders]
         self._stop = threading.Event()
+        self.last_error: str | None = None
+        self.skipped_events = 0
         self._thread = threading.Thread(target=self._run, name="segsearch-watch", daemon=True)
 
     def start(self) -> None:
@@ -40,6 +66,10 @@ class Watcher:
 
             raise ConfigError(f"--watch: not a folder: {', '.join(missing)}")
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -62,14 +92,36 @@ class Watcher:
                 rust_timeout=500,
             ):
                 if not caught_up:
-                    self.services.jobs.submit("index", {"paths": self.folders, "force": False, "source": "watch"})
-                    caught_up = True
-                added = sorted({p for c, p in changes if c != Change.deleted and _wanted(p) and Path(p).is_file()})
-                removed = sorted({p for c, p in changes if c == Change.deleted and _wanted(p)})
-                if added or removed:
-                    log.info("watch: %d new or changed, %d deleted", len(added), len(removed))
                     self.services.jobs.submit(
-                        "index", {"paths": added, "removed": removed, "force": False, "source": "watch"}
+                        "index", {"paths": self.folders, "force": False, "source": "watch"}, internal=True
                     )
-        except Exception:  # noqa: BLE001 - the server goes on without the watcher
+                    caught_up = True
+                try:
+                    self._handle(changes, Change)
+                except Exception as exc:  # noqa: BLE001 - one bad batch must not end the watch
+                    self.skipped_events += len(changes)
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("watch: a batch of %d changes was skipped", len(changes))
+        except Exception as exc:  # noqa: BLE001 - the server goes on without the watcher; /readyz says so
+            self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("the folder watcher stopped")
+
+    def _handle(self, changes, Change) -> None:
+        added, removed = set(), set()
+        for change, p in changes:
+            if _through_symlink(p, self.folders) or any(part.startswith(".") for part in Path(p).parts):
+                continue
+            if change == Change.deleted:
+                if _wanted(p):
+                    removed.add(p)
+            elif Path(p).is_dir() and not Path(p).is_symlink():
+                added.add(p)  # a new folder: what it holds may predate its watch
+            elif _wanted(p) and Path(p).is_file():
+                added.add(p)
+        if added or removed:
+            log.info("watch: %d new or changed, %d deleted", len(added), len(removed))
+            self.services.jobs.submit(
+                "index",
+                {"paths": sorted(added), "removed": sorted(removed), "force": False, "source": "watch"},
+                internal=True,
+            )

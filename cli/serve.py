@@ -40,6 +40,14 @@ def serve(
             "--watch", help="Keep this folder indexed while serving (new, changed and deleted files); repeatable."
         ),
     ] = None,
+    root: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--root",
+            help="A library root: index jobs posted over HTTP may name files and folders under it (and "
+            "nowhere else); repeatable (env SEGSEARCH_ROOTS, a JSON list). --watch folders are roots too.",
+        ),
+    ] = None,
 ):
     """Run the query service (HTTP API + web page) over the data directory, with the library's models.
     While it runs, `segsearch index/search/doctor/info` on the same data directory go through it."""
@@ -58,7 +66,11 @@ def serve(
             offline=offline,
             host=host,
             port=port,
+            roots=[r.expanduser().resolve() for r in root] if root else None,
         )
+        not_dirs = [str(r) for r in settings.roots if not Path(r).is_dir()]
+        if not_dirs:
+            raise ConfigError(f"--root: not a folder: {', '.join(not_dirs)}")
         folders = [str(w) for w in watch or []]
         not_dirs = [f for f in folders if not Path(f).is_dir()]
         if not_dirs:

@@ -1,56 +1,142 @@
 """Find image and video files: files, folders (recursive) and globs; hidden entries skipped;
-deterministic (sorted) order; each path once."""
+deterministic (sorted) order; each path once.
+
+Symlinked folders are never followed (no loops; a folder walk and a glob agree on what they
+reach), symlinked files are taken like any file. Globs are matched while walking the folder before
+their first wildcard (``wcmatch``, ``**`` for any depth), never by the standard library's
+``glob``, which follows symlinked folders into loops. A server's jobs pass ``Bounds``: files only
+under its roots (symlinks resolved), at most ``max_files``, a deadline, and a cancel check that
+runs every few hundred entries, so a walk stops within a moment of being told.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from segsearch.errors import SegsearchError
+from segsearch.roots import Roots
 from segsearch.video import MEDIA_EXTENSIONS
 
+# Entries (folders and files) walked between two cancel/deadline checks.
+CHECK_EVERY = 256
 
-def _hidden(p: Path) -> bool:
-    return p.name.startswith(".")
+
+class DiscoveryLimit(SegsearchError):
+    """A walk found too many files or took too long (a server job's bounds)."""
 
 
-def _walk(root: Path) -> Iterator[Path]:
+@dataclass
+class Bounds:
+    roots: Roots | None = None  # files must resolve under these (None: anywhere)
+    max_files: int | None = None
+    timeout_s: float | None = None
+    check: Callable[[], None] | None = None  # raises to stop (a cancelled job)
+    _deadline: float | None = field(default=None, init=False)
+    _ticks: int = field(default=0, init=False)
+
+    def start(self) -> None:
+        self._deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+
+    def tick(self, n: int = 1) -> None:
+        self._ticks += n
+        if self._ticks < CHECK_EVERY:
+            return
+        self._ticks = 0
+        if self.check is not None:
+            self.check()
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise DiscoveryLimit(
+                f"finding the files took over {self.timeout_s:g} s (SEGSEARCH_DISCOVER_TIMEOUT_S); name smaller folders"
+            )
+
+    def allows(self, path: Path) -> bool:
+        return self.roots is None or not path.is_symlink() or self.roots.contains(path)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _media(name: str) -> bool:
+    return not _hidden(name) and os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS
+
+
+def _walk(root: Path, bounds: Bounds) -> Iterator[Path]:
     # os.walk with sorted dirs/files: deterministic, and does not follow symlinked folders
-    # (no loops); symlinked files are returned like any file.
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        bounds.tick(1 + len(filenames))
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
+            if _media(name):
                 yield Path(dirpath) / name
 
 
-def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
+def _glob(pattern: str, bounds: Bounds) -> Iterator[Path]:
+    """Files matching ``pattern``, and the media files under folders matching it."""
+    from wcmatch.glob import GLOBSTAR, globmatch
+
+    parts = Path(pattern).parts
+    fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    base, depth = Path(*parts[:fixed]), len(parts) - fixed
+    deep = any("**" in p for p in parts[fixed:])
+    if not base.is_dir():
+        return
+
+    def matches(p: str) -> bool:
+        return globmatch(p, pattern, flags=GLOBSTAR)
+
+    inside: set[str] = set()  # folders that matched (everything under them is taken)
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        bounds.tick(1 + len(filenames))
+        level = 0 if dirpath == str(base) else len(Path(dirpath).relative_to(base).parts)
+        here = dirpath in inside
+        keep = []
+        for d in sorted(x for x in dirnames if not _hidden(x)):
+            full = os.path.join(dirpath, d)
+            if here or matches(full):
+                inside.add(full)
+                keep.append(d)
+            elif deep or level + 1 < depth:
+                keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if _media(name) and (here or matches(os.path.join(dirpath, name))):
+                yield Path(dirpath) / name
+
+
+def discover(inputs: Iterable[str | Path], bounds: Bounds | None = None) -> Iterator[Path]:
     """Yield absolute paths of image and video files. Explicitly named files are taken whatever their
     extension (the decoder decides); folders and globs yield known image and video extensions only."""
+    bounds = bounds or Bounds()
+    bounds.start()
     seen: set[Path] = set()
     for raw in inputs:
-        raw = str(raw)
-        p = Path(raw).expanduser()
+        raw = os.fspath(raw)
+        raw = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+        p = Path(os.path.abspath(os.path.expanduser(raw)))
         if p.is_dir():
-            candidates: Iterable[Path] = _walk(p)
+            candidates: Iterable[Path] = _walk(p, bounds)
         elif p.exists() or p.is_symlink():
             candidates = [p]
         elif glob.has_magic(raw):
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(raw), recursive=True))
-            candidates = (
-                f
-                for m in matches
-                if not _hidden(m)
-                for f in (_walk(m) if m.is_dir() else [m] if m.suffix.lower() in MEDIA_EXTENSIONS else [])
-            )
+            candidates = _glob(str(p), bounds)
         else:
             raise FileNotFoundError(f"no such file, folder or glob match: {raw}")
         for c in candidates:
             a = Path(os.path.abspath(c))
-            if a not in seen:
-                seen.add(a)
-                yield a
+            if a in seen or not bounds.allows(a):
+                continue
+            seen.add(a)
+            if bounds.max_files is not None and len(seen) > bounds.max_files:
+                raise DiscoveryLimit(
+                    f"more than {bounds.max_files:,} files (SEGSEARCH_MAX_JOB_FILES); index folders in parts"
+                )
+            yield a
 
 
 def missing_inputs(inputs: Iterable[str | Path]) -> list[str]:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
+from segsearch.paths import on_disk
+
 KINDS = (
     "orphan_vectors",
     "missing_vectors",
@@ -103,7 +105,7 @@ def check(catalog, vectors, fingerprint: str, video_fingerprint: str | None = No
     owners_of_paths: dict[str, str] = {}
     for path, iid in catalog.all_paths():
         owners_of_paths[path] = iid
-        if os.path.isfile(path):
+        if os.path.isfile(on_disk(path)):
             alive.add(iid)
         else:
             r.dead_paths.append(path)
@@ -138,7 +140,7 @@ def repair(report: DriftReport, indexer) -> dict:
     )
     paths = []
     for iid in sorted(redo):
-        ps = [p for p in catalog.image_paths(iid) if os.path.isfile(p)]
+        ps = [p for p in catalog.image_paths(iid) if os.path.isfile(on_disk(p))]
         if ps:
             paths.append(ps[0])
     if paths:

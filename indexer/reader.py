@@ -24,6 +24,13 @@ from segsearch.indexer.results import Outcome, StageTimes
 HASH_CHUNK = 1 << 20  # videos are hashed 1 MiB at a time
 
 
+def _bare(exc: BaseException) -> BaseException:
+    """An error kept as a value, cut from its traceback and chained errors (whose frames hold the
+    file's bytes and decoder state): freed with the value, not at the next garbage collection."""
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+    return exc
+
+
 @dataclass(frozen=True)
 class Look:
     """A path looked at before reading: its stat and what the catalog knows of it (if anything)."""
@@ -78,20 +85,32 @@ class Reader:
         if is_video(path):
             return self.read_video(path, looked)
         t0 = time.perf_counter()
+        cap = self.settings.max_image_bytes
+        if looked.stat.st_size > cap:  # from the size, before a byte is read
+            return Outcome(
+                "failed",
+                error=f"file is {looked.stat.st_size:,} bytes, above the photo cap of {cap:,} "
+                "(SEGSEARCH_MAX_IMAGE_BYTES)",
+            )
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(cap + 1)  # the file may have grown since its stat: never more than the cap
         except OSError as exc:
             return Outcome("failed", error=f"cannot read file: {exc.strerror or exc}")
+        if len(data) > cap:
+            return Outcome("failed", error=f"file grew past the photo cap of {cap:,} bytes while being read")
         iid = image_id(data)
         t1 = time.perf_counter()
         self.times.add("read_hash", t1 - t0)
         if not decode:
             return Read(looked, iid, len(data), None)
+        decoded: DecodedImage | ImageError
         try:
-            decoded: DecodedImage | ImageError = decode_image(data, max_pixels=self.settings.max_image_pixels)
+            decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
         except ImageError as exc:
-            decoded = exc
+            # kept as a value without its traceback: the traceback's frames hold the file's bytes,
+            # and the error held by this frame would make a cycle keeping them alive
+            decoded = _bare(exc)
         self.times.add("decode", time.perf_counter() - t1)
         return Read(looked, iid, len(data), decoded)
 
@@ -114,7 +133,7 @@ class Reader:
             info: VideoInfo | ImageError = probe(path)
             check_length(info, self.settings.max_video_seconds)
         except ImageError as exc:
-            info = exc
+            info = _bare(exc)
         self.times.add("decode", time.perf_counter() - t1)
         return Read(looked, h.hexdigest(), size, info)
 

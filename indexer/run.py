@@ -14,7 +14,7 @@ from segsearch import record
 from segsearch.runtime import Models, Stores
 from segsearch.settings import Settings
 
-from segsearch.indexer.discover import discover
+from segsearch.indexer.discover import Bounds, discover
 from segsearch.indexer.pipeline import Indexer
 from segsearch.indexer.results import Outcome, RunSummary
 
@@ -30,8 +30,9 @@ def index_paths(
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[Outcome, Path], None] | None = None,
     indexer_hook: Callable[[Indexer], None] | None = None,
+    bounds: Bounds | None = None,
 ) -> RunSummary:
-    files = list(discover(paths))  # a missing path is the user's error: before anything else
+    files = list(discover(paths, bounds))  # a missing path is the user's error: before anything else
     settings = record.resolve(settings, stores.catalog, "index", reindex=reindex)
     models = models or Models(settings)
     record.write(stores.catalog, settings)
@@ -48,11 +49,13 @@ def forget_paths(stores: Stores, paths: Iterable[str]) -> dict:
     left with no path loses its segments and vectors. A path that exists again is kept."""
     import os
 
+    from segsearch.paths import on_disk
+
     catalog, vectors = stores.catalog, stores.vectors
     done = {"paths_removed": 0, "images_removed": 0}
     for p in paths:
         known = catalog.lookup_path(str(p))
-        if known is None or os.path.exists(p):
+        if known is None or os.path.exists(on_disk(p)):
             continue
         iid = known[0].image_id
         catalog.delete_path(str(p))

@@ -73,15 +73,20 @@ def _same_model(kind: str, name: str, rec) -> bool:
     return spec.fingerprint == entry.get("fingerprint")
 
 
-def announce(settings: Settings) -> Path:
+def announce(settings: Settings, owner_token: str | None = None) -> Path:
+    """Write ``server.json`` (mode 0600: its ``owner`` token lets the data directory's owner hand
+    index jobs to the server with paths outside its roots, and admin access without the admin key)."""
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     path = Path(settings.data) / ANNOUNCEMENT
     tmp = path.with_name(f".{ANNOUNCEMENT}.{os.getpid()}")
-    tmp.write_text(
-        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "url": f"http://{host}:{settings.port}"})
-    )
+    body = {"pid": os.getpid(), "host": socket.gethostname(), "url": f"http://{host}:{settings.port}"}
+    if owner_token:
+        body["owner"] = owner_token
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(body))
     os.replace(tmp, path)
     return path
 
@@ -100,10 +105,12 @@ class ServerClient:
     """HTTP calls to a running ``segsearch serve``; errors become SegsearchErrors with the
     server's problem+json detail."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0, owner: str | None = None):
         import httpx
 
         headers = {"X-API-Key": api_key} if api_key else {}
+        if owner:
+            headers["X-Segsearch-Owner"] = owner
         self.url = url
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
@@ -121,7 +128,8 @@ class ServerClient:
             return None
         if ann.get("host") != socket.gethostname() or not _alive(pid) or pid == os.getpid():
             return None
-        client = cls(url, settings.api_key)
+        owner = ann.get("owner") if isinstance(ann.get("owner"), str) else None
+        client = cls(url, settings.admin_key or settings.api_key, owner=owner)
         deadline = time.monotonic() + STARTUP_WAIT_S
         while True:
             try:

@@ -367,11 +367,17 @@ class Concepts:
         positives=(),
         negatives=(),
         replace: bool = False,
+        max_concepts: int | None = None,
     ) -> Concept:
         """Create a concept or add labels to it (``replace``: start over), train, and tag the
-        library's segments it matches."""
+        library's segments it matches. ``max_concepts``: a new one past that many is refused."""
         check_name(name)
-        old = None if replace else self.store.get(name)
+        existing = self.store.get(name)
+        if existing is None and max_concepts is not None and len(self.store.all()) >= max_concepts:
+            raise QueryError(
+                f"the library holds {max_concepts:,} concepts, its limit (SEGSEARCH_MAX_CONCEPTS); remove some first"
+            )
+        old = None if replace else existing
         if old is not None and old.collection != self.collection:
             old = None  # the library changed its CLIP model: the old labels' vectors are gone with it
         text = text if text is not None else (old.text if old is not None else None)

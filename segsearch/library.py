@@ -113,11 +113,13 @@ class Library:
         progress: Callable | None = None,
         models: Models | None = None,
         indexer_hook: Callable | None = None,
+        bounds=None,
     ):
         """Segment, embed and store every image under ``paths`` (files, folders, globs); unchanged
         images are skipped unless ``force``. Returns the run summary (``RunSummary``: indexed,
         skipped, failed with reasons, segments, seconds per stage). ``reindex`` switches a library
-        to the models given (otherwise other models than the recorded ones are refused)."""
+        to the models given (otherwise other models than the recorded ones are refused). ``bounds``
+        (``segsearch.indexer.discover.Bounds``): roots, file count, time and cancel check of the walk."""
         from segsearch.indexer.run import index_paths
 
         summary = index_paths(
@@ -130,6 +132,7 @@ class Library:
             on_start=on_start,
             progress=progress,
             indexer_hook=indexer_hook,
+            bounds=bounds,
         )
         self._search_models = None  # a first index may have recorded the models
         return summary

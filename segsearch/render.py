@@ -17,17 +17,22 @@ OUTLINE = np.array([255, 255, 255], np.float32)
 
 
 @lru_cache(maxsize=8)
-def source_rgb(path: str, max_pixels: int, _mtime_ns: int) -> np.ndarray:
+def source_rgb(path: str, max_pixels: int, _mtime_ns: int, max_bytes: int = 256 << 20) -> np.ndarray:
+    from segsearch.errors import ImageError
+
     with open(path, "rb") as f:
-        return decode_image(f.read(), max_pixels=max_pixels).rgb
+        data = f.read(max_bytes + 1)  # a file swapped for a huge one since it was indexed is not read whole
+    if len(data) > max_bytes:
+        raise ImageError(f"the file is over {max_bytes:,} bytes now (SEGSEARCH_MAX_IMAGE_BYTES)")
+    return decode_image(data, max_pixels=max_pixels).rgb
 
 
-@lru_cache(maxsize=8)
-def video_frame(path: str, t: float, _mtime_ns: int) -> np.ndarray:
-    """A video's frame at ``t``, the size the indexer sampled it at (its masks' size)."""
+def video_frame(path: str, t: float, _mtime_ns: int, deadline: float | None = None) -> np.ndarray:
+    """A video's frame at ``t``, the size the indexer sampled it at (its masks' size); decoding
+    stops at ``deadline`` (``time.monotonic()``) with a ``VideoTimeout``."""
     from segsearch.video import frame_at
 
-    return frame_at(path, t)
+    return frame_at(path, t, deadline=deadline)
 
 
 def track_clip(path: str, start_s: float, end_s: float, frames: list[tuple[float, dict]]) -> bytes:

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
     write_group_crops: int = Field(256, ge=1, description="...or fewer images once they hold this many crops.")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Decompression-bomb guard.")
+    max_image_bytes: int = Field(
+        256 << 20,
+        ge=1,
+        description="Photo files larger than this fail unread (checked from their size: a photo is read whole "
+        "to be hashed and decoded; videos are streamed and capped by duration instead).",
+    )
     sam_processes: int = Field(
         0,
         ge=0,
@@ -206,7 +212,27 @@ class Settings(BaseSettings):
     # --- query service ---------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_key: str | None = Field(None, description="When set, every /v1 route requires it.")
+    api_key: str | None = Field(
+        None,
+        description="The read key: when set, searches, records, renders, pages' API calls and /metrics require it "
+        "(or the admin key).",
+    )
+    admin_key: str | None = Field(
+        None,
+        description="The admin key: index and repair jobs, concept writes, info and doctor require it. With only "
+        "the read key set, those routes are closed over HTTP (a read-only server); with neither, a loopback server "
+        "takes every request from its allowed hosts.",
+    )
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="Library roots (serve --root, repeatable; --watch folders are roots too): the only folders an "
+        "index job over HTTP may name (paths relative to a root, or absolute under one).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values the server answers (DNS-rebinding guard). Empty: loopback names and the "
+        "address it binds; '*': any.",
+    )
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(
@@ -222,6 +248,16 @@ class Settings(BaseSettings):
         description="Image decodes, renders and model calls of the API running at once (default: by memory and cores).",
     )
     max_queued_work: int = Field(16, ge=0, description="Requests that may wait for a work slot; more get 503.")
+    max_queued_jobs: int = Field(100, ge=1, description="Index/repair jobs that may wait; more are answered 429.")
+    max_job_paths: int = Field(1000, ge=1, description="Paths (files, folders, globs) one index job may name.")
+    max_job_files: int = Field(
+        200_000, ge=1, description="Files one server index job may discover; a job that finds more fails, saying so."
+    )
+    discover_timeout_s: float = Field(
+        60.0, gt=0, description="A server index job's folder and glob walk fails past this many seconds."
+    )
+    job_retention_days: float = Field(30.0, gt=0, description="Finished job records are deleted after this long.")
+    max_concepts: int = Field(1000, ge=1, description="Concepts a library may hold.")
     render_cache_bytes: int = Field(64 << 20, ge=0, description="Rendered crops/masks/overlays kept, in bytes.")
     index_yield_s: float = Field(
         0.5,

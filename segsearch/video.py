@@ -33,10 +33,17 @@ CLIP_FPS = 10
 # A frame larger than this (from the header) is refused before any is decoded: 8K is 33 MP, and one
 # decoded frame of a forged 60000x60000 header would be 5 GB.
 MAX_FRAME_PIXELS = 100_000_000
+# Decoded frames allowed per second of video: above any real camera's rate (240 fps slow motion)
+# with room, and a bound on what a short, tiny file can cost to decode.
+MAX_DECODE_FPS = 480
 
 
 class VideoError(ImageError):
     """A video that cannot be indexed (corrupt, truncated, no video stream, too long)."""
+
+
+class VideoTimeout(VideoError):
+    """Decoding ran past a request's deadline."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ def _open(path):
         raise VideoError("the file has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    # FFmpeg refuses frames above this before allocating them (a header can claim 64x64 and the
+    # frames be 16000x16000); the per-frame check in sample_frames says so in words
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(MAX_FRAME_PIXELS)}
     return container, stream
 
 
@@ -151,13 +161,21 @@ def sample_frames(
     max_seconds: float | None = None,
     start_s: float = 0.0,
     info: VideoInfo | None = None,
+    deadline: float | None = None,
 ) -> Iterator[Frame]:
     """Frames at ``fps`` samples per second from ``start_s``: at each sampling time, the frame on
     screen then (the last one presented at or before it), each at most once, with its own
     presentation time. Sampling follows presentation times, so variable frame rate is sampled
     evenly; one decoded frame is held back (not converted) to know which is on screen. Raises
     ``VideoError`` on a corrupt or truncated stream, and past ``max_seconds``. ``info``: this file's
-    ``probe`` at ``max_side``, when the caller already has it (the file is not probed twice)."""
+    ``probe`` at ``max_side``, when the caller already has it (the file is not probed twice).
+
+    The caps hold against what is decoded, not only the header: every frame's size against
+    ``MAX_FRAME_PIXELS`` (FFmpeg's own ``max_pixels`` refuses larger ones before allocating them),
+    and at most ``MAX_DECODE_FPS`` decoded frames per second of video (a tiny file cannot buy
+    hours of decoding). ``deadline`` (``time.monotonic()``): stop with ``VideoTimeout`` past it."""
+    import time
+
     import av
 
     info = info or probe(path, max_side=max_side)  # the caller's probe, if it has one (same max_side)
@@ -174,10 +192,25 @@ def sample_frames(
     try:
         if start_s > 0:
             container.seek(int(start_s / stream.time_base) + (stream.start_time or 0), stream=stream, backward=True)
+        decoded, first_t = 0, None
         for frame in container.decode(stream):
+            decoded += 1
+            if frame.width * frame.height > MAX_FRAME_PIXELS:
+                raise VideoError(
+                    f"a frame is {frame.width}x{frame.height} = {frame.width * frame.height:,} pixels, above the "
+                    f"cap of {MAX_FRAME_PIXELS:,} (checked on the decoded frame, whatever the header says)"
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise VideoTimeout("decoding the video took too long")
             if frame.pts is None:
                 continue
             t = float(frame.pts * frame.time_base) - origin
+            first_t = t if first_t is None else first_t
+            if decoded > MAX_DECODE_FPS * (t - first_t + 1.0):
+                raise VideoError(
+                    f"over {MAX_DECODE_FPS} frames per second of video ({decoded:,} frames in "
+                    f"{t - first_t:.1f} s): not indexed"
+                )
             if max_seconds is not None and t > max_seconds:  # the header lied about the length
                 raise VideoError(f"video runs past the cap of {max_seconds:.0f} s (SEGSEARCH_MAX_VIDEO_SECONDS)")
             if t > next_t + eps:  # next_t has passed: the frame on screen then was the one held back
@@ -196,9 +229,9 @@ def sample_frames(
         container.close()
 
 
-def frame_at(path, t: float, *, max_side: int = VIDEO_MAX_SIDE) -> np.ndarray:
+def frame_at(path, t: float, *, max_side: int = VIDEO_MAX_SIDE, deadline: float | None = None) -> np.ndarray:
     """The frame shown at ``t`` seconds, as sampled by ``sample_frames`` (same size, upright)."""
-    for frame in sample_frames(path, 1000.0, max_side=max_side, start_s=max(0.0, t)):
+    for frame in sample_frames(path, 1000.0, max_side=max_side, start_s=max(0.0, t), deadline=deadline):
         return frame.rgb
     raise VideoError(f"no frame at {t:.2f} s")
 

@@ -61,7 +61,7 @@ def settings(indexed):
 def client(settings, tiny_embedder, tiny_sam):
     s = settings.model_copy(update={"max_upload_bytes": 200_000, "max_image_pixels": 4_000_000})
     services = Services(s, embedder=tiny_embedder, sam=tiny_sam)
-    with TestClient(create_app(s, services=services)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(s, services=services)) as c:
         yield c
     services.close()
 
@@ -223,7 +223,7 @@ def test_interactive_segment_caches_embedding(client, library):
 def test_api_key(settings, library, tiny_embedder):
     s = settings.model_copy(update={"api_key": "s3cret"})
     services = Services(s, embedder=tiny_embedder)
-    with TestClient(create_app(s, services=services)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(s, services=services)) as c:
         assert c.get("/healthz").status_code == 200
         r = c.post("/v1/search", json={"text": "red"})
         assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM)
@@ -239,7 +239,7 @@ def test_api_key(settings, library, tiny_embedder):
 def test_segment_without_sam_weights_is_503_not_500(settings, tiny_embedder, tmp_path):
     s = settings.model_copy(update={"sam": "sam-vit-b", "offline": True, "checkpoints": tmp_path / "empty"})
     services = Services(s, embedder=tiny_embedder)
-    with TestClient(create_app(s, services=services)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(s, services=services)) as c:
         r = c.post(
             "/v1/segment", files={"file": ("a.png", png_bytes(scene()), "image/png")}, data={"points": "[[10, 10]]"}
         )
@@ -314,7 +314,7 @@ def test_slow_request_times_out_without_stalling_others(settings, tiny_embedder,
         return real(self, text)
 
     monkeypatch.setattr(Services, "text_vector", slow_text_vector)
-    with TestClient(create_app(s, services=services)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(s, services=services)) as c:
         t = time.perf_counter()
         r = c.post("/v1/search", json={"text": "slow"})
         assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)

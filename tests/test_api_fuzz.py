@@ -50,7 +50,9 @@ def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
     app = create_app(s, services=services)
     from fastapi.testclient import TestClient
 
-    with TestClient(app, headers={"X-API-Key": KEY}) as client:  # lifespan runs for the whole module
+    with TestClient(
+        base_url="http://127.0.0.1", app=app, headers={"X-API-Key": KEY}
+    ) as client:  # lifespan runs for the whole module
         yield app, client
     services.close()
 

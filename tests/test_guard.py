@@ -72,7 +72,9 @@ def _post_big(port: int, path: str, length: int, headers: str = "", chunked: boo
     when the answer came, seconds)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     framing = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {length}\r\n"
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}{headers}\r\n".encode())
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{framing}{headers}\r\n".encode()
+    )
     answer, sent, t0 = {}, [0], time.monotonic()
 
     def read():
@@ -129,7 +131,7 @@ def test_headers_and_health(server):
 def test_work_beyond_the_limit_is_503_with_retry_after(settings, tiny_embedder, tiny_sam):
     s = settings.model_copy(update={"max_concurrent_work": 1, "max_queued_work": 0})
     services = Services(s, embedder=tiny_embedder, sam=tiny_sam)
-    with TestClient(create_app(s, services=services)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(s, services=services)) as c:
         files = {"file": ("a.png", png_bytes(scene()), "image/png")}
         r = c.post("/v1/segment", files=files, data={"points": "[[10, 10]]"})
         assert r.status_code == 200, r.text

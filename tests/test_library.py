@@ -106,7 +106,7 @@ def test_a_failed_first_run_does_not_bind_the_library(tmp_path):
 
 def test_a_server_without_its_models_says_which_and_why(tmp_path):
     s = Settings(data=tmp_path / "data", checkpoints=tmp_path / "ckpt", offline=True)  # clip-vit-b-32, not here
-    with TestClient(create_app(s)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(s)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503
         body = r.json()
@@ -127,7 +127,7 @@ def served(tmp_path, tiny_embedder, tiny_sam):
     env = env_for(tmp_path)
     lib(tmp_path / "photos", 2)
     assert runner.invoke(app, ["index", str(tmp_path / "photos"), *tiny_flags()], env=env).exit_code == 0
-    s = Settings(data=tmp_path / "data", checkpoints=tmp_path / "ckpt", offline=True)
+    s = Settings(data=tmp_path / "data", checkpoints=tmp_path / "ckpt", offline=True, roots=[tmp_path])
     services = Services(s, sam=tiny_sam)
     assert services.settings.clip == "clip-test-tiny" and services.settings.sam == "sam-test-tiny"
     yield services
@@ -145,7 +145,7 @@ def wait_job(c, job_id, timeout=120):
 
 def test_index_jobs_on_a_running_server(tmp_path, served):
     more = lib(tmp_path / "more", 3, offset=2)
-    with TestClient(create_app(served.settings, services=served)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(served.settings, services=served)) as c:
         r = c.post("/v1/jobs/index", json={"paths": [str(more)]})
         assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['job_id']}"
         job = wait_job(c, r.json()["job_id"])
@@ -175,7 +175,7 @@ def test_index_jobs_on_a_running_server(tmp_path, served):
         r = c.delete(f"/v1/jobs/{job['job_id']}")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         served.jobs.start()
-        assert [j["status"] for j in c.get("/v1/jobs").json()] == ["completed", "cancelled"]
+        assert [j["status"] for j in c.get("/v1/jobs").json()] == ["cancelled", "completed"]  # newest first
 
 
 def test_a_job_survives_a_server_restart(tmp_path, served):
@@ -183,14 +183,18 @@ def test_a_job_survives_a_server_restart(tmp_path, served):
     # a job the server had taken when it stopped: status 'running' in SQL, nothing done yet
     served.catalog.add_job("11111111-1111-1111-1111-111111111111", "index", {"paths": [str(more)], "force": False})
     served.catalog.update_job("11111111-1111-1111-1111-111111111111", status="running")
-    with TestClient(create_app(served.settings, services=served)) as c:  # the restarted server
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(served.settings, services=served)
+    ) as c:  # the restarted server
         job = wait_job(c, "11111111-1111-1111-1111-111111111111")
         assert job["status"] == "completed" and job["summary"]["indexed"] == 2
 
 
 def test_watch_keeps_a_folder_indexed(tmp_path, served):
     watched = lib(tmp_path / "photos", 0)
-    with TestClient(create_app(served.settings, services=served, watch=[str(watched)])) as c:
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(served.settings, services=served, watch=[str(watched)])
+    ) as c:
         deadline = time.monotonic() + 60
         write(watched / "new.png", png_bytes(scene(color=(230, 200, 30))))
         while c.get("/v1/stats").json()["indexed"] < 3 and time.monotonic() < deadline:

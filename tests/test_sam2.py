@@ -134,7 +134,7 @@ def test_segment_refines_with_the_returned_mask_token(tmp_path, sam2_tiny, tiny_
     depth = cv2.distanceTransform(sc.masks[j].astype(np.uint8), cv2.DIST_L2, 5)
     y, x = np.unravel_index(np.argmax(depth), depth.shape)
     inside = [[int(x), int(y)]]
-    with TestClient(create_app(settings, services=services)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(settings, services=services)) as client:
         r1 = client.post(
             "/v1/segment", files={"file": ("s.png", data, "image/png")}, data={"points": json.dumps(inside)}
         )

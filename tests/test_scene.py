@@ -156,7 +156,7 @@ def test_cli_and_library(world):
 
 @pytest.fixture(scope="module")
 def client(world):
-    with TestClient(create_app(world[2])) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(world[2])) as c:
         yield c
 
 

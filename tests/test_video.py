@@ -114,7 +114,7 @@ def test_search_red_circle_finds_its_track_and_time_span(world):
 
 def test_server_lists_tracks_renders_clip_and_filters_media(world):
     root, *_rest, phone = world
-    with TestClient(create_app(Settings(data=root / "data"))) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(Settings(data=root / "data"))) as c:
         hits = c.post("/v1/search", json={"text": "green triangle", "top_k": 1, "filters": {"kind": "track"}}).json()
         hit = hits["hits"][0]
         assert hit["image_path"].endswith("phone.mov")

@@ -8,6 +8,41 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def _lone_surrogate(v, where: str = "") -> str | None:
+    """Where a JSON body holds a lone surrogate (``"\\udcff"``: valid JSON, not valid Unicode text),
+    or None. Such a string cannot be stored or answered, so it is refused at the door (422)."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            got = _lone_surrogate(k, where) or _lone_surrogate(x, f"{where}.{k}" if where else str(k))
+            if got:
+                return got
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            got = _lone_surrogate(x, f"{where}[{i}]")
+            if got:
+                return got
+    return None
+
+
+class RequestBody(BaseModel):
+    """Base of every JSON request body: unknown fields refused, text must be valid Unicode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data):
+        where = _lone_surrogate(data)
+        if where:
+            raise ValueError(f"{where}: text with a lone surrogate (\\ud800-\\udfff) is not valid Unicode")
+        return data
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
@@ -18,7 +53,7 @@ class Problem(BaseModel):
     instance: str | None = None
 
 
-class Near(BaseModel):
+class Near(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     lat: float = Field(..., ge=-90, le=90)
@@ -31,7 +66,7 @@ class Location(BaseModel):
     lon: float
 
 
-class Filters(BaseModel):
+class Filters(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     path_prefix: str | None = Field(None, max_length=4096, description="Only images under this folder.")
@@ -78,7 +113,7 @@ _ONE_QUERY = {
 }
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RequestBody):
     """Exactly one of ``text``, ``image_b64``, ``segment_id`` (stated in the schema, so clients and
     schema-driven tools know it)."""
 
@@ -311,12 +346,18 @@ class SegmentResponse(BaseModel):
     cached_embedding: bool
 
 
-class IndexJobRequest(BaseModel):
-    """Paths as the server sees them (absolute: files, folders or globs)."""
+class IndexJobRequest(RequestBody):
+    """Files, folders or globs under the server's library roots."""
 
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[str] = Field(..., min_length=1, max_length=10_000)
+    paths: list[str] = Field(
+        ...,
+        min_length=1,
+        max_length=1000,
+        description="Relative to a library root (serve --root), or absolute under one (SEGSEARCH_MAX_JOB_PATHS caps "
+        "how many are taken).",
+    )
     force: bool = Field(False, description="Re-index images even if already indexed.")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from segsearch.api.schemas import Filters, Links
+from segsearch.api.schemas import Filters, Links, RequestBody
 
 # --- scene queries and concepts ------------------------------------------------------------------
 _ONE_OBJECT = {
@@ -15,7 +15,7 @@ _ONE_OBJECT = {
 }
 
 
-class SceneObject(BaseModel):
+class SceneObject(RequestBody):
     """One object of a scene query: exactly one of ``text``, ``image_b64``, ``segment_id``,
     ``concept`` (a learnt concept's name), optionally with a ``negative_text``."""
 
@@ -34,7 +34,7 @@ class SceneObject(BaseModel):
         return self
 
 
-class SceneRelation(BaseModel):
+class SceneRelation(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     subject: int = Field(..., ge=0, description="Index of the subject in objects (0-based).")
@@ -46,7 +46,7 @@ class SceneRelation(BaseModel):
     object: int = Field(..., ge=0)
 
 
-class SceneRequest(BaseModel):
+class SceneRequest(RequestBody):
     """Images holding every object, in the relations given (see ``segsearch.scene``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -98,7 +98,7 @@ class SceneResponse(BaseModel):
         )
 
 
-class ConceptRequest(BaseModel):
+class ConceptRequest(RequestBody):
     """Create a concept or add labels to it (``replace`` starts it over)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -120,7 +120,7 @@ class Concept(BaseModel):
     threshold: float
 
 
-class ConceptSearchRequest(BaseModel):
+class ConceptSearchRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     top_k: int = Field(10, ge=1, le=200)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -51,10 +51,23 @@ class ImageRow(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
 
 
+class FilePath(TypeDecorator):
+    """A file's path: names that are not valid UTF-8 are stored escaped (``segsearch.paths``), in
+    the same VARCHAR column, so no schema change."""
+
+    impl = String(4096)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        from segsearch.paths import stored
+
+        return None if value is None else stored(str(value))
+
+
 class ImagePathRow(Base):
     __tablename__ = "image_paths"
 
-    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    path: Mapped[str] = mapped_column(FilePath, primary_key=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)

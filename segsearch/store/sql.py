@@ -473,20 +473,35 @@ class Catalog:
             s.add(row)
             return row
 
-    def update_job(self, job_id: str, **values) -> None:
+    def update_job(self, job_id: str, *, if_status: str | None = None, **values) -> bool:
+        """Update a job's row; with ``if_status``, only while it has that status (False: it had not)."""
         with self.Session.begin() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            q = update(JobRow).where(JobRow.id == job_id)
+            if if_status is not None:
+                q = q.where(JobRow.status == if_status)
+            return (s.execute(q.values(**values)).rowcount or 0) > 0
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self.Session() as s:
             return s.get(JobRow, job_id)
 
-    def jobs(self, statuses: Sequence[str] | None = None, limit: int = 100) -> list[JobRow]:
+    def jobs(
+        self, statuses: Sequence[str] | None = None, limit: int = 100, offset: int = 0, newest_first: bool = False
+    ) -> list[JobRow]:
         with self.Session() as s:
-            q = select(JobRow).order_by(JobRow.created_at)
+            order = (JobRow.created_at.desc(), JobRow.id.desc()) if newest_first else (JobRow.created_at, JobRow.id)
+            q = select(JobRow).order_by(*order)
             if statuses:
                 q = q.where(JobRow.status.in_(list(statuses)))
-            return list(s.scalars(q.limit(limit)))
+            return list(s.scalars(q.offset(offset).limit(limit)))
+
+    def delete_jobs(self, statuses: Sequence[str], finished_before) -> int:
+        """Forget finished jobs older than ``finished_before`` (job records expire)."""
+        with self.Session.begin() as s:
+            res = s.execute(
+                delete(JobRow).where(JobRow.status.in_(list(statuses)), JobRow.finished_at < finished_before)
+            )
+            return res.rowcount or 0
 
     def job_counts(self) -> dict[str, int]:
         """Jobs by status (one grouped count, for /metrics scrapes)."""

@@ -1,0 +1,84 @@
+"""A server's data boundary: the library roots it may read and index under.
+
+``segsearch serve --root DIR`` (repeatable; ``--watch`` folders are roots too) names the folders
+an index job posted over HTTP may reach. A job names paths relative to a root (or absolute under
+one); each is resolved with symlinks followed (``os.path.realpath``) and refused unless the result
+lies under a root. "Outside the roots" and "not there" get the same answer, so the API cannot be
+used to probe which files exist. Globs keep their pattern; the folder before the first wildcard
+must resolve under a root, and ``..`` may not appear after it.
+
+The owner of the data directory (the ``segsearch`` CLI handing work to a server that holds it,
+proved by the token in ``server.json``) is not bound by roots: it may already read what it names.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from segsearch.errors import QueryError
+
+
+class OutsideRoots(QueryError):
+    """A path the server will not read: outside its roots, or missing (one answer for both)."""
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class Roots:
+    dirs: tuple[str, ...]  # real (symlink-free) absolute paths
+
+    @classmethod
+    def of(cls, dirs) -> Roots:
+        real = []
+        for d in dirs or ():
+            r = os.path.realpath(os.path.expanduser(os.fsdecode(d)))
+            if r not in real:
+                real.append(r)
+        return cls(tuple(real))
+
+    def __bool__(self) -> bool:
+        return bool(self.dirs)
+
+    def contains(self, path: str | Path) -> bool:
+        """Whether ``path``, symlinks resolved, lies under a root."""
+        real = os.path.realpath(os.fsdecode(path))
+        return any(_under(real, r) for r in self.dirs)
+
+    def refuse(self, given: str) -> OutsideRoots:
+        where = ", ".join(self.dirs) if self.dirs else "none: start the server with --root DIR"
+        return OutsideRoots(f"{given!r} is not a file, folder or glob under the server's library roots ({where})")
+
+    def resolve(self, given: str) -> str:
+        """A path as an API caller gave it -> the real absolute path (or glob) under a root.
+        Raises ``OutsideRoots`` alike for paths outside the roots and for paths that do not exist."""
+        if not given or "\x00" in given:
+            raise self.refuse(given)
+        candidates = [given] if os.path.isabs(given) else [os.path.join(r, given) for r in self.dirs]
+        for cand in candidates:
+            got = self._resolve_one(cand)
+            if got is not None:
+                return got
+        raise self.refuse(given)
+
+    def _resolve_one(self, cand: str) -> str | None:
+        if glob.has_magic(cand):
+            parts = Path(cand).parts
+            fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+            if ".." in parts[fixed:]:
+                return None
+            base = os.path.realpath(os.path.join(*parts[:fixed]))
+            if not (os.path.isdir(base) and any(_under(base, r) for r in self.dirs)):
+                return None
+            return os.path.join(base, *parts[fixed:])
+        if not os.path.lexists(cand):
+            return None
+        real = os.path.realpath(cand)
+        if not os.path.exists(real) or not any(_under(real, r) for r in self.dirs):
+            return None
+        return real
