@@ -70,7 +70,7 @@ def submit_repair_job(services: ServicesDep):
 @router.get("/jobs", response_model=list[schemas.Job])
 def list_jobs(
     services: ServicesDep,
-    limit: int = Query(50, ge=1, le=500),
+    limit: int = Query(50, ge=1, le=100),
     offset: int = Query(0, ge=0, le=1_000_000),
 ):
     """Jobs, newest first, a page at a time (finished ones are kept SEGSEARCH_JOB_RETENTION_DAYS)."""

@@ -36,7 +36,7 @@ SECURITY_HEADERS = [
 MULTIPART_SLACK = 1 << 20
 JSON_SLACK = 64 << 10
 SMALL_BODY = 64 << 10  # every other route takes a small JSON body (or none)
-JOBS_BODY = 1 << 20  # up to max_job_paths (1,000) paths
+JOBS_BODY = 256 << 10  # max_job_paths (1,000) paths of 250 characters; 100 queued jobs hold at most 25 MiB
 
 
 def body_cap(path: str, max_upload_bytes: int) -> int:

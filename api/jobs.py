@@ -43,6 +43,18 @@ FINAL = ("completed", "failed", "cancelled")
 CANCEL_WAIT_S = 2.0  # DELETE waits this long for the worker to stop (it checks every few hundred files or per image)
 
 
+def gone_under(catalog, folders) -> list[str]:
+    """Recorded paths under ``folders`` whose file no longer exists."""
+    import os
+
+    from segsearch.paths import on_disk, stored
+
+    prefixes = [stored(f).rstrip("/") + "/" for f in folders]
+    return [
+        p for p, _ in catalog.all_paths() if any(p.startswith(x) for x in prefixes) and not os.path.lexists(on_disk(p))
+    ]
+
+
 def displayable(value):
     """A stored request with file names that are not valid UTF-8 shown escaped (``caf\\xe9.png``):
     they are kept losslessly in SQL, but JSON answers must be valid Unicode."""
@@ -277,10 +289,13 @@ class Jobs:
                 summary = self._repair()
             else:
                 req = job.request
-                forgotten = library.forget(req.get("removed") or [])
+                removed = list(req.get("removed") or [])
+                if req.get("prune"):  # a rescan after a lost watch batch: files gone under these folders
+                    removed += gone_under(self.services.catalog, req["prune"])
+                forgotten = library.forget(removed)
                 gone = set(library.missing_inputs(req.get("paths") or []))  # vanished since the job was queued
                 paths = [Path(p) for p in req.get("paths") or [] if p not in gone]
-                summary = dict(forgotten) if req.get("removed") else {}
+                summary = dict(forgotten) if removed else {}
                 if paths:
                     from segsearch.indexer.discover import Bounds
 

@@ -26,6 +26,10 @@ log = logging.getLogger("segsearch.watch")
 # watchfiles groups changes arriving within this many ms into one batch: a camera import or a copy
 # of many files becomes one job instead of hundreds.
 DEBOUNCE_MS = 1600
+# A failed watch is started again after RESTART_FIRST_S, doubling up to RESTART_MAX_S while it
+# keeps failing: quick after a one-off (a bad file name), no busy loop on a lasting fault.
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 60.0
 
 
 def _wanted(path: str) -> bool:
@@ -57,6 +61,7 @@ class Watcher:
         self._stop = threading.Event()
         self.last_error: str | None = None
         self.skipped_events = 0
+        self.restarts = 0
         self._thread = threading.Thread(target=self._run, name="segsearch-watch", daemon=True)
 
     def start(self) -> None:
@@ -76,35 +81,52 @@ class Watcher:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        from watchfiles import Change, watch
+        """Watch until stopped. If the watch itself fails (watchfiles raises on a file name that
+        is not UTF-8, and the batch that held it is lost), it is started again after a pause
+        (doubling while it keeps failing) with a rescan of the folders, which catches whatever
+        that batch held: the walk sees the real names, and a pruning pass forgets files gone."""
+        from watchfiles import Change
+
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._watch(Change, rescan_prune=failures > 0)
+                return
+            except Exception as exc:  # noqa: BLE001 - restarted below; /readyz shows the last error
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.restarts += 1
+                log.warning("watch: restarting after %s (a rescan follows)", self.last_error)
+                if self._stop.wait(min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** min(failures - 1, 8))):
+                    return
+
+    def _watch(self, Change, *, rescan_prune: bool) -> None:
+        from watchfiles import watch
 
         caught_up = False
-        try:
-            # yield_on_timeout: the first (empty) yield says the watch is in place; only then is the
-            # catch-up job submitted, so a file written at any moment is seen by one or the other
-            for changes in watch(
-                *self.folders,
-                stop_event=self._stop,
-                debounce=DEBOUNCE_MS,
-                recursive=True,
-                raise_interrupt=False,
-                yield_on_timeout=True,
-                rust_timeout=500,
-            ):
-                if not caught_up:
-                    self.services.jobs.submit(
-                        "index", {"paths": self.folders, "force": False, "source": "watch"}, internal=True
-                    )
-                    caught_up = True
-                try:
-                    self._handle(changes, Change)
-                except Exception as exc:  # noqa: BLE001 - one bad batch must not end the watch
-                    self.skipped_events += len(changes)
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("watch: a batch of %d changes was skipped", len(changes))
-        except Exception as exc:  # noqa: BLE001 - the server goes on without the watcher; /readyz says so
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("the folder watcher stopped")
+        # yield_on_timeout: the first (empty) yield says the watch is in place; only then is the
+        # catch-up job submitted, so a file written at any moment is seen by one or the other
+        for changes in watch(
+            *self.folders,
+            stop_event=self._stop,
+            debounce=DEBOUNCE_MS,
+            recursive=True,
+            raise_interrupt=False,
+            yield_on_timeout=True,
+            rust_timeout=500,
+        ):
+            if not caught_up:
+                request = {"paths": self.folders, "force": False, "source": "watch"}
+                if rescan_prune:
+                    request["prune"] = self.folders
+                self.services.jobs.submit("index", request, internal=True)
+                caught_up = True
+            try:
+                self._handle(changes, Change)
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not end the watch
+                self.skipped_events += len(changes)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("watch: a batch of %d changes was skipped", len(changes))
 
     def _handle(self, changes, Change) -> None:
         added, removed = set(), set()

@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     if args.yield_s is not None:
         env["SEGSEARCH_INDEX_YIELD_S"] = str(args.yield_s)
     server = subprocess.Popen(
-        [sys.executable, "-m", "segsearch", "serve"],
+        [sys.executable, "-m", "segsearch", "serve", "--root", str(work)],  # index jobs go under work/
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

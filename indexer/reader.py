@@ -130,7 +130,7 @@ class Reader:
         try:
             if size == 0:
                 raise VideoError("empty file (0 bytes)")
-            info: VideoInfo | ImageError = probe(path)
+            info: VideoInfo | ImageError = probe(path, max_pixels=self.settings.max_image_pixels)
             check_length(info, self.settings.max_video_seconds)
         except ImageError as exc:
             info = _bare(exc)

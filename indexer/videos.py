@@ -47,7 +47,14 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
     next_key = 0.0
     dim = None
     t_decode = time.perf_counter()
-    frames = sample_frames(path, s.video_fps, max_side=VIDEO_MAX_SIDE, max_seconds=s.max_video_seconds, info=info)
+    frames = sample_frames(
+        path,
+        s.video_fps,
+        max_side=VIDEO_MAX_SIDE,
+        max_seconds=s.max_video_seconds,
+        info=info,
+        max_pixels=s.max_image_pixels,
+    )
     for frame in frames:
         t1 = time.perf_counter()
         ix.times.add("video_decode", t1 - t_decode)

@@ -66,7 +66,7 @@ def is_video(path) -> bool:
     return str(path).lower().endswith(tuple(VIDEO_EXTENSIONS))
 
 
-def _open(path):
+def _open(path, max_pixels: int = MAX_FRAME_PIXELS):
     import av
 
     try:
@@ -80,7 +80,7 @@ def _open(path):
     stream.thread_type = "AUTO"
     # FFmpeg refuses frames above this before allocating them (a header can claim 64x64 and the
     # frames be 16000x16000); the per-frame check in sample_frames says so in words
-    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(MAX_FRAME_PIXELS)}
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(max_pixels)}
     return container, stream
 
 
@@ -98,13 +98,13 @@ def _duration(container, stream) -> float | None:
     return None
 
 
-def probe(path, *, max_side: int = VIDEO_MAX_SIDE) -> VideoInfo:
+def probe(path, *, max_side: int = VIDEO_MAX_SIDE, max_pixels: int = MAX_FRAME_PIXELS) -> VideoInfo:
     """What the header says, plus the first frame's rotation and size (opened and closed)."""
-    container, stream = _open(path)
+    container, stream = _open(path, max_pixels)
     try:
         cw, ch = stream.codec_context.width or 0, stream.codec_context.height or 0
-        if cw * ch > MAX_FRAME_PIXELS:
-            raise VideoError(f"video frames are {cw}x{ch} = {cw * ch:,} pixels, above the cap of {MAX_FRAME_PIXELS:,}")
+        if cw * ch > max_pixels:
+            raise VideoError(f"video frames are {cw}x{ch} = {cw * ch:,} pixels, above the cap of {max_pixels:,}")
         first = _first_frame(container, stream)
         rot = int(getattr(first, "rotation", 0) or 0) % 360
         w, h = (first.height, first.width) if rot in (90, 270) else (first.width, first.height)
@@ -162,6 +162,7 @@ def sample_frames(
     start_s: float = 0.0,
     info: VideoInfo | None = None,
     deadline: float | None = None,
+    max_pixels: int = MAX_FRAME_PIXELS,
 ) -> Iterator[Frame]:
     """Frames at ``fps`` samples per second from ``start_s``: at each sampling time, the frame on
     screen then (the last one presented at or before it), each at most once, with its own
@@ -171,16 +172,16 @@ def sample_frames(
     ``probe`` at ``max_side``, when the caller already has it (the file is not probed twice).
 
     The caps hold against what is decoded, not only the header: every frame's size against
-    ``MAX_FRAME_PIXELS`` (FFmpeg's own ``max_pixels`` refuses larger ones before allocating them),
+    ``max_pixels`` (FFmpeg's own ``max_pixels`` refuses larger ones before allocating them),
     and at most ``MAX_DECODE_FPS`` decoded frames per second of video (a tiny file cannot buy
     hours of decoding). ``deadline`` (``time.monotonic()``): stop with ``VideoTimeout`` past it."""
     import time
 
     import av
 
-    info = info or probe(path, max_side=max_side)  # the caller's probe, if it has one (same max_side)
+    info = info or probe(path, max_side=max_side, max_pixels=max_pixels)  # the caller's, if it has one
     check_length(info, max_seconds)
-    container, stream = _open(path)
+    container, stream = _open(path, max_pixels)
     step, eps = 1.0 / fps, 1e-6
     next_t = start_s
     origin = float((stream.start_time or 0) * stream.time_base)
@@ -195,10 +196,10 @@ def sample_frames(
         decoded, first_t = 0, None
         for frame in container.decode(stream):
             decoded += 1
-            if frame.width * frame.height > MAX_FRAME_PIXELS:
+            if frame.width * frame.height > max_pixels:
                 raise VideoError(
                     f"a frame is {frame.width}x{frame.height} = {frame.width * frame.height:,} pixels, above the "
-                    f"cap of {MAX_FRAME_PIXELS:,} (checked on the decoded frame, whatever the header says)"
+                    f"cap of {max_pixels:,} (checked on the decoded frame, whatever the header says)"
                 )
             if deadline is not None and time.monotonic() > deadline:
                 raise VideoTimeout("decoding the video took too long")
@@ -224,7 +225,10 @@ def sample_frames(
         if shown is not None and next_t < max(info.duration_s, shown[0]) - eps:  # a sampling time left
             yield out(*shown)
     except av.error.FFmpegError as exc:
-        raise VideoError(f"corrupt or truncated video: {exc}") from None
+        raise VideoError(
+            f"corrupt or truncated video, or a frame above the cap of {max_pixels:,} pixels "
+            f"(refused before decoding): {exc}"
+        ) from None
     finally:
         container.close()
 

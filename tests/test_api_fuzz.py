@@ -36,6 +36,8 @@ def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
         max_upload_bytes=200_000,
         max_image_pixels=4_000_000,
         api_key=KEY,
+        admin_key=KEY,  # the fuzzer reaches the admin routes too
+        allowed_hosts=["127.0.0.1", "testserver"],  # schemathesis' ASGI transport says Host: testserver
         **tiny.TINY_AMG,
     )
     models = Models(
