@@ -297,7 +297,7 @@ class Jobs:
                 paths = [Path(p) for p in req.get("paths") or [] if p not in gone]
                 summary = dict(forgotten) if removed else {}
                 if paths:
-                    from segsearch.indexer.discover import Bounds
+                    from segsearch.roots import Bounds
 
                     s = self.services.settings
                     bounds = Bounds(

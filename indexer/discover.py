@@ -13,49 +13,11 @@ from __future__ import annotations
 
 import glob
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from segsearch.errors import SegsearchError
-from segsearch.roots import Roots
+from segsearch.roots import Bounds, DiscoveryLimit
 from segsearch.video import MEDIA_EXTENSIONS
-
-# Entries (folders and files) walked between two cancel/deadline checks.
-CHECK_EVERY = 256
-
-
-class DiscoveryLimit(SegsearchError):
-    """A walk found too many files or took too long (a server job's bounds)."""
-
-
-@dataclass
-class Bounds:
-    roots: Roots | None = None  # files must resolve under these (None: anywhere)
-    max_files: int | None = None
-    timeout_s: float | None = None
-    check: Callable[[], None] | None = None  # raises to stop (a cancelled job)
-    _deadline: float | None = field(default=None, init=False)
-    _ticks: int = field(default=0, init=False)
-
-    def start(self) -> None:
-        self._deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-
-    def tick(self, n: int = 1) -> None:
-        self._ticks += n
-        if self._ticks < CHECK_EVERY:
-            return
-        self._ticks = 0
-        if self.check is not None:
-            self.check()
-        if self._deadline is not None and time.monotonic() > self._deadline:
-            raise DiscoveryLimit(
-                f"finding the files took over {self.timeout_s:g} s (SEGSEARCH_DISCOVER_TIMEOUT_S); name smaller folders"
-            )
-
-    def allows(self, path: Path) -> bool:
-        return self.roots is None or not path.is_symlink() or self.roots.contains(path)
 
 
 def _hidden(name: str) -> bool:

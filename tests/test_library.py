@@ -233,3 +233,20 @@ def test_toml_config_files(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGSEARCH_PORT", "9200")
     assert Settings(data=data).port == 9200  # environment over files
     assert Settings(data=data, port=9300).port == 9300  # flags over everything
+
+
+def test_a_cancelled_job_stays_cancelled_when_the_server_restarts(tmp_path, served):
+    more = lib(tmp_path / "more", 12, offset=2)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(served.settings, services=served)) as c:
+        job = c.post("/v1/jobs/index", json={"paths": [str(more)]}).json()
+        deadline = time.monotonic() + 60
+        while c.get(f"/v1/jobs/{job['job_id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert c.delete(f"/v1/jobs/{job['job_id']}").json()["status"] == "cancelled"
+        assert served.catalog.get_job(job["job_id"]).status == "cancelled"  # recorded at once, in SQL
+        served.jobs.stop()  # the server stops (SIGTERM) ...
+        served.jobs.start()  # ... and starts again: the job is not run again
+        time.sleep(1.5)
+        after = c.get(f"/v1/jobs/{job['job_id']}").json()
+        assert after["status"] == "cancelled" and after["progress"]["files_done"] < 12

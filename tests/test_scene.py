@@ -276,7 +276,8 @@ def test_concept_learnt_from_clicks_tags_new_photos_too(world, client, tmp_path)
     new.mkdir()
     seed = next(s for s in DEMO_SEEDS[10:] if ("red", "star") in make_scene(s).labels)
     Image.fromarray(make_scene(seed).image).save(new / "later.png")
-    job = client.post("/v1/jobs/index", json={"paths": [str(new)]}).json()
+    owner = {"X-Segsearch-Owner": client.app.state.owner_token}  # the CLI's token: any path, no --root needed
+    job = client.post("/v1/jobs/index", json={"paths": [str(new)]}, headers=owner).json()
     deadline = time.monotonic() + 120
     while client.get(f"/v1/jobs/{job['job_id']}").json()["status"] not in ("completed", "failed"):
         assert time.monotonic() < deadline

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from segsearch.errors import StorageError
+from segsearch.store.jobs import JobRecords
 from segsearch.store.schema import (  # noqa: F401 - Base and the rows are this module's vocabulary
     Base,
     ClaimRow,
@@ -90,7 +91,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
-class Catalog:
+class Catalog(JobRecords):
     """Repository over the SQL records. Every method is one short transaction."""
 
     def __init__(self, engine: Engine):
@@ -465,45 +466,3 @@ class Catalog:
         else:
             from sqlalchemy.dialects.sqlite import insert
         return insert
-
-    # --- jobs -----------------------------------------------------------------------------------
-    def add_job(self, job_id: str, kind: str, request: dict) -> JobRow:
-        with self.Session.begin() as s:
-            row = JobRow(id=job_id, kind=kind, status="queued", request=request, created_at=utcnow())
-            s.add(row)
-            return row
-
-    def update_job(self, job_id: str, *, if_status: str | None = None, **values) -> bool:
-        """Update a job's row; with ``if_status``, only while it has that status (False: it had not)."""
-        with self.Session.begin() as s:
-            q = update(JobRow).where(JobRow.id == job_id)
-            if if_status is not None:
-                q = q.where(JobRow.status == if_status)
-            return (s.execute(q.values(**values)).rowcount or 0) > 0
-
-    def get_job(self, job_id: str) -> JobRow | None:
-        with self.Session() as s:
-            return s.get(JobRow, job_id)
-
-    def jobs(
-        self, statuses: Sequence[str] | None = None, limit: int = 100, offset: int = 0, newest_first: bool = False
-    ) -> list[JobRow]:
-        with self.Session() as s:
-            order = (JobRow.created_at.desc(), JobRow.id.desc()) if newest_first else (JobRow.created_at, JobRow.id)
-            q = select(JobRow).order_by(*order)
-            if statuses:
-                q = q.where(JobRow.status.in_(list(statuses)))
-            return list(s.scalars(q.offset(offset).limit(limit)))
-
-    def delete_jobs(self, statuses: Sequence[str], finished_before) -> int:
-        """Forget finished jobs older than ``finished_before`` (job records expire)."""
-        with self.Session.begin() as s:
-            res = s.execute(
-                delete(JobRow).where(JobRow.status.in_(list(statuses)), JobRow.finished_at < finished_before)
-            )
-            return res.rowcount or 0
-
-    def job_counts(self) -> dict[str, int]:
-        """Jobs by status (one grouped count, for /metrics scrapes)."""
-        with self.Session() as s:
-            return dict(s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
