@@ -167,17 +167,43 @@ def create_app(
     return app
 
 
+# A request turned away because its work pool is saturated is answered after this pause: a client
+# retrying in a loop (ignoring Retry-After) then sends one request a second instead of hundreds.
+BUSY_HOLD_S = 1.0
+
+
 class QueryGateMiddleware:
-    """Counts search requests in flight, so a running index job yields to them (``api.jobs``)."""
+    """Counts search requests in flight, so a running index job yields to them (``api.jobs``), and
+    turns away a scene query or a video frame at once (503) when its work pool is saturated:
+    clients retrying in a loop then cost the event loop a header check, not a worker thread and
+    a parsed body each."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/search"):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        services = getattr(scope["app"].state, "services", None) if path else None
+        if services is None or not path.startswith("/v1/"):
             return await self.app(scope, receive, send)
-        services = getattr(scope["app"].state, "services", None)
-        if services is None:
+        pool = None
+        if path == "/v1/search/scene":
+            pool = services.work
+        elif path.endswith("/image.jpg") and b"t=" in scope.get("query_string", b""):
+            pool = services.video_work
+        if pool is not None and pool.saturated():
+            import asyncio
+
+            await asyncio.sleep(BUSY_HOLD_S)  # on the event loop, costs nothing; paces clients that ignore Retry-After
+            response = errors.problem(
+                503,
+                "Server busy",
+                "every worker for this kind of request is taken; try again",
+                path,
+                headers={"Retry-After": "2"},
+            )
+            return await response(scope, receive, send)
+        if not path.startswith("/v1/search"):
             return await self.app(scope, receive, send)
         with services.jobs.gate:
             await self.app(scope, receive, send)

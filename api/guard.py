@@ -259,7 +259,14 @@ class WorkSlots:
         self.n, self.queue, self.wait_s = n, queue, wait_s
         self._slots = threading.BoundedSemaphore(n)
         self._waiting = 0
+        self._busy = 0
         self._lock = threading.Lock()
+
+    def saturated(self) -> bool:
+        """Every slot busy and the queue full: a request for one now would be refused (checked on
+        the event loop, before a worker thread or the body is spent on it)."""
+        with self._lock:
+            return self._busy >= self.n and self._waiting >= self.queue
 
     @contextmanager
     def slot(self):
@@ -283,9 +290,13 @@ class WorkSlots:
                 raise ProblemError(
                     503, "Server busy", "no worker became free in time; try again", headers={"Retry-After": "2"}
                 )
+        with self._lock:
+            self._busy += 1
         try:
             yield
         finally:
+            with self._lock:
+                self._busy -= 1
             self._slots.release()
 
 
