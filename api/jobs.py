@@ -40,6 +40,7 @@ log = logging.getLogger("segsearch.jobs")
 # How often a running job's progress is written to SQL (GET reads the live copy in between).
 PROGRESS_EVERY_S = 1.0
 FINAL = ("completed", "failed", "cancelled")
+EXPIRE_EVERY_S = 3600.0  # finished jobs past the retention time are deleted at start and at most hourly
 CANCEL_WAIT_S = 2.0  # DELETE waits this long for the worker to stop (it checks every few hundred files or per image)
 
 
@@ -105,6 +106,7 @@ class Jobs:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._cancel: set[str] = set()
+        self._expired_at = 0.0
         self._user_cancel: set[str] = set()  # cancelled by a caller (stays cancelled when the server stops)
         self._live: dict[str, dict] = {}
         self.processed: dict[str, int] = {}  # images by outcome + segments, over this server's jobs (/metrics)
@@ -134,6 +136,7 @@ class Jobs:
         """Delete finished jobs past the retention time."""
         import datetime as dt
 
+        self._expired_at = time.monotonic()
         cutoff = utcnow() - dt.timedelta(days=self.services.settings.job_retention_days)
         return self.services.catalog.delete_jobs(FINAL, cutoff)
 
@@ -159,6 +162,8 @@ class Jobs:
                 f"{limit} jobs wait already (SEGSEARCH_MAX_QUEUED_JOBS); try again when some have run",
                 headers={"Retry-After": "30"},
             )
+        if time.monotonic() - self._expired_at > EXPIRE_EVERY_S:  # a server that never restarts forgets too
+            self.expire()
         job_id = str(uuid.uuid4())
         self.services.catalog.add_job(job_id, kind, request)
         self._wake.set()

@@ -250,3 +250,17 @@ def test_a_cancelled_job_stays_cancelled_when_the_server_restarts(tmp_path, serv
         time.sleep(1.5)
         after = c.get(f"/v1/jobs/{job['job_id']}").json()
         assert after["status"] == "cancelled" and after["progress"]["files_done"] < 12
+
+
+def test_finished_jobs_expire(tmp_path, served):
+    import datetime as dt
+
+    from segsearch.store.schema import utcnow
+
+    old, recent = "22222222-2222-2222-2222-222222222222", "33333333-3333-3333-3333-333333333333"
+    for job_id, age in ((old, 40), (recent, 1)):
+        served.catalog.add_job(job_id, "index", {"paths": []})
+        served.catalog.update_job(job_id, status="completed", finished_at=utcnow() - dt.timedelta(days=age))
+    with TestClient(base_url="http://127.0.0.1", app=create_app(served.settings, services=served)) as c:
+        ids = [j["job_id"] for j in c.get("/v1/jobs").json()]
+        assert recent in ids and old not in ids  # 30 days by default (SEGSEARCH_JOB_RETENTION_DAYS)
