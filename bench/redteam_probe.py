@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,16 +66,8 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [args.python, "-m", "segsearch", "serve", "--port", str(port)],
-        env={**env, "SEGSEARCH_ROOTS": json.dumps([str(root)])},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    from serving import running_server  # bench/, this script's folder
+
     out: list[dict] = []
 
     def note(finding: str, **what) -> None:
@@ -93,94 +84,81 @@ def main() -> None:
             time.sleep(0.1)
         return c.get(f"/v1/jobs/{job_id}").json(), time.monotonic() - t0
 
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit("server did not start")
-            time.sleep(0.3)
-        with httpx.Client(base_url=base, timeout=60) as c:
-            note("startup")
-            secret = str(private / f"scene-{DEMO_SEEDS[2]}.png")
-            r = c.post("/v1/jobs/index", json={"paths": ["/etc/passwd", secret]})
-            note("job naming /etc/passwd and a photo outside the root", status=r.status_code)
-            if r.status_code == 202:
-                job, _ = wait_job(c, r.json()["job_id"], 60)
-                note("... and then served", indexed=(job.get("summary") or {}).get("indexed"))
-            r = c.get("/v1/stats", headers={"Host": "attacker.example"})
-            note("foreign Host header (DNS rebinding)", status=r.status_code)
-            r = c.post(
-                "/v1/jobs/repair",
-                content="a=1",
-                headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"},
-            )
-            note("cross-site form post to /v1/jobs/repair", status=r.status_code)
-            r = c.post(
-                "/v1/search",
-                content='{"text": "x", "filters": {"tags": ["\\udcff"]}}',
-                headers={"Content-Type": "application/json"},
-            )
-            note("lone surrogate in filters.tags", status=r.status_code)
-            try:
-                docs = c.get("/docs").text
-                note("/docs assets from a CDN", cdn_urls=docs.count("https://"))
-            except httpx.HTTPError as exc:
-                note("/docs assets from a CDN", error=f"{type(exc).__name__}: {exc}", alive=server.poll() is None)
+    server_env = {**env, "SEGSEARCH_ROOTS": json.dumps([str(root)])}
+    with running_server(server_env, python=args.python) as (server, base), httpx.Client(base_url=base, timeout=60) as c:
+        note("startup")
+        secret = str(private / f"scene-{DEMO_SEEDS[2]}.png")
+        r = c.post("/v1/jobs/index", json={"paths": ["/etc/passwd", secret]})
+        note("job naming /etc/passwd and a photo outside the root", status=r.status_code)
+        if r.status_code == 202:
+            job, _ = wait_job(c, r.json()["job_id"], 60)
+            note("... and then served", indexed=(job.get("summary") or {}).get("indexed"))
+        r = c.get("/v1/stats", headers={"Host": "attacker.example"})
+        note("foreign Host header (DNS rebinding)", status=r.status_code)
+        r = c.post(
+            "/v1/jobs/repair",
+            content="a=1",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"},
+        )
+        note("cross-site form post to /v1/jobs/repair", status=r.status_code)
+        r = c.post(
+            "/v1/search",
+            content='{"text": "x", "filters": {"tags": ["\\udcff"]}}',
+            headers={"Content-Type": "application/json"},
+        )
+        note("lone surrogate in filters.tags", status=r.status_code)
+        try:
+            docs = c.get("/docs").text
+            note("/docs assets from a CDN", cdn_urls=docs.count("https://"))
+        except httpx.HTTPError as exc:
+            note("/docs assets from a CDN", error=f"{type(exc).__name__}: {exc}", alive=server.poll() is None)
 
-            loop = root / "loop"
-            loop.mkdir()
-            (loop / "a").symlink_to(loop)
-            (loop / "b").symlink_to(loop)  # two ways back in: the followed walk doubles per level
-            r = c.post("/v1/jobs/index", json={"paths": [str(loop) + "/**"]})
-            if r.status_code == 202:
-                job, took = wait_job(c, r.json()["job_id"], 20)
-                note("symlink loop under the root as a '**' glob", status=job["status"], seconds=round(took, 1))
-                if job["status"] in ("queued", "running"):
-                    t0 = time.monotonic()
-                    c.delete(f"/v1/jobs/{job['job_id']}")
-                    job, _ = wait_job(c, job["job_id"], 15)
-                    note("... DELETE of it", status=job["status"], seconds=round(time.monotonic() - t0, 1))
-            else:
-                note("symlink loop under the root as a '**' glob", status=r.status_code)
-            for p in (loop / "a", loop / "b"):
-                p.unlink()
-            loop.rmdir()
+        loop = root / "loop"
+        loop.mkdir()
+        (loop / "a").symlink_to(loop)
+        (loop / "b").symlink_to(loop)  # two ways back in: the followed walk doubles per level
+        r = c.post("/v1/jobs/index", json={"paths": [str(loop) + "/**"]})
+        if r.status_code == 202:
+            job, took = wait_job(c, r.json()["job_id"], 20)
+            note("symlink loop under the root as a '**' glob", status=job["status"], seconds=round(took, 1))
+            if job["status"] in ("queued", "running"):
+                t0 = time.monotonic()
+                c.delete(f"/v1/jobs/{job['job_id']}")
+                job, _ = wait_job(c, job["job_id"], 15)
+                note("... DELETE of it", status=job["status"], seconds=round(time.monotonic() - t0, 1))
+        else:
+            note("symlink loop under the root as a '**' glob", status=r.status_code)
+        for p in (loop / "a", loop / "b"):
+            p.unlink()
+        loop.rmdir()
 
-            for i in range(2):  # two 1 GiB files named as photos
-                with open(root / f"big{i}.png", "wb") as f:
-                    f.truncate(1 << 30)
-            before = rss_mib(server.pid)
-            r = c.post("/v1/jobs/index", json={"paths": [str(root / "big0.png"), str(root / "big1.png")]})
-            if r.status_code == 202:
-                job, took = wait_job(c, r.json()["job_id"], 120)
-                note(
-                    "two 1 GiB files",
-                    status=job["status"],
-                    seconds=round(took, 1),
-                    rss_growth_mib=round(rss_mib(server.pid) - before),
-                )
-            for i in range(2):
-                (root / f"big{i}.png").unlink()
-
-            odd = os.path.join(os.fsencode(root), b"z-caf\xe9.png")
-            with open(odd, "wb") as f:
-                f.write((root / f"scene-{DEMO_SEEDS[0]}.png").read_bytes() + b"\0")
-            r = c.post("/v1/jobs/index", json={"paths": [str(root)]})
-            job, _ = wait_job(c, r.json()["job_id"], 120) if r.status_code == 202 else ({}, 0)
+        for i in range(2):  # two 1 GiB files named as photos
+            with open(root / f"big{i}.png", "wb") as f:
+                f.truncate(1 << 30)
+        before = rss_mib(server.pid)
+        r = c.post("/v1/jobs/index", json={"paths": [str(root / "big0.png"), str(root / "big1.png")]})
+        if r.status_code == 202:
+            job, took = wait_job(c, r.json()["job_id"], 120)
             note(
-                "a folder holding a non-UTF-8 file name",
-                status=job.get("status"),
-                indexed=(job.get("summary") or {}).get("indexed"),
-                error=(job.get("error") or "")[:80] or None,
+                "two 1 GiB files",
+                status=job["status"],
+                seconds=round(took, 1),
+                rss_growth_mib=round(rss_mib(server.pid) - before),
             )
-    finally:
-        server.terminate()
-        server.wait(30)
+        for i in range(2):
+            (root / f"big{i}.png").unlink()
+
+        odd = os.path.join(os.fsencode(root), b"z-caf\xe9.png")
+        with open(odd, "wb") as f:
+            f.write((root / f"scene-{DEMO_SEEDS[0]}.png").read_bytes() + b"\0")
+        r = c.post("/v1/jobs/index", json={"paths": [str(root)]})
+        job, _ = wait_job(c, r.json()["job_id"], 120) if r.status_code == 202 else ({}, 0)
+        note(
+            "a folder holding a non-UTF-8 file name",
+            status=job.get("status"),
+            indexed=(job.get("summary") or {}).get("indexed"),
+            error=(job.get("error") or "")[:80] or None,
+        )
     if args.json:
         print(json.dumps(out))
 

@@ -16,19 +16,10 @@ import argparse
 import json
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build(work: Path) -> Path:
@@ -97,23 +88,10 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segsearch-bench-abuse-"))
     data = work / "data" if (work / "data").exists() else build(work)
-    port = free_port()
-    env = dict(os.environ, SEGSEARCH_DATA=str(data), SEGSEARCH_OFFLINE="1", SEGSEARCH_PORT=str(port))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "segsearch", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit("server did not start")
-            time.sleep(0.3)
+    from serving import running_server  # bench/, this script's folder
+
+    env = dict(os.environ, SEGSEARCH_DATA=str(data), SEGSEARCH_OFFLINE="1")
+    with running_server(env) as (_server, base):
         with httpx.Client(base_url=base, timeout=60) as c:
             hits = c.post("/v1/search", json={"text": "red circle", "top_k": 50, "filters": {"kind": "object"}})
             crops = [h["urls"]["crop"] for h in hits.json()["hits"]]
@@ -194,9 +172,6 @@ def main() -> None:
                 )
             print("abusive clients got:", json.dumps(load["abusers"], sort_keys=True))
             print(f"p95 under load / idle: healthz {result['healthz_p95_ratio']}x, crop {result['crop_p95_ratio']}x")
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 if __name__ == "__main__":

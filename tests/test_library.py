@@ -7,6 +7,7 @@ import pytest
 import tiny
 from conftest import png_bytes, scene, write
 from fastapi.testclient import TestClient
+from live_server import wait_job
 from typer.testing import CliRunner
 
 from segsearch.settings import Settings
@@ -132,15 +133,6 @@ def served(tmp_path, tiny_embedder, tiny_sam):
     assert services.settings.clip == "clip-test-tiny" and services.settings.sam == "sam-test-tiny"
     yield services
     services.close()
-
-
-def wait_job(c, job_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = c.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
 
 
 def test_index_jobs_on_a_running_server(tmp_path, served):

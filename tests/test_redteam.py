@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import png_bytes, scene
-from live_server import serve
+from live_server import serve, wait_job
 
 from segsearch.eval.shapes import DEMO_SEEDS, SHAPES_AMG
 from segsearch.settings import Settings
@@ -66,15 +66,6 @@ def _client(base, key=None):
     return httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": key} if key else {})
 
 
-def _wait(c, job_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = c.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
-
-
 def test_the_read_key_cannot_index_and_no_key_reaches_outside_the_roots(keyed, world):
     with _client(keyed, READ) as reader, _client(keyed, ADMIN) as admin:
         assert reader.post("/v1/search", json={"text": "red circle"}).status_code == 200
@@ -106,7 +97,7 @@ def test_the_read_key_cannot_index_and_no_key_reaches_outside_the_roots(keyed, w
         try:
             assert admin.post("/v1/jobs/index", json={"paths": ["link.png"]}).status_code == 422
             job = admin.post("/v1/jobs/index", json={"paths": ["."]}).json()  # the folder: link skipped
-            done = _wait(admin, job["job_id"])
+            done = wait_job(admin, job["job_id"])
             assert done["status"] == "completed" and done["summary"]["indexed"] == 0, done
             assert done["progress"]["files_total"] == 2
         finally:
@@ -128,7 +119,7 @@ def test_a_symlink_loop_under_a_root_ends_at_once_and_cancel_stops_within_a_seco
         with _client(keyed, ADMIN) as c:
             t0 = time.monotonic()
             job = c.post("/v1/jobs/index", json={"paths": ["loop/**"]}).json()
-            done = _wait(c, job["job_id"], timeout=10)
+            done = wait_job(c, job["job_id"], timeout=10)
             assert done["status"] == "completed" and time.monotonic() - t0 < 10, done
             # cancel a running job: it stops within a second and stays cancelled
             job = c.post("/v1/jobs/index", json={"paths": ["many"]}).json()
@@ -177,7 +168,7 @@ def test_bodies_that_cannot_be_stored_are_422_and_big_files_fail_unread(keyed, w
             f.truncate(200 << 20)
         try:
             job = c.post("/v1/jobs/index", json={"paths": ["huge.png"]}).json()
-            done = _wait(c, job["job_id"])
+            done = wait_job(c, job["job_id"])
             assert done["summary"]["failed"] == 1
             assert "above the photo cap" in done["summary"]["failures"][0]["error"]
         finally:
@@ -188,7 +179,7 @@ def test_bodies_that_cannot_be_stored_are_422_and_big_files_fail_unread(keyed, w
             f.write(png_bytes(scene(color=(30, 200, 30))))
         try:
             job = c.post("/v1/jobs/index", json={"paths": ["."]}).json()
-            done = _wait(c, job["job_id"])
+            done = wait_job(c, job["job_id"])
             assert done["status"] == "completed" and done["summary"]["indexed"] == 1, done
             hits = c.post("/v1/search", json={"text": "x", "top_k": 200}).json()["hits"]
             assert any(h["image_path"].endswith("z-caf\\xe9.png") for h in hits)

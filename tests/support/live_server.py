@@ -54,6 +54,16 @@ def serve(env: dict, *args: str, ready: bool = True, timeout: float = 90):
             proc.kill()
 
 
+def wait_job(client, job_id: str, timeout: float = 120):
+    """Poll ``GET /v1/jobs/{id}`` (any httpx or TestClient) until the job ends or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
