@@ -188,7 +188,7 @@ class QueryGateMiddleware:
             return await self.app(scope, receive, send)
         pool = None
         if path == "/v1/search/scene":
-            pool = services.work
+            pool = services.scene_work
         elif path.endswith("/image.jpg") and b"t=" in scope.get("query_string", b""):
             pool = services.video_work
         if pool is not None and pool.saturated():

@@ -44,7 +44,7 @@ def search_scene(body: schemas.SceneRequest, services: ServicesDep):
     """Images holding every object in the relations given, each with the segment chosen per object."""
     rels = [Relation(r.subject, r.predicate, r.object) for r in body.relations]
     check_relations(len(body.objects), rels)  # before any model work
-    with services.work.slot():  # a scene query can cost a second of CPU: it takes a slot like any heavy work
+    with services.scene_work.slot():  # a scene query can cost a second of CPU: a slot of its own pool
         vectors = [object_vector(services, o) for o in body.objects]
         page = SceneSearcher(services.catalog, services.vectors, services.collection).search(
             vectors, rels, flt=body.filters.to_filter(), top_k=body.top_k, offset=body.offset

@@ -40,11 +40,12 @@ class Services:
         self.model_lock = threading.Lock()  # one shared model instance; torch calls serialised
         self._segmenter: PromptSegmenter | None = None
         self.work = WorkSlots(settings.max_concurrent_work, settings.max_queued_work, settings.request_timeout_s)
-        # Video frames decode for seconds each: they get their own, smaller pool, so many of them
-        # cannot take every slot from crops, overlays and searches
-        self.video_work = WorkSlots(
-            max(1, settings.max_concurrent_work // 2), max(1, settings.max_queued_work // 4), settings.request_timeout_s
-        )
+        # Video frames (seconds of decoding each) and scene queries (up to a second of CPU each) get
+        # pools of their own, half the size: however many clients loop on them, crops, overlays and
+        # plain searches keep their slots, and a core stays free for the event loop
+        half, quarter = max(1, settings.max_concurrent_work // 2), max(1, settings.max_queued_work // 4)
+        self.video_work = WorkSlots(half, quarter, settings.request_timeout_s)
+        self.scene_work = WorkSlots(half, quarter, settings.request_timeout_s)
         self.renders = ByteLRU(settings.render_cache_bytes)
         self.roots = Roots.of(settings.roots)  # where jobs posted over HTTP may index (segsearch.roots)
         self.ready = False
