@@ -136,19 +136,8 @@ def create_app(
         if watcher is not None and watcher.last_error:
             body["watch_error"] = watcher.last_error
         if not ok:
-            body["problem"] = (
-                svc.load_error
-                or (
-                    f"the folder watcher stopped: {watcher.last_error}"
-                    if watcher is not None and not watcher.alive
-                    else None
-                )
-                or (
-                    "models are loading"
-                    if not svc.ready
-                    else "a store is unreachable: " + ", ".join(k for k, v in checks.items() if not v)
-                )
-            )
+            failed = ", ".join(k for k, v in checks.items() if not v)
+            body["problem"] = svc.load_error or ("models are loading" if not svc.ready else f"not working: {failed}")
         return JSONResponse(body, status_code=200 if ok else 503)
 
     for path, fn in (("/healthz", healthz), ("/readyz", readyz)):  # monitors often probe with HEAD
@@ -174,9 +163,9 @@ BUSY_HOLD_S = 1.0
 
 class QueryGateMiddleware:
     """Counts search requests in flight, so a running index job yields to them (``api.jobs``), and
-    turns away a scene query or a video frame at once (503) when its work pool is saturated:
-    clients retrying in a loop then cost the event loop a header check, not a worker thread and
-    a parsed body each."""
+    turns away a scene query or a video frame (503 after ``BUSY_HOLD_S``) when its work pool is
+    saturated: clients retrying in a loop then cost the event loop a header check and a timer,
+    not a worker thread and a parsed body each."""
 
     def __init__(self, app):
         self.app = app
