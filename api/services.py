@@ -43,7 +43,7 @@ class Services:
         # Video frames (seconds of decoding each) and scene queries (up to a second of CPU each) get
         # pools of their own, half the size: however many clients loop on them, crops, overlays and
         # plain searches keep their slots, and a core stays free for the event loop
-        half, quarter = max(1, settings.max_concurrent_work // 2), max(1, settings.max_queued_work // 4)
+        half, quarter = max(1, settings.max_concurrent_work // 2), settings.max_queued_work // 4
         self.video_work = WorkSlots(half, quarter, settings.request_timeout_s)
         self.scene_work = WorkSlots(half, quarter, settings.request_timeout_s)
         self.renders = ByteLRU(settings.render_cache_bytes)

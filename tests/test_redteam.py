@@ -323,3 +323,36 @@ def test_video_caps_hold_against_the_frames_not_the_header(tmp_path):
     assert "1,000,000 pixels" in reasons["liar.avi"]
     assert "frames per second" in reasons["fast.avi"]
     assert time.monotonic() - t0 < 60
+
+
+def test_looping_clients_on_costly_routes_get_503_and_the_rest_stays_quick(world):
+    """Scene queries take a work slot of their own pool; when it is saturated the answer is a
+    503 with Retry-After (after a short pause, off every worker thread), and /healthz and
+    crops do not wait on it."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from segsearch.api.app import create_app
+    from segsearch.api.services import Services
+
+    shutil.copytree(world / "data", world / "data-slots")
+    s = Settings(data=world / "data-slots", max_concurrent_work=2, max_queued_work=0)
+    services = Services(s)
+    query = {"objects": [{"text": "red circle"}, {"text": "blue square"}], "top_k": 5}
+    try:
+        with TestClient(base_url="http://127.0.0.1", app=create_app(s, services=services)) as c:
+            assert c.post("/v1/search/scene", json=query).status_code == 200
+            crop = c.post("/v1/search", json={"text": "red", "filters": {"kind": "object"}}).json()["hits"][0]
+            with services.scene_work.slot():  # every scene slot busy, no queue
+                t0 = time.monotonic()
+                r = c.post("/v1/search/scene", json=query)
+                assert r.status_code == 503 and r.headers["retry-after"] and time.monotonic() - t0 < 5
+                assert r.headers["content-type"] == "application/problem+json"
+                t0 = time.monotonic()
+                assert c.get("/healthz").status_code == 200
+                assert c.get(crop["urls"]["crop"]).status_code == 200  # the general pool is free
+                assert time.monotonic() - t0 < 2
+            assert c.post("/v1/search/scene", json=query).status_code == 200
+    finally:
+        services.close()
