@@ -7,8 +7,6 @@ import os
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from segsearch.roots import OutsideRoots
-
 from segsearch.api import schemas
 from segsearch.api.deps import ServicesDep, is_owner, require_admin
 from segsearch.api.errors import ProblemError
@@ -40,18 +38,15 @@ def submit_index_job(body: schemas.IndexJobRequest, request: Request, services: 
         raise ProblemError(
             422, "Invalid request", f"{len(body.paths):,} paths; a job takes at most {s.max_job_paths:,}"
         )
-    if is_owner(request):  # the CLI of the data directory's owner: paths as that user sees them
-        missing = services.library.missing_inputs(body.paths)
-        if missing or any(not os.path.isabs(p) for p in body.paths):
-            bad = missing[0] if missing else next(p for p in body.paths if not os.path.isabs(p))
+    owner = is_owner(request)
+    if owner:  # the CLI of the data directory's owner: absolute paths as that user sees them
+        missing = set(services.library.missing_inputs(body.paths))
+        bad = next((p for p in body.paths if p in missing or not os.path.isabs(p)), None)
+        if bad is not None:
             raise ProblemError(422, "Invalid request", f"no such file, folder or glob match on the server: {bad}")
-        paths, owner = list(body.paths), True
-    else:
-        roots = services.roots
-        try:
-            paths, owner = [roots.resolve(p) for p in body.paths], False
-        except OutsideRoots as exc:
-            raise ProblemError(422, "Invalid request", str(exc)) from None
+        paths = list(body.paths)
+    else:  # outside the roots or missing: segsearch.roots.OutsideRoots, a QueryError (422)
+        paths = [services.roots.resolve(p) for p in body.paths]
     job = services.jobs.submit("index", {"paths": paths, "force": body.force, "owner": owner})
     return JSONResponse(
         schemas.Job(**job).model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{job['job_id']}"}

@@ -57,14 +57,12 @@ def gone_under(catalog, folders) -> list[str]:
 
 
 def displayable(value):
-    """A stored request with file names that are not valid UTF-8 shown escaped (``caf\\xe9.png``):
-    they are kept losslessly in SQL, but JSON answers must be valid Unicode."""
+    """A stored request with file names that are not valid UTF-8 shown escaped (``caf\\xe9.png``,
+    ``segsearch.paths.stored``): they are kept losslessly in SQL, but JSON answers must be valid Unicode."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        from segsearch.paths import stored
+
+        return stored(value)
     if isinstance(value, list):
         return [displayable(v) for v in value]
     if isinstance(value, dict):

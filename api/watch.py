@@ -10,7 +10,8 @@ arrived before the watch on it was in place.
 The watch follows the same rule as the start-up scan (``indexer.discover``): symlinked folders are
 not followed, so an event under one is ignored. One bad event (a name that is not valid UTF-8, a
 file gone while it was looked at) is logged and skipped; the watcher goes on. If the watch itself
-dies, ``/readyz`` says so (``checks.watch``) with the reason.
+fails it is started again with a rescan; ``/readyz`` shows the last error (``watch_error``) and
+whether the watcher thread lives (``checks.watch``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,6 @@ class Watcher:
         self.folders = [str(Path(f).expanduser().resolve()) for f in folders]
         self._stop = threading.Event()
         self.last_error: str | None = None
-        self.skipped_events = 0
-        self.restarts = 0
         self._thread = threading.Thread(target=self._run, name="segsearch-watch", daemon=True)
 
     def start(self) -> None:
@@ -95,7 +94,6 @@ class Watcher:
             except Exception as exc:  # noqa: BLE001 - restarted below; /readyz shows the last error
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self.restarts += 1
                 log.warning("watch: restarting after %s (a rescan follows)", self.last_error)
                 if self._stop.wait(min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** min(failures - 1, 8))):
                     return
@@ -124,7 +122,6 @@ class Watcher:
             try:
                 self._handle(changes, Change)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not end the watch
-                self.skipped_events += len(changes)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("watch: a batch of %d changes was skipped", len(changes))
 

@@ -78,8 +78,7 @@ def discover(inputs: Iterable[str | Path], bounds: Bounds | None = None) -> Iter
     bounds.start()
     seen: set[Path] = set()
     for raw in inputs:
-        raw = os.fspath(raw)
-        raw = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+        raw = os.fsdecode(raw)  # str, bytes or a Path
         p = Path(os.path.abspath(os.path.expanduser(raw)))
         if p.is_dir():
             candidates: Iterable[Path] = _walk(p, bounds)

@@ -17,7 +17,7 @@ OUTLINE = np.array([255, 255, 255], np.float32)
 
 
 @lru_cache(maxsize=8)
-def source_rgb(path: str, max_pixels: int, _mtime_ns: int, max_bytes: int = 256 << 20) -> np.ndarray:
+def source_rgb(path: str, max_pixels: int, _mtime_ns: int, max_bytes: int) -> np.ndarray:
     from segsearch.errors import ImageError
 
     with open(path, "rb") as f:
