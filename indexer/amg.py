@@ -41,6 +41,8 @@ class ReferenceAMG:
         from segsearch.models.sam import fit_feature_sizes, is_sam2
 
         params = family_params(sam, params)  # (also when built directly, not by make_mask_generator)
+        params.pop("prompts", None)  # the official generators decode the whole grid
+        params.pop("prompt_similarity", None)
         self.params = params
         self.sam2 = is_sam2(sam)
         if self.sam2:

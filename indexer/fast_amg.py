@@ -70,6 +70,8 @@ class FastAMG(BoxBounds):
         min_mask_region_area: int = 0,
         decode_batch: int | None = None,
         autocast: bool | None = None,
+        prompts: str = "grid",
+        prompt_similarity: float | None = None,
     ):
         """The reference generator's parameters (``points_per_batch`` is accepted for the same
         signature; the decoder batch is ``decode_batch``, see :func:`_decode_batch`)."""
@@ -92,6 +94,11 @@ class FastAMG(BoxBounds):
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.autocast = (device.type == "cuda") if autocast is None else autocast
+        self.prompts = prompts  # "grid": every grid point; "adaptive": coarse to fine (indexer/prompts.py)
+        from segsearch.indexer.prompts import SIMILARITY
+
+        self.prompt_similarity = SIMILARITY if prompt_similarity is None else prompt_similarity
+        self.prompts_decoded = 0  # prompts decoded by the last generate()
         self.timings: dict[str, float] = {}
 
     # --- public -------------------------------------------------------------------------------
@@ -101,6 +108,7 @@ class FastAMG(BoxBounds):
         from torchvision.ops.boxes import batched_nms, box_area
 
         self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
+        self.prompts_decoded = 0
         orig_size = rgb.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         data = MaskData()
@@ -146,23 +154,31 @@ class FastAMG(BoxBounds):
             decoder = GridDecoder(sam, pred.features, needed=self._needed_low_res(pred.features))
         batch = self.decode_batch or _decode_batch(pred.features)
         screen_s = []
+        frame = pred.transform.apply_coords(points, crop_size)  # (x, y) in the encoder's input frame
+        selector = self._selector(frame, pred.features)
 
-        def work(i):
-            p = points[i : i + batch]
-            coords = torch.as_tensor(pred.transform.apply_coords(p, crop_size), dtype=torch.float, device=pred.device)
-            labels = torch.ones(len(p), 1, dtype=torch.int, device=pred.device)
+        def work(args):
+            ids = args
+            coords = torch.as_tensor(frame[ids], dtype=torch.float, device=pred.device)
+            labels = torch.ones(len(ids), 1, dtype=torch.int, device=pred.device)
             with torch.inference_mode(), self._autocast():
                 sparse, _ = sam.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
                 # only the masks above the predicted-IoU threshold come back
-                low, iou = decoder.candidates(sparse, self.pred_iou_thresh)
+                low, iou, prompt = decoder.candidates(sparse, self.pred_iou_thresh, with_prompts=True)
                 ts = time.perf_counter()
-                part = self._screen(low.float(), iou.float(), crop_size)
+                part = self._screen(low.float(), iou.float(), crop_size, torch.as_tensor(ids)[prompt.cpu()])
             screen_s.append(time.perf_counter() - ts)
             return part
 
-        starts = range(0, len(points), batch)
-        workers = _batch_workers(pred.device, len(starts))
-        parts = _map_single_threaded(work, starts, workers) if workers > 1 else [work(i) for i in starts]
+        parts, workers = [], 1
+        for idx in selector.levels():  # the whole grid, or coarse to fine (indexer/prompts.py)
+            chunks = [idx[i : i + batch] for i in range(0, len(idx), batch)]
+            workers = _batch_workers(pred.device, len(chunks))
+            level = _map_single_threaded(work, chunks, workers) if workers > 1 else [work(c) for c in chunks]
+            for part in level:
+                selector.observe(part["prompt"], part["low"])
+            parts += level
+        self.prompts_decoded += int(selector.decoded.sum())
         t2 = time.perf_counter()
         screen = sum(screen_s) / workers  # (the screening runs in the decoder's workers)
         self.timings["decoder"] += t2 - t1 - screen
@@ -187,7 +203,15 @@ class FastAMG(BoxBounds):
             out.append(min(n_low, int(h[:n_in].max()) + 3))
         return tuple(out)
 
-    def _screen(self, low, iou, crop_size) -> dict:
+    def _selector(self, frame, features):
+        """The prompt selection for one crop's grid (``frame``: its points in the input frame,
+        which is the top left of the padded square the embedding covers)."""
+        from segsearch.indexer.prompts import selector_for
+
+        img = self.sam.image_encoder.img_size
+        return selector_for(frame / img, features[0], self.prompts, self.prompt_similarity, self.sam.mask_threshold)
+
+    def _screen(self, low, iou, crop_size, prompt) -> dict:
         """One decoder batch's candidates, while their logits are in cache: the low-resolution
         stability estimate (candidates surely below the threshold are dropped, as the reference
         drops them) and the inner and outer box bounds NMS decides with."""
@@ -203,10 +227,11 @@ class FastAMG(BoxBounds):
         if self.stability_score_thresh > 0:
             keep = est > self.stability_score_thresh - self.LOW_RES_ERR
             if not bool(keep.all()):
-                low, iou, est = low[keep], iou[keep], est[keep]
+                low, iou, est, prompt = low[keep], iou[keep], est[keep], prompt[keep.cpu()]
         host = low.cpu()  # (the bounds and NMS decisions run on the CPU)
         return {
             "low": low,
+            "prompt": prompt,
             "iou_preds": iou,
             "est": est,
             "outer": self._outer_boxes(host, crop_size).double(),
@@ -236,7 +261,7 @@ class FastAMG(BoxBounds):
         stable = _LazyStability(self, rows, data["est"], crop_size)
         bounds = data["outer"].numpy(), data["inner"].numpy()
         keep = self._nms(rows, data["iou_preds"].cpu(), bounds, crop_box, orig_size, crop_size, stable)
-        for k in ("est", "outer", "inner"):
+        for k in ("est", "outer", "inner", "prompt"):
             del data[k]
         data.filter(keep)
         if len(keep) == 0:

@@ -56,6 +56,8 @@ class FastAMG2:
         crop_n_points_downscale_factor: int = 1,
         min_mask_region_area: int = 0,
         multimask_output: bool = True,
+        prompts: str = "grid",
+        prompt_similarity: float | None = None,
     ):
         """``SAM2AutomaticMaskGenerator``'s parameters (``use_m2m`` is not supported)."""
         from sam2.utils.amg import build_all_layer_point_grids
@@ -76,6 +78,11 @@ class FastAMG2:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.multimask_output = multimask_output
+        from segsearch.indexer.prompts import SIMILARITY
+
+        self.prompts = prompts  # "grid": every grid point; "adaptive": coarse to fine (indexer/prompts.py)
+        self.prompt_similarity = SIMILARITY if prompt_similarity is None else prompt_similarity
+        self.prompts_decoded = 0  # prompts decoded by the last generate()
         self.timings: dict[str, float] = {}
 
     def generate(self, rgb: np.ndarray) -> MaskSet:
@@ -86,6 +93,7 @@ class FastAMG2:
         from segsearch.indexer.amg import clean_small_regions, masks_from_data
 
         self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
+        self.prompts_decoded = 0
         orig_size = rgb.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         data = MaskData()
@@ -133,11 +141,18 @@ class FastAMG2:
         # the decoder batch is a speed knob only (see fast_amg._decode_batch); without the grid
         # decoder (single-mask output) the reference's points_per_batch
         batch = _decode_batch(pred._features["image_embed"]) if grid is not None else self.points_per_batch
-        for i in range(0, len(points), batch):
-            low, iou = self._decode(points[i : i + batch], crop_size, grid)
-            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-            lows.append(low[keep])
-            ious.append(iou[keep])
+        selector = self._selector(points, crop_size)
+        for idx in selector.levels():  # the whole grid, or coarse to fine (indexer/prompts.py)
+            for i in range(0, len(idx), batch):
+                ids = idx[i : i + batch]
+                low, iou, prompt = self._decode(points[ids], crop_size, grid)
+                keep = (
+                    iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+                )
+                lows.append(low[keep])
+                ious.append(iou[keep])
+                selector.observe(torch.as_tensor(ids)[prompt[keep].cpu()], lows[-1])
+        self.prompts_decoded += int(selector.decoded.sum())
         t2 = time.perf_counter()
         self.timings["decoder"] += t2 - t1
         data = self._full_resolution(torch.cat(lows), torch.cat(ious), crop_box, crop_size, orig_size)
@@ -155,6 +170,16 @@ class FastAMG2:
         self.timings["postprocess"] += time.perf_counter() - t2
         return data if len(data["rles"]) else MaskData()
 
+    def _selector(self, points, crop_size):
+        """The prompt selection for one crop's grid: SAM 2 resizes the crop to the square the
+        embedding covers, so a point's place there is its share of each side."""
+        from segsearch.indexer.prompts import selector_for
+
+        feats = self.predictor._features["image_embed"][-1]
+        mode = self.prompts if self.multimask_output else "grid"  # (single-mask output: the whole grid)
+        share = points / np.array(crop_size[::-1], float)
+        return selector_for(share, feats, mode, self.prompt_similarity, self.mask_threshold)
+
     def _decode(self, points, crop_size, grid=None):
         """Grid prompts -> (low-res logits K x h x w, predicted IoU K), K = prompts x outputs: the
         predictor's ``_predict`` without its upsampling of every mask. With ``grid`` (a
@@ -168,8 +193,9 @@ class FastAMG2:
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=coords.device)
         sparse, dense = model.sam_prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
         if grid is not None:
-            low, iou, _ = grid(sparse, self.pred_iou_thresh)
-            return low.flatten(0, 1).float(), iou.flatten(0, 1).float()
+            low, iou, idx = grid(sparse, self.pred_iou_thresh)
+            prompt = idx.repeat_interleave(low.shape[1])
+            return low.flatten(0, 1).float(), iou.flatten(0, 1).float(), prompt
         feats = pred._features
         low, iou, _, _ = model.sam_mask_decoder(
             image_embeddings=feats["image_embed"][-1].unsqueeze(0),
@@ -180,7 +206,8 @@ class FastAMG2:
             repeat_image=len(coords) > 1,
             high_res_features=[f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
         )
-        return low.flatten(0, 1).float(), iou.flatten(0, 1).float()
+        prompt = torch.arange(len(coords), device=low.device).repeat_interleave(low.shape[1])
+        return low.flatten(0, 1).float(), iou.flatten(0, 1).float(), prompt
 
     def _full_resolution(self, low, iou, crop_box, crop_size, orig_size):
         """Stability filter, masks, boxes and RLEs for the IoU survivors of one crop."""

@@ -146,11 +146,11 @@ class GridDecoder:
             return iou.new_zeros((0, 3, h * 4, w * 4)), iou[:0], idx
         return self.upscaler(keys, self._hyper(queries, idx), idx), iou[idx], idx
 
-    def candidates(self, sparse, iou_thresh: float = 0.0):
+    def candidates(self, sparse, iou_thresh: float = 0.0, with_prompts: bool = False):
         """Per mask instead of per prompt: the multimask outputs whose own predicted IoU is
         > ``iou_thresh`` (all when it is <= 0), in (prompt, output) order, as the automatic mask
-        generator filters them: M x H x W logits and their M predicted IoUs. Only those masks are
-        written out."""
+        generator filters them: M x H x W logits and their M predicted IoUs (and, ``with_prompts``,
+        the M prompts, as row indices of ``sparse``). Only those masks are written out."""
         import torch
 
         queries, keys, iou = self._transformer(sparse)
@@ -158,9 +158,10 @@ class GridDecoder:
         idx = torch.nonzero(sel.any(dim=1)).flatten()
         h, w = self.hw
         if len(idx) == 0:
-            return iou.new_zeros((0, h * 4, w * 4)), iou.new_zeros(0)
-        masks = self.upscaler(keys, self._hyper(queries, idx), idx, sel[idx])
-        return masks, iou[sel]
+            out = iou.new_zeros((0, h * 4, w * 4)), iou.new_zeros(0)
+        else:
+            out = self.upscaler(keys, self._hyper(queries, idx), idx, sel[idx]), iou[sel]
+        return (*out, torch.nonzero(sel)[:, 0]) if with_prompts else out
 
 
 def _heads(x, n):

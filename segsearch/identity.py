@@ -18,6 +18,8 @@ def image_id(data: bytes) -> str:
 def pipeline_fingerprint(sam_fp: str, clip_fp: str, amg: dict, crop: dict) -> str:
     """Everything that changes what segments/vectors an image gets (not batch sizes)."""
     amg = {k: v for k, v in amg.items() if k != "points_per_batch"}
+    if amg.get("prompts", "grid") == "grid":  # every grid prompt, as before the setting existed:
+        amg.pop("prompts", None)  # libraries indexed then keep their fingerprints
     blob = json.dumps({"sam": sam_fp, "clip": clip_fp, "amg": amg, "crop": crop}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

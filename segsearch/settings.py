@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
     crop_n_layers: int = Field(0, ge=0)
     min_mask_region_area: int | None = Field(None, ge=0, description="Unset: the model's (Meta's: 0, no clean-up).")
+    prompts: Literal["grid", "adaptive"] = Field(
+        "adaptive",
+        description="Which grid prompts SAM decodes: adaptive (coarse to fine, skipping points a decoded "
+        "neighbour already explains; indexer/prompts.py) or grid (every point, as SAM's generator). "
+        "The reference engine always decodes the whole grid.",
+    )
 
     # --- crops ---------------------------------------------------------------------------
     crop_mode: CropMode = "masked"
@@ -291,6 +297,7 @@ class Settings(BaseSettings):
             "box_nms_thresh": self.box_nms_thresh,
             "crop_n_layers": self.crop_n_layers,
             "min_mask_region_area": self.min_mask_region_area,
+            "prompts": self.prompts,
         }
         if any(v is None for v in given.values()):
             from segsearch.models import get_sam_spec

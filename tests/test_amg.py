@@ -262,6 +262,9 @@ def test_at_sams_default_parameters_the_masks_are_the_reference_masks(shapes_sam
     where many candidates' scores sit near the threshold): the same masks, pixel for pixel, the
     same boxes and the same count as the official generator."""
     params = {k: Settings.model_fields[k].default for k in Settings().amg_params()}
+    params["prompts"] = (
+        "grid"  # every grid prompt, as the official generator decodes them (tests/test_prompts.py: adaptive)
+    )
     img = make_scene(HELDOUT_SEEDS[1], width=384, height=288).image
     a = ReferenceAMG(shapes_sam, **params).generate(img)
     b = make_mask_generator("fast", shapes_sam, **params).generate(img)

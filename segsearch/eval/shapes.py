@@ -231,6 +231,40 @@ def _nest(rng, chance, full_masks, labels, width, height) -> None:
             return
 
 
+def make_small_scene(
+    seed: int, *, width: int = 1024, height: int = 768, n_small: int = 18, small_px=(24, 40), nested: float = 0.0
+) -> Scene:
+    """A scene with many small shapes beside a few large ones: two shapes of 25–40% of the image's
+    side (``make_scene``'s, ``nested`` as there), then ``n_small`` shapes of ``small_px`` pixels
+    (at 1024 px wide; scaled with ``width``) where they fit: apart from each other, and on a large
+    shape only in another colour (a small object inside a large one). What a sparse prompt grid
+    misses: a 32 x 32 grid's points are 32 px apart at 1024 px."""
+    base = make_scene(seed, width=width, height=height, n_shapes=2, min_size=0.25, max_size=0.4, nested=nested)
+    rng = np.random.default_rng([seed, 2])
+    img, masks, labels = base.image.copy(), list(base.masks), list(base.labels)
+    scale = width / 1024
+    taken = np.zeros((height, width), bool)
+    small = []
+    for _ in range(n_small * 20):
+        if len(small) >= n_small:
+            break
+        size = rng.uniform(*small_px) * scale
+        cx, cy = rng.uniform(size, width - size), rng.uniform(size, height - size)
+        shape = ("circle", "square", "triangle", "star")[int(rng.integers(4))]
+        m = shape_mask(shape, cx, cy, size, rng.uniform(0, 2 * math.pi), width, height)
+        if m.sum() < 60 or (_dilate(m, 3) & taken).any():
+            continue
+        under = {labels[i][0] for i, big in enumerate(masks) if (_dilate(m, 2) & big).any()}
+        colour = [c for c in COLORS if c not in under][int(rng.integers(len(COLORS) - len(under)))]
+        img[m] = np.clip(np.array(COLORS[colour], float) + rng.integers(-14, 15, size=3), 0, 255)
+        taken |= m
+        small.append(m)
+        labels.append((colour, shape))
+    visible = [big & ~taken for big in masks] + small
+    keep = [i for i, v in enumerate(visible) if v.any()]
+    return Scene(img, np.stack([visible[i] for i in keep]), [labels[i] for i in keep], seed)
+
+
 # Disjoint seed ranges: what trains the models never evaluates them.
 TRAIN_SEEDS = range(0, 1_000_000)
 HELDOUT_SEEDS = range(10_000_000, 10_100_000)
