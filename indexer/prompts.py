@@ -105,7 +105,6 @@ class PromptSelector:
             e = embedding.detach().float().flatten(1).T  # h*w x C
             e = torch.nn.functional.normalize(e, dim=1)[torch.as_tensor(np.asarray(cells), dtype=torch.long)]
             self.emb = e.cpu().numpy()
-        self.skipped = 0
 
     def levels(self):
         """Index arrays of grid points to decode, level by level (call :meth:`observe` between)."""
@@ -133,7 +132,6 @@ class PromptSelector:
         sim = self.emb[idx] @ self.emb[done].T >= self.similarity
         stands_for = sim & (self.cover[done][:, idx].T | ~self.found[done][None, :])
         out = near.any(axis=1) & ~(near & ~stands_for).any(axis=1)
-        self.skipped += int(out.sum())
         return out
 
     def observe(self, prompts, low) -> None:
