@@ -87,7 +87,6 @@ class Planter:
         self.frames: dict = {}
 
     def install(self):
-        import torch
 
         from segsearch.indexer import grid_decoder
 
@@ -111,7 +110,7 @@ class Planter:
             picked = planter.local.picked
             for row, k in enumerate(idx.tolist()):
                 if picked[k]:
-                    low[row, 0] = torch.from_numpy((planter._frame(dec)[1][picked[k] - 1] - 0.5) * 40).to(low.dtype)
+                    low[row, 0] = planter.planted(dec, picked[k]).to(low.dtype)
             return low, iou, idx
 
         grid_decoder.GridDecoder._transformer = transformer
@@ -149,7 +148,7 @@ class Planter:
         import torch
 
         h, w = real.shape[-2:]
-        labels, _, _ = self._frame_for((h, w))
+        labels, _ = self._frame_for((h, w))
         cells = labels[2::4, 2::4][:h, :w]  # the label at each cell's centre (4 low-res px per cell)
         out = np.zeros((len(self.objects) + 1, h, w), np.float32)
         out[cells, np.arange(h)[:, None], np.arange(w)[None, :]] = 1
@@ -184,34 +183,32 @@ class Planter:
             full[:vh, :vw] = small
             logits.append(full)
             labels[full > 0.5] = k + 1
-        self.frames[hw] = (labels, logits, None)
+        self.frames[hw] = (labels, logits)
         return self.frames[hw]
 
     def ious(self, dec, b):
+        """The batch's planted IoUs (0.95 for the first output of a prompt on an object), and the
+        object under each prompt (0: background) recorded for :meth:`planted`."""
         import torch
 
-        labels, _, _ = self._frame(dec)
+        labels, _ = self._frame(dec)
+        lh, lw = labels.shape
         coords = self.local.coords[-b:]
+        self.local.picked = [int(labels[min(lh - 1, int(y / 4)), min(lw - 1, int(x / 4))]) for x, y in coords]
         out = torch.full((b, 3), 0.2)
-        lh = labels.shape[0]
-        for i, (x, y) in enumerate(coords):
-            r, c = min(lh - 1, int(y / 4)), min(labels.shape[1] - 1, int(x / 4))
-            if labels[r, c]:
-                out[i, 0] = 0.95
-        self.local.picked = [
-            int(labels[min(lh - 1, int(y / 4)), min(labels.shape[1] - 1, int(x / 4))]) for x, y in coords
-        ]
+        out[[i for i, k in enumerate(self.local.picked) if k], 0] = 0.95
         return out
+
+    def planted(self, dec, k: int):
+        """Object ``k``'s low-resolution logits (k >= 1): steep edges, so its masks are stable."""
+        import torch
+
+        return torch.from_numpy((self._frame(dec)[1][k - 1] - 0.5) * 40)
 
     def logits(self, dec, low, iou_thresh):
         import torch
 
-        _, objs, _ = self._frame(dec)
-        rows = []
-        for k in self.local.picked:
-            if k:
-                o = objs[k - 1]
-                rows.append(torch.from_numpy((o - 0.5) * 40))  # steep edges: stable masks
+        rows = [self.planted(dec, k) for k in self.local.picked if k]
         if not rows:
             return low
         planted = torch.stack(rows).to(low.dtype)

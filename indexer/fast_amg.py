@@ -157,8 +157,7 @@ class FastAMG(BoxBounds):
         frame = pred.transform.apply_coords(points, crop_size)  # (x, y) in the encoder's input frame
         selector = self._selector(frame, pred.features)
 
-        def work(args):
-            ids = args
+        def work(ids):
             coords = torch.as_tensor(frame[ids], dtype=torch.float, device=pred.device)
             labels = torch.ones(len(ids), 1, dtype=torch.int, device=pred.device)
             with torch.inference_mode(), self._autocast():

@@ -95,13 +95,16 @@ class PromptSelector:
 
         if mode not in PROMPT_MODES:
             raise ValueError(f"prompts must be one of {PROMPT_MODES}, not {mode!r}")
-        self.n, self.mode, self.similarity, self.threshold = n, mode, similarity, threshold
+        self.n, self.similarity, self.threshold = n, similarity, threshold
+        # the levels' grid steps; one level (the grid mode, or a grid too sparse to coarsen) is the
+        # whole grid, and then nothing is compared or recorded
+        self.strides = strides(n) if mode == "adaptive" else [1]
         p = n * n
         self.decoded = np.zeros(p, bool)
-        self.found = np.zeros(p, bool)  # decoded and produced at least one candidate
-        self.cover = np.zeros((p, p), bool) if mode == "adaptive" else None  # cover[q, p]: a mask of q covers p
-        self.low_rc = torch.as_tensor(np.asarray(low_rc), dtype=torch.long)
-        if mode == "adaptive":
+        if len(self.strides) > 1:
+            self.found = np.zeros(p, bool)  # decoded and produced at least one candidate
+            self.cover = np.zeros((p, p), bool)  # cover[q, p]: a mask of q covers p
+            self.low_rc = torch.as_tensor(np.asarray(low_rc), dtype=torch.long)
             e = embedding.detach().float().flatten(1).T  # h*w x C
             e = torch.nn.functional.normalize(e, dim=1)[torch.as_tensor(np.asarray(cells), dtype=torch.long)]
             self.emb = e.cpu().numpy()
@@ -110,14 +113,9 @@ class PromptSelector:
         """Index arrays of grid points to decode, level by level (call :meth:`observe` between)."""
         n = self.n
         ii, jj = np.divmod(np.arange(n * n), n)
-        if self.mode == "grid":
-            self.decoded[:] = True
-            yield np.arange(n * n)
-            return
-        for s in strides(n):
-            level = (ii % s == s // 2) & (jj % s == s // 2) & ~self.decoded
-            idx = np.flatnonzero(level)
-            if s != strides(n)[0]:
+        for level, s in enumerate(self.strides):
+            idx = np.flatnonzero((ii % s == s // 2) & (jj % s == s // 2) & ~self.decoded)
+            if level:
                 idx = idx[~self._explained(idx, ii, jj, 2 * s)]
             self.decoded[idx] = True
             if len(idx):
@@ -131,14 +129,13 @@ class PromptSelector:
         near = (np.abs(ii[idx, None] - ii[None, done]) <= radius) & (np.abs(jj[idx, None] - jj[None, done]) <= radius)
         sim = self.emb[idx] @ self.emb[done].T >= self.similarity
         stands_for = sim & (self.cover[done][:, idx].T | ~self.found[done][None, :])
-        out = near.any(axis=1) & ~(near & ~stands_for).any(axis=1)
-        return out
+        return near.any(axis=1) & ~(near & ~stands_for).any(axis=1)
 
     def observe(self, prompts, low) -> None:
         """A level's candidates: ``prompts`` (K grid indices) and their low-resolution logits (K x h x w)."""
         import torch
 
-        if self.cover is None or len(prompts) == 0:
+        if len(self.strides) == 1 or len(prompts) == 0:
             return
         prompts = torch.as_tensor(prompts, dtype=torch.long).cpu()
         r, c = self.low_rc[:, 0], self.low_rc[:, 1]
