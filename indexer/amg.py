@@ -20,20 +20,27 @@ class MaskGenerator(Protocol):
 
 
 def family_params(sam, params: dict) -> dict:
-    """``params`` with unset (None) values replaced by the model family's defaults."""
+    """``params`` with unset (None) values replaced by the model family's defaults (``mask_side`` is
+    not a generator's: the working resolution is applied around it, ``indexer/working.py``)."""
     from segsearch.models.registry import FAMILY_AMG_DEFAULTS
     from segsearch.models.sam import is_sam2
 
     defaults = FAMILY_AMG_DEFAULTS["sam2" if is_sam2(sam) else "sam1"]
-    return {k: (defaults.get(k) if v is None else v) for k, v in params.items() if v is not None or k in defaults}
+    return {
+        k: (defaults.get(k) if v is None else v)
+        for k, v in params.items()
+        if (v is not None or k in defaults) and k != "mask_side"
+    }
 
 
 class ReferenceAMG:
     """The official generator of the model's family: ``segment_anything.SamAutomaticMaskGenerator``
-    or ``sam2.SAM2AutomaticMaskGenerator``. For SAM 2 the small-region clean-up is segsearch's
-    (:func:`clean_small_regions`, SAM 1's algorithm): the package's own needs its CUDA extension for
-    one of its two steps and skips it without one, so ``min_mask_region_area`` would mean different
-    things on different machines."""
+    or ``sam2.SAM2AutomaticMaskGenerator``. The small-region clean-up runs after it, for both
+    families, as :func:`clean_small_regions` (SAM 1's own algorithm, so SAM 1's masks are its
+    generator's): SAM 2's package needs its CUDA extension for one of its two steps and skips it
+    without one, so ``min_mask_region_area`` would mean different things on different machines.
+    ``min_mask_region_area`` is an attribute read at each ``generate`` (the working resolution
+    scales it to the view, ``indexer/working.py``), as on the fast engines."""
 
     name = "reference"
 
@@ -45,12 +52,12 @@ class ReferenceAMG:
         params.pop("prompt_similarity", None)
         self.params = params
         self.sam2 = is_sam2(sam)
+        self.min_mask_region_area = params.get("min_mask_region_area", 0)
         if self.sam2:
             import warnings
 
             from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-            self.clean_area = params.get("min_mask_region_area", 0)
             with warnings.catch_warnings():  # (its transforms use the deprecated torch.jit.script)
                 warnings.simplefilter("ignore", FutureWarning)
                 self._amg = SAM2AutomaticMaskGenerator(
@@ -60,7 +67,9 @@ class ReferenceAMG:
         else:
             from segment_anything import SamAutomaticMaskGenerator
 
-            self._amg = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **params)
+            self._amg = SamAutomaticMaskGenerator(
+                sam, output_mode="binary_mask", **{**params, "min_mask_region_area": 0}
+            )
 
     def generate(self, rgb: np.ndarray) -> MaskSet:
         import torch
@@ -72,9 +81,9 @@ class ReferenceAMG:
         masks = np.stack([r["segmentation"] for r in records])
         iou = np.array([r["predicted_iou"] for r in records], np.float32)
         stab = np.array([r["stability_score"] for r in records], np.float32)
-        if self.sam2 and self.clean_area > 0:
+        if self.min_mask_region_area > 0:
             nms = max(self.params.get("box_nms_thresh", 0.7), self.params.get("crop_nms_thresh", 0.7))
-            masks, iou, stab = clean_small_regions(masks, iou, stab, self.clean_area, nms)
+            masks, iou, stab = clean_small_regions(masks, iou, stab, self.min_mask_region_area, nms)
         return MaskSet.from_masks(masks, iou, stab).sort_canonical()
 
 

@@ -51,6 +51,7 @@ from segsearch.indexer.reader import Look, Read, Reader, look
 from segsearch.indexer.results import Deferred, Outcome, RunSummary, StageTimes
 from segsearch.indexer.sam_procs import sam_workers, single_threaded
 from segsearch.indexer.videos import prepare_video
+from segsearch.indexer.working import generate_photo
 from segsearch.indexer.writer import Prepared, Writer, build_segments
 
 Record = Callable[[Outcome, Path], None]
@@ -370,7 +371,7 @@ class Indexer:
             self.models.guard()
         self.mark_pending(iid)
         t0 = time.perf_counter()
-        masks = mask_generator.generate(decoded.rgb)
+        masks = generate_photo(mask_generator, decoded.rgb, self.settings.mask_side)
         t1 = time.perf_counter()
         for stage, seconds in sam_stage_times(mask_generator, t1 - t0).items():
             self.times.add(stage, seconds)

@@ -72,6 +72,7 @@ class SamStage:
         from segsearch.images import decode_image
 
         from segsearch.indexer.amg import mask_generator_for
+        from segsearch.indexer.working import generate_photo
         from segsearch.indexer.writer import build_segments
 
         s = self.settings
@@ -83,7 +84,7 @@ class SamStage:
                 if image_id(data) != iid:
                     raise ImageError("the file changed while it was being indexed")
                 decoded = decode_image(data, max_pixels=s.max_image_pixels)
-                masks = mask_generator_for(self.models).generate(decoded.rgb)
+                masks = generate_photo(mask_generator_for(self.models), decoded.rgb, s.mask_side)
                 segments, crops = build_segments(iid, self.models.fingerprint, decoded, masks, s, self.image_size)
                 p = {
                     "width": decoded.width,

@@ -68,11 +68,12 @@ def _ready() -> bool:
 def _segment(iid: str, fingerprint: str, decoded) -> tuple:
     """One image in a worker: (segments, crops, stage seconds). Errors travel back as exceptions."""
     from segsearch.indexer.amg import sam_stage_times
+    from segsearch.indexer.working import generate_photo
     from segsearch.indexer.writer import build_segments
 
     gen = _STATE["gen"]
     t0 = time.perf_counter()
-    masks = gen.generate(decoded.rgb)
+    masks = generate_photo(gen, decoded.rgb, _STATE["settings"].mask_side)
     t1 = time.perf_counter()
     segments, crops = build_segments(iid, fingerprint, decoded, masks, _STATE["settings"], _STATE["image_size"])
     return segments, crops, {**sam_stage_times(gen, t1 - t0), "crops": time.perf_counter() - t1}

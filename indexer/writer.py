@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from segsearch.concepts import geometry, tag_rows
-from segsearch.crops import cut_crop, whole_image
+from segsearch.crops import cut_crop, square_box, whole_image
 from segsearch.errors import SegsearchError
 from segsearch.exif import PhotoMeta
 from segsearch.identity import segment_id
 from segsearch.images import DecodedImage
-from segsearch.masks import MaskSet, encode_rle
+from segsearch.masks import MaskSet, ScaledMask, encode_rle, upscaled_rle
 from segsearch.runtime import Models, Stores
 from segsearch.settings import Settings
 from segsearch.store.schema import SegmentRecord
@@ -24,6 +24,7 @@ from segsearch.store.vectors import VectorPoint, path_dirs
 from segsearch.video import VideoInfo
 
 from segsearch.indexer.results import Outcome, StageTimes
+from segsearch.indexer.working import VIEW_CROP_FACTOR, PhotoMasks
 
 
 @dataclass
@@ -54,20 +55,35 @@ class Prepared:
 
 
 def build_segments(
-    iid: str, fp: str, decoded: DecodedImage, masks: MaskSet, s: Settings, size: int
+    iid: str, fp: str, decoded: DecodedImage, masks: MaskSet | PhotoMasks, s: Settings, size: int
 ) -> tuple[list[SegmentRecord], list]:
-    """The crop stage: masks below ``min_segment_area`` dropped, then one record and one crop (PIL,
-    ``size`` square) per mask, and the whole image last. A plain function: the Ray engine runs it
-    in its actors."""
-    masks = masks.filter(masks.areas >= max(s.min_segment_area, 1))
+    """The crop stage: masks below ``min_segment_area`` (photo pixels) dropped, then one record and
+    one crop (PIL, ``size`` square) per mask, and the whole image last. ``masks``: in the photo's
+    pixels, or made on a working view (``indexer/working.py``). A plain function: the Ray engine
+    runs it in its actors."""
     h, w = decoded.height, decoded.width
     total = float(h * w)
+    view = decoded.rgb
+    if isinstance(masks, PhotoMasks):
+        photo, view = masks, masks.view
+        masks = photo.masks
+        scaled = [upscaled_rle(m, h, w) for m in masks.masks]  # (rle, area, box) in photo pixels
+        keep = [i for i, (_, area, _) in enumerate(scaled) if area >= max(s.min_segment_area, 1)]
+        masks, scaled = masks.filter(np.asarray(keep, np.int64)), [scaled[i] for i in keep]
+    else:
+        photo = None
+        masks = masks.filter(masks.areas >= max(s.min_segment_area, 1))
+        scaled = [(None, int(a), tuple(int(v) for v in b)) for a, b in zip(masks.areas, masks.boxes)]
     segments, crops = [], []
-    for i in range(len(masks)):
-        x, y, bw, bh = (int(v) for v in masks.boxes[i])
-        crops.append(
-            cut_crop(decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode, padding=s.crop_padding, size=size)
-        )
+    for i, (rle, area, (x, y, bw, bh)) in enumerate(scaled):
+        if photo is None:
+            crop = cut_crop(
+                decoded.rgb, masks.masks[i], (x, y, bw, bh), mode=s.crop_mode, padding=s.crop_padding, size=size
+            )
+            rle = encode_rle(masks.masks[i])
+        else:
+            crop = _cut_scaled(decoded.rgb, photo, masks.masks[i], (x, y, bw, bh), s, size)
+        crops.append(crop)
         segments.append(
             SegmentRecord(
                 id=segment_id(iid, fp, i),
@@ -77,14 +93,14 @@ def build_segments(
                 y=y,
                 w=bw,
                 h=bh,
-                area=int(masks.areas[i]),
-                area_frac=float(masks.areas[i]) / total,
+                area=area,
+                area_frac=area / total,
                 predicted_iou=float(masks.predicted_iou[i]),
                 stability_score=float(masks.stability_score[i]),
-                rle=encode_rle(masks.masks[i]),
+                rle=rle,
             )
         )
-    crops.append(whole_image(decoded.rgb, size=size))
+    crops.append(whole_image(view, size=size))
     segments.append(
         SegmentRecord(
             id=segment_id(iid, fp, -1),
@@ -102,6 +118,18 @@ def build_segments(
         )
     )
     return segments, crops
+
+
+def _cut_scaled(rgb: np.ndarray, photo: PhotoMasks, mask: np.ndarray, box, s: Settings, size: int):
+    """A working view's mask (``box``: in photo pixels) as a crop: from the view when it holds at least
+    ``VIEW_CROP_FACTOR`` x ``size`` pixels across the crop, else from the photo (a small window)."""
+    side = square_box(box, s.crop_padding, photo.width, photo.height)[2]
+    fy, fx = photo.view.shape[0] / photo.height, photo.view.shape[1] / photo.width
+    if side * min(fx, fy) >= VIEW_CROP_FACTOR * size:
+        vbox = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+        return cut_crop(photo.view, mask, vbox, mode=s.crop_mode, padding=s.crop_padding, size=size)
+    scaled = ScaledMask(mask, photo.height, photo.width)
+    return cut_crop(rgb, scaled, box, mode=s.crop_mode, padding=s.crop_padding, size=size)
 
 
 class Writer:

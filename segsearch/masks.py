@@ -73,6 +73,66 @@ def decode_window(rle: dict, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     return out.T[y0:y1]
 
 
+def scaled_rows(n: int, full: int) -> np.ndarray:
+    """Where each of ``n`` working rows (or columns) starts in a ``full``-pixel axis, plus the end:
+    full pixel ``Y`` shows working pixel ``floor(Y * n / full)`` (nearest scaling), so working pixel
+    ``i`` covers ``[starts[i], starts[i + 1])``."""
+    return (np.arange(n + 1, dtype=np.int64) * full + n - 1) // n
+
+
+def upscaled_rle(mask: np.ndarray, height: int, width: int) -> tuple[dict, int, tuple[int, int, int, int]]:
+    """A working-resolution (h, w) mask carried to a (height, width) photo by nearest scaling, as
+    (COCO RLE, area, XYWH box) in the photo's pixels, computed from the mask's row transitions:
+    work and memory follow the mask's size and the photo's width, never the photo's pixel count (a
+    dense 24 MP mask is 24 MB). Equal to ``encode_rle`` of the dense nearest upscale."""
+    m = np.asarray(mask, bool)
+    h, w = m.shape
+    rs, cs = scaled_rows(h, height), scaled_rows(w, width)
+    rep = np.diff(cs)  # photo columns per working column
+    per_col = np.diff(rs).astype(np.float64) @ m  # photo pixels set in one photo column of each (exact)
+    area = int(round(float(per_col @ rep)))
+    if area == 0:
+        return _empty_rle(height, width), 0, (0, 0, 0, 0)
+    # transitions inside a column: working row i+1 differs from row i, at photo row rs[i + 1]
+    ii, jj = np.nonzero(m[1:] != m[:-1])
+    n = rep[jj]
+    first = np.repeat(np.cumsum(n) - n, n)
+    cols = np.repeat(cs[jj], n) + (np.arange(int(n.sum())) - first)  # every photo column showing it
+    inner = cols * height + np.repeat(rs[ii + 1], n)
+    # transitions between columns: a photo column's first row differs from the previous one's last
+    col_of = np.repeat(np.arange(w), rep)
+    top, bottom = m[0, col_of], m[-1, col_of]
+    edges = np.flatnonzero(top[1:] != bottom[:-1]) + 1
+    pos = np.concatenate([[0] if top[0] else [], inner, edges * height]).astype(np.int64)
+    pos.sort()
+    counts = np.diff(np.concatenate([[0], pos, [height * width]]))
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(per_col)
+    y0, y1, x0, x1 = rs[ys[0]], rs[ys[-1] + 1], cs[xs[0]], cs[xs[-1] + 1]
+    box = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}, area, box
+
+
+def _empty_rle(height: int, width: int) -> dict:
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+class ScaledMask:
+    """A working-resolution mask seen at a photo's size by nearest scaling, for windows only:
+    ``sm[y0:y1, x0:x1]`` costs the window, not the photo."""
+
+    def __init__(self, mask: np.ndarray, height: int, width: int):
+        self.mask, self.shape = mask, (height, width)
+        h, w = mask.shape
+        self._rows = (np.arange(height, dtype=np.int64) * h) // height
+        self._cols = (np.arange(width, dtype=np.int64) * w) // width
+
+    def __getitem__(self, key) -> np.ndarray:
+        ys, xs = key
+        return self.mask[self._rows[ys]][:, self._cols[xs]]
+
+
 def mask_box_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))

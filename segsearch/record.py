@@ -38,6 +38,7 @@ AMG_FIELDS = (
     "crop_n_layers",
     "min_mask_region_area",
     "prompts",
+    "mask_side",
 )  # points_per_batch is speed only
 CROP_FIELDS = {"mode": "crop_mode", "padding": "crop_padding", "min_area": "min_segment_area"}
 # Video sampling is recalled like the rest, but changing it needs no --reindex: it is part of a
@@ -191,6 +192,8 @@ def recalled(rec: Recorded) -> dict:
     out.update({k: v for k, v in rec.amg.items() if k in AMG_FIELDS})
     if rec.amg and "prompts" not in rec.amg:
         out["prompts"] = "grid"  # indexed before prompt selection existed: every grid prompt
+    if rec.amg and "mask_side" not in rec.amg:
+        out["mask_side"] = 0  # indexed before the working resolution existed: masks at full size
     out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
     out.update({VIDEO_FIELDS[k]: v for k, v in rec.video.items() if k in VIDEO_FIELDS})
     return out

@@ -158,6 +158,13 @@ class Settings(BaseSettings):
         "neighbour already explains; indexer/prompts.py) or grid (every point, as SAM's generator). "
         "The reference engine always decodes the whole grid.",
     )
+    mask_side: int = Field(
+        2048,
+        ge=0,
+        description="Masks of photos larger than this many pixels on the long side are made on a view "
+        "of this size and carried to the photo's pixels (indexer/working.py): SAM sees 1024 px, so "
+        "a 24 MP photo costs about what a 4 MP one does. 0: at every photo's own size.",
+    )
 
     # --- crops ---------------------------------------------------------------------------
     crop_mode: CropMode = "masked"
@@ -298,6 +305,7 @@ class Settings(BaseSettings):
             "crop_n_layers": self.crop_n_layers,
             "min_mask_region_area": self.min_mask_region_area,
             "prompts": self.prompts,
+            "mask_side": self.mask_side,
         }
         if any(v is None for v in given.values()):
             from segsearch.models import get_sam_spec

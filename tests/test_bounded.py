@@ -152,3 +152,49 @@ def test_a_48_mp_photo_indexes_under_2_5_gib(tmp_path):
     assert summary["indexed"] == 1 and summary["segments"] >= 2  # (before the bound: 11.7 GB peak)
     peak_kib = int(r.stderr.strip().splitlines()[-1].removeprefix("peak_kib="))
     assert peak_kib < 2.5 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+def test_a_24_mp_photo_gets_its_full_resolution_segments_from_a_working_view(
+    settings, index, make_models, stores, tmp_path
+):
+    """A 24 MP photo's masks are made on a 2048 px view (the default) and recorded in the photo's
+    pixels: the same objects, boxes and areas as masks made at full size, within a pixel or two at
+    the edges. A library indexed before the setting existed keeps full-size masks and its
+    fingerprint (nothing is redone)."""
+    from segsearch.identity import pipeline_fingerprint
+    from segsearch.masks import decode_rle
+    from segsearch.models import get_sam_spec
+    from segsearch.models.sam import load_sam
+    from segsearch.record import Recorded, recalled
+
+    from segsearch.indexer.amg import make_mask_generator
+
+    shapes = get_sam_spec("sam-shapes-tiny")  # (a model that finds the shapes)
+    sam = load_sam(shapes, settings.checkpoints)
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.fromarray(make_scene(DEMO_SEEDS[5]).image).resize((6000, 4000), Image.BICUBIC).save(
+        lib / "photo-24mp.jpg", quality=92
+    )
+    full = settings.model_copy(update={"mask_side": 0, "data": tmp_path / "full"})
+    assert settings.mask_side == 2048
+    got = {}
+    for name, s in (("view", settings), ("full", full)):
+        s = s.model_copy(update={"sam": "sam-shapes-tiny", "points_per_side": None, "pred_iou_thresh": None})
+        s = s.model_copy(update={"stability_score_thresh": None, "min_mask_region_area": None})
+        gen = make_mask_generator("fast", sam, **s.amg_params())
+        r = index(s, [lib], models=make_models(s, mask_generator=gen))
+        assert (r.indexed, r.failed) == (1, 0)
+        catalog, _ = stores(s)
+        (image,) = catalog.images_by_status("indexed")
+        got[name] = [x for x in catalog.image_segments(image.id) if x.kind == "object"]
+    assert len(got["view"]) == len(got["full"]) >= 2
+    for a, b in zip(got["view"], got["full"]):
+        ma, mb = decode_rle(a.rle), decode_rle(b.rle)
+        assert ma.shape == mb.shape == (4000, 6000)
+        assert (ma & mb).sum() / (ma | mb).sum() > 0.98
+        assert abs(a.area - b.area) <= 0.02 * b.area and max(abs(a.x - b.x), abs(a.y - b.y)) <= 4
+    old = {"points_per_side": 16, "prompts": "grid"}
+    assert recalled(Recorded(sam={}, clip={}, amg=old, crop={}, clips=[]))["mask_side"] == 0
+    assert pipeline_fingerprint("s", "c", {**old, "mask_side": 0}, {}) == pipeline_fingerprint("s", "c", old, {})

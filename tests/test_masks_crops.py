@@ -99,3 +99,23 @@ def test_overlay_outlines_without_changing_the_objects_colour():
     assert (out[m] == (35, 75, 215)).all()
     assert (out[5, 5] < rgb[5, 5]).all()  # dimmed outside
     assert (out[19, 40] == 255).all() and (out[40, 40] == 255).all()  # outlined just outside
+
+
+def test_a_working_mask_carried_to_the_photo_equals_the_dense_upscale():
+    """Masks made on a working view reach the photo's pixels from their runs alone; the RLE, area
+    and box are exactly those of the dense nearest upscale, for any sizes and ratios."""
+    from segsearch.masks import ScaledMask, mask_box_xywh, upscaled_rle
+
+    rng = np.random.default_rng(7)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 24, 2))
+        height, width = int(h * rng.uniform(1, 5)) + int(rng.integers(0, 3)), int(w * rng.uniform(1, 5))
+        height, width = max(height, h), max(width, w)
+        m = rng.random((h, w)) < rng.uniform(0, 1)
+        m[:] = False if t % 9 == 0 else m  # (empty masks too)
+        m[:] = True if t % 13 == 0 else m
+        dense = m[(np.arange(height) * h) // height][:, (np.arange(width) * w) // width]
+        rle, area, box = upscaled_rle(m, height, width)
+        assert rle == encode_rle(dense) and area == int(dense.sum()) == rle_area(rle)
+        assert box == mask_box_xywh(dense)
+        assert (ScaledMask(m, height, width)[1 : height - 1, 2:width] == dense[1 : height - 1, 2:width]).all()
