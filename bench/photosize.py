@@ -82,7 +82,8 @@ def main(argv=None) -> int:
                     cmd = [sys.executable, __file__, "--clip", args.clip, "--child", sam, str(side), str(mp), tmp]
                     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 row = json.loads(out.strip().splitlines()[-1])
-                base = next((r for r in rows if (r["sam"], r["mask_side"], r["megapixels"]) == (sam, side, sizes[0])), row)
+                first = (sam, side, sizes[0])
+                base = next((r for r in rows if (r["sam"], r["mask_side"], r["megapixels"]) == first), row)
                 row["vs_first_size"] = round(row["s_per_photo"] / base["s_per_photo"], 2)
                 rows.append(row)
                 if not args.json:

@@ -13,12 +13,13 @@ Here, with the same model, prompts and settings:
 2. the predicted-IoU filter runs on the decoder's scores before any upsampling (the same numbers
    the reference filters on);
 3. the stability score is estimated on the low-resolution logits, and a candidate is dropped
-   there only when the estimate is more than ``LOW_RES_ERR`` below the threshold (the measured
-   low-to-full resolution error is far smaller); every other candidate is upsampled exactly as
-   ``SAM2Transforms.postprocess_masks`` does (one bilinear step), scored and filtered at full
-   resolution, so kept masks, scores and boxes are the reference's own;
-4. box NMS, crop NMS and the output follow the reference with its own helpers, and candidates
-   are compressed to RLE batch by batch, so memory stays at the reference's level.
+   there only when the estimate is more than ``LOW_RES_ERR`` below the threshold; for every other
+   candidate the full-resolution stability score and box (``SAM2Transforms.postprocess_masks``'s
+   one bilinear step) are counted per low-resolution cell (``mask_bounds``), scores within
+   ``CLOSE`` of the threshold re-scored on the upsampled map itself;
+4. box NMS, crop NMS and the output follow the reference with its own helpers, and only NMS
+   survivors are upsampled (tens of maps, not hundreds), so the work follows the masks' outlines,
+   not the photo's pixels, and kept masks, scores and boxes are the reference's.
 
 The small-region clean-up is segsearch's (:func:`~segsearch.indexer.amg.clean_small_regions`, the
 same for both families and every device; the package's low-resolution hole filling needs its CUDA
@@ -39,6 +40,9 @@ class FastAMG2:
     LOW_RES_ERR = 0.12  # stability estimate error allowed before a low-resolution drop (see module doc)
     # Full-resolution float32 logits held at once while upsampling: 256 MB, as the SAM 1 engine
     UPSAMPLE_BYTES = 256 << 20
+    # Per-cell stability scores this close to the threshold are re-scored on the upsampled map: a
+    # per-cell count can differ from the kernel's by a pixel (measured: 8e-6 of the score)
+    CLOSE = 1e-3
 
     def __init__(
         self,
@@ -90,7 +94,7 @@ class FastAMG2:
         from sam2.utils.amg import MaskData, generate_crop_boxes
         from torchvision.ops.boxes import batched_nms, box_area
 
-        from segsearch.indexer.amg import clean_small_regions, masks_from_data
+        from segsearch.indexer.amg import clean_small_regions
 
         self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         self.prompts_decoded = 0
@@ -106,9 +110,10 @@ class FastAMG2:
                     data["boxes"].float(), scores, torch.zeros(len(data["boxes"])), iou_threshold=self.crop_nms_thresh
                 )
                 data.filter(keep)
-        if "rles" not in data._stats or len(data["rles"]) == 0:
+        if "masks" not in data._stats or len(data["masks"]) == 0:
             return MaskSet.empty(*orig_size)
-        masks, iou, stab = masks_from_data(data)
+        masks = data["masks"].numpy()
+        iou, stab = data["iou_preds"].float().numpy(), data["stability_score"].float().numpy()
         if self.min_mask_region_area > 0:
             masks, iou, stab = clean_small_regions(
                 masks, iou, stab, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
@@ -120,7 +125,6 @@ class FastAMG2:
 
         import torch
         from sam2.utils.amg import MaskData, uncrop_boxes_xyxy
-        from torchvision.ops.boxes import batched_nms
 
         pred = self.predictor
         x0, y0, x1, y1 = crop_box
@@ -157,18 +161,11 @@ class FastAMG2:
         self.timings["decoder"] += t2 - t1
         data = self._full_resolution(torch.cat(lows), torch.cat(ious), crop_box, crop_size, orig_size)
         pred.reset_predictor()
-        if len(data["rles"]):
-            keep = batched_nms(
-                data["boxes"].float(),
-                data["iou_preds"],
-                torch.zeros(len(data["boxes"])),
-                iou_threshold=self.box_nms_thresh,
-            )
-            data.filter(keep)
+        if len(data["masks"]):
             data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
-            data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
+            data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["masks"]))])
         self.timings["postprocess"] += time.perf_counter() - t2
-        return data if len(data["rles"]) else MaskData()
+        return data if len(data["masks"]) else MaskData()
 
     def _selector(self, points, crop_size):
         """The prompt selection for one crop's grid: SAM 2 resizes the crop to the square the
@@ -210,39 +207,50 @@ class FastAMG2:
         return low.flatten(0, 1).float(), iou.flatten(0, 1).float(), prompt
 
     def _full_resolution(self, low, iou, crop_box, crop_size, orig_size):
-        """Stability filter, masks, boxes and RLEs for the IoU survivors of one crop."""
+        """Stability filter, box NMS and masks for the IoU survivors of one crop, as the reference
+        decides them, with full-resolution maps made only for the NMS survivors: the stability
+        scores and boxes of ``upsample(low)`` are counted per low-resolution cell
+        (``mask_bounds.bilinear_counts`` / ``bilinear_boxes``: work follows the masks' outlines, not
+        the photo's pixels); scores within ``CLOSE`` of the threshold, where a per-cell count could
+        differ from the kernel's by a pixel, are re-scored on the upsampled map itself."""
         import torch
         import torch.nn.functional as F
-        from sam2.utils.amg import (
-            MaskData,
-            batched_mask_to_box,
-            calculate_stability_score,
-            is_box_near_crop_edge,
-            mask_to_rle_pytorch,
-            uncrop_masks,
-        )
+        from sam2.utils.amg import MaskData, calculate_stability_score, is_box_near_crop_edge, uncrop_masks
+        from torchvision.ops.boxes import batched_nms
+
+        from segsearch.indexer.mask_bounds import _stability, bilinear_boxes
 
         thr, off, t = self.mask_threshold, self.stability_score_offset, self.stability_score_thresh
         if t > 0 and len(low):
             maybe = calculate_stability_score(low, thr, off) >= t - self.LOW_RES_ERR
             low, iou = low[maybe], iou[maybe]
         orig_h, orig_w = orig_size
-        out = MaskData(rles=[], boxes=torch.zeros((0, 4)), iou_preds=iou[:0].cpu(), stability_score=iou[:0].cpu())
+        empty = MaskData(masks=torch.zeros((0, orig_h, orig_w), dtype=torch.bool), boxes=torch.zeros((0, 4)))
+        if len(low) == 0:
+            return empty
         step = max(1, min(32, self.UPSAMPLE_BYTES // (4 * crop_size[0] * crop_size[1])))
-        for j in range(0, len(low), step):
-            full = F.interpolate(low[j : j + step, None], crop_size, mode="bilinear", align_corners=False)[:, 0]
-            stab = calculate_stability_score(full, thr, off)
-            keep = stab >= t if t > 0 else torch.ones_like(stab, dtype=torch.bool)
-            masks = full[keep] > thr
-            del full
-            boxes = batched_mask_to_box(masks)
-            edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            masks, boxes = masks[edge], boxes[edge]
-            part = MaskData(
-                rles=mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w)),
-                boxes=boxes.cpu(),
-                iou_preds=iou[j : j + step][keep][edge].cpu(),
-                stability_score=stab[keep][edge].cpu(),
-            )
-            out.cat(part)
-        return out
+
+        def upsample(rows):
+            return F.interpolate(rows[:, None], crop_size, mode="bilinear", align_corners=False)[:, 0]
+
+        stab = _stability(low, tuple(crop_size), tuple(crop_size), thr, off)
+        close = ((stab - t).abs() < self.CLOSE).nonzero().flatten() if t > 0 else stab[:0].long()
+        for j in range(0, len(close), step):
+            at = close[j : j + step]
+            stab[at] = calculate_stability_score(upsample(low[at]), thr, off)
+        keep = stab >= t if t > 0 else torch.ones_like(stab, dtype=torch.bool)
+        low, iou, stab = low[keep], iou[keep], stab[keep]
+        boxes = bilinear_boxes(low, tuple(crop_size), thr)
+        edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+        low, iou, stab, boxes = low[edge], iou[edge], stab[edge], boxes[edge]
+        if len(low) == 0:
+            return empty
+        keep = batched_nms(boxes.float(), iou, torch.zeros(len(boxes)), iou_threshold=self.box_nms_thresh)
+        low, iou, stab, boxes = low[keep], iou[keep], stab[keep], boxes[keep]
+        masks = torch.cat([upsample(low[j : j + step]) > thr for j in range(0, len(low), step)])
+        return MaskData(
+            masks=uncrop_masks(masks, crop_box, orig_h, orig_w).cpu(),
+            boxes=boxes.cpu(),
+            iou_preds=iou.cpu(),
+            stability_score=stab.cpu(),
+        )

@@ -279,7 +279,8 @@ def bilinear_counts(src, plan, thresholds):
     out = []
     for t in thresholds:
         n = ((cmin > t) * pixels).sum((1, 2))
-        b, y, x = ((cmax > t) & ~(cmin > t) & (pixels > 0)).nonzero(as_tuple=True)  # cells an edge crosses
+        # cells an edge crosses, and plateaus at the threshold (c(1-w) + cw need not round to c)
+        b, y, x = ((cmax >= t) & ~(cmin > t) & (pixels > 0)).nonzero(as_tuple=True)
         for j in range(0, len(b), 4096):  # bounded temporaries: 4096 cells x their output pixels
             bb, yy, xx = b[j : j + 4096], y[j : j + 4096], x[j : j + 4096]
             wy, wx = ty[yy][:, :, None], tx[xx][:, None, :]
@@ -302,3 +303,58 @@ def _stability(src, out_hw, valid_hw, thr: float, off: float):
         inter, union = bilinear_counts(src[j : j + 64], plan, (thr + off, thr - off))
         res.append(inter / union)  # 0 / 0 = nan, as the reference computes it
     return torch.cat(res) if res else torch.empty(0, device=src.device)
+
+
+def bilinear_boxes(src, out_hw, thr: float):
+    """XYXY boxes (inclusive, as ``batched_mask_to_box``; zeros where a map is nowhere above) of
+    ``resize(src) > thr`` for one bilinear resize of (B, h, w) maps to ``out_hw``
+    (``align_corners=False``), without making the resized maps: a cell whose four corners are
+    above counts whole, one an edge crosses is evaluated pixel by pixel with the kernel's own
+    weights and order (as ``bilinear_counts``), and the extremes of both give the box. Work
+    follows the maps' outlines, not ``out_hw``'s pixels (SAM 2's one-step resize to the photo)."""
+    import torch
+    import torch.nn.functional as F
+
+    b = src.shape[0]
+    out = torch.zeros(b, 4, dtype=torch.int64, device=src.device)
+    if b == 0:
+        return out
+    (n_h, n_w), (out_h, out_w) = src.shape[-2:], out_hw
+    cy, ty = _cell_table(*_taps(n_h, out_h, src.device), n_h, out_h)
+    cx, tx = _cell_table(*_taps(n_w, out_w, src.device), n_w, out_w)
+    cy, cx = cy.long(), cx.long()
+    fy, fx = torch.cumsum(cy, 0) - cy, torch.cumsum(cx, 0) - cx  # each cell's first output row / column
+    sp = F.pad(src.float()[:, None], (0, 1, 0, 1), mode="replicate")[:, 0]
+    c00, c01, c10, c11 = sp[:, :-1, :-1], sp[:, :-1, 1:], sp[:, 1:, :-1], sp[:, 1:, 1:]
+    cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
+    cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
+    has = (cy[:, None] > 0) & (cx[None, :] > 0)
+    big = max(out_h, out_w) + 1
+    lo = torch.full((b, 2), big, dtype=torch.int64, device=src.device)  # (x0, y0)
+    hi = torch.full((b, 2), -1, dtype=torch.int64, device=src.device)  # (x1, y1)
+    bb, y, x = ((cmin > thr) & has).nonzero(as_tuple=True)  # cells wholly inside
+    if len(bb):
+        lo.scatter_reduce_(0, bb[:, None].expand(-1, 2), torch.stack([fx[x], fy[y]], 1), "amin")
+        hi.scatter_reduce_(0, bb[:, None].expand(-1, 2), torch.stack([fx[x] + cx[x] - 1, fy[y] + cy[y] - 1], 1), "amax")
+    bb, y, x = ((cmax >= thr) & ~(cmin > thr) & has).nonzero(as_tuple=True)  # edges, and plateaus at thr
+    for j in range(0, len(bb), 4096):  # bounded temporaries, as bilinear_counts
+        b2, yy, xx = bb[j : j + 4096], y[j : j + 4096], x[j : j + 4096]
+        wy, wx = ty[yy][:, :, None], tx[xx][:, None, :]
+        top = c00[b2, yy, xx, None, None] * (1 - wx) + c01[b2, yy, xx, None, None] * wx
+        bottom = c10[b2, yy, xx, None, None] * (1 - wx) + c11[b2, yy, xx, None, None] * wx
+        hit = ((top * (1 - wy) + bottom * wy) > thr) & (wy >= 0) & (wx >= 0)  # k x rows x cols
+        rows, cols = hit.any(2), hit.any(1)
+        found = rows.any(1)
+        if not bool(found.any()):
+            continue
+        b2, yy, xx, rows, cols = b2[found], yy[found], xx[found], rows[found], cols[found]
+        r8, c8 = rows.to(torch.uint8), cols.to(torch.uint8)
+        first = torch.stack([fx[xx] + c8.argmax(1), fy[yy] + r8.argmax(1)], 1)
+        last = torch.stack(
+            [fx[xx] + cols.shape[1] - 1 - c8.flip(1).argmax(1), fy[yy] + rows.shape[1] - 1 - r8.flip(1).argmax(1)], 1
+        )
+        lo.scatter_reduce_(0, b2[:, None].expand(-1, 2), first, "amin")
+        hi.scatter_reduce_(0, b2[:, None].expand(-1, 2), last, "amax")
+    found = hi[:, 0] >= 0
+    out[found] = torch.cat([lo, hi], 1)[found]
+    return out

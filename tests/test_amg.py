@@ -300,3 +300,30 @@ def test_stability_counted_per_cell_equals_counting_every_pixel(shapes_sam):
     got = gen._full_stability(low, torch.arange(24), (h, w), 0.0, 1.0)
     want = calculate_stability_score(gen._upsample(low, (h, w)), 0.0, 1.0)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_one_step_boxes_and_stability_counted_per_cell_equal_every_pixels():
+    """SAM 2's one bilinear step from its logits to the photo (or its 2048 px working view): the
+    boxes the fast engine finds per low-resolution cell are exactly those of the upsampled masks,
+    and the stability scores agree, at every size and aspect (empty maps, plateaus at the
+    thresholds, a mask in one corner)."""
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+    from segsearch.indexer.mask_bounds import _stability, bilinear_boxes
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(1536, 2048), (480, 640), (517, 333), (700, 90), (256, 256), (100, 120)]:
+        low = torch.randn(24, 64, 64, generator=g) * 3 + torch.linspace(-6, 6, 64)[None, :, None]
+        low[:4] = low[:4].round()
+        low[4] = -5
+        low[5] = -4
+        low[5, :10, :10] = 3
+        up = F.interpolate(low[:, None], (h, w), mode="bilinear", align_corners=False)[:, 0]
+        assert torch.equal(bilinear_boxes(low, (h, w), 0.0), batched_mask_to_box(up > 0)), (h, w)
+        got, want = _stability(low, (h, w), (h, w), 0.0, 1.0), calculate_stability_score(up, 0.0, 1.0)
+        torch.testing.assert_close(got[4:], want[4:], atol=1e-5, rtol=0, equal_nan=True)
+        # exact plateaus at the +-1 thresholds: the kernel's rounding tips a few pixels of a million
+        # (a decision that close to the threshold is re-scored on the map itself)
+        torch.testing.assert_close(got[:4], want[:4], atol=1e-3, rtol=0)

@@ -89,7 +89,9 @@ def _agree(ref, fast, scenes):
 
 def test_fast_engine_gives_the_reference_masks_for_sam2(sam2_tiny):
     """The trained model at the shapes-world settings and at SAM 2's defaults (IoU 0.8, stability 0.95),
-    plus a random-init model with no filters (every candidate upsampled) and a crop layer."""
+    plus a random-init model with no filters (every candidate upsampled) and a crop layer. (The fast
+    engine counts stability scores and boxes per low-resolution cell and upsamples NMS survivors
+    only: tests/test_amg.py checks the counting against every pixel at a 2048 px view.)"""
     for params in (SHAPES2_AMG, {"points_per_side": 16}):
         ref = make_mask_generator("reference", sam2_tiny, **params)
         fast = make_mask_generator("fast", sam2_tiny, **params)
