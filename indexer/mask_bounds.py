@@ -330,13 +330,22 @@ def bilinear_boxes(src, out_hw, thr: float):
     cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
     has = (cy[:, None] > 0) & (cx[None, :] > 0)
     big = max(out_h, out_w) + 1
-    lo = torch.full((b, 2), big, dtype=torch.int64, device=src.device)  # (x0, y0)
-    hi = torch.full((b, 2), -1, dtype=torch.int64, device=src.device)  # (x1, y1)
-    bb, y, x = ((cmin > thr) & has).nonzero(as_tuple=True)  # cells wholly inside
-    if len(bb):
-        lo.scatter_reduce_(0, bb[:, None].expand(-1, 2), torch.stack([fx[x], fy[y]], 1), "amin")
-        hi.scatter_reduce_(0, bb[:, None].expand(-1, 2), torch.stack([fx[x] + cx[x] - 1, fy[y] + cy[y] - 1], 1), "amax")
-    bb, y, x = ((cmax >= thr) & ~(cmin > thr) & has).nonzero(as_tuple=True)  # edges, and plateaus at thr
+    # cells wholly inside: their extents by row and column reductions (every output pixel is set)
+    inside = (cmin > thr) & has
+    x0, y0, x1, y1, any_in = _extents([inside.to(torch.uint8)], 0)
+    lo = torch.stack([fx[x0], fy[y0]], 1)  # (x0, y0)
+    hi = torch.stack([fx[x1] + cx[x1] - 1, fy[y1] + cy[y1] - 1], 1)  # (x1, y1)
+    lo[~any_in], hi[~any_in] = big, -1
+    # cells an edge crosses (and plateaus at thr), only where they can widen that box: a cell in a
+    # row (column) of cells that holds an inside cell shares its output rows (columns)
+    edge = (cmax >= thr) & ~(cmin > thr) & has
+    ny, nx = edge.shape[1:]
+    ar_y, ar_x = torch.arange(ny, device=src.device), torch.arange(nx, device=src.device)
+    cy0, cy1 = torch.where(any_in, y0, ny), torch.where(any_in, y1, -1)
+    cx0, cx1 = torch.where(any_in, x0, nx), torch.where(any_in, x1, -1)
+    out_y = (ar_y[None] < cy0[:, None]) | (ar_y[None] > cy1[:, None])  # B x ny
+    out_x = (ar_x[None] < cx0[:, None]) | (ar_x[None] > cx1[:, None])
+    bb, y, x = (edge & (out_y[:, :, None] | out_x[:, None, :])).nonzero(as_tuple=True)
     for j in range(0, len(bb), 4096):  # bounded temporaries, as bilinear_counts
         b2, yy, xx = bb[j : j + 4096], y[j : j + 4096], x[j : j + 4096]
         wy, wx = ty[yy][:, :, None], tx[xx][:, None, :]
