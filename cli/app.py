@@ -16,6 +16,25 @@ app = typer.Typer(
 )
 
 
+def _no_placeholders_on_flags() -> None:
+    """Typer's help shows every option's type (``<str>``, ``<int>``); a flag or a counter takes no
+    value, so ``--json <bool>`` or ``-v <int>`` would tell a user to type one. Those show none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_segsearch", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if (self.is_flag or self.count) else shown(self, ctx)
+
+    display_type_rich._segsearch = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_placeholders_on_flags()
+
+
 def _version(value: bool) -> None:
     if value:
         from segsearch import __version__
@@ -24,8 +43,9 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def global_options(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -41,6 +61,10 @@ def global_options(
 ):
     """Search inside photo libraries at the level of individual objects."""
     import logging
+
+    if ctx.invoked_subcommand is None:  # options only (e.g. `segsearch -v`): the help, not an error
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
 
     from segsearch.logs import configure
     from segsearch.settings import unknown_env_vars

@@ -266,6 +266,15 @@ def resolve(
     return resolved
 
 
+def _on_disk(st) -> int:
+    """Bytes a file takes on disk, as ``du`` counts them: its allocated blocks. The vector store's
+    memory-mapped files are sparse (a 64 MB segment file may hold 100 KB), so their length would
+    overstate the library's size by two orders of magnitude. (No block count, e.g. Windows: the
+    length.)"""
+    blocks = getattr(st, "st_blocks", None)
+    return int(blocks) * 512 if blocks is not None else int(st.st_size)
+
+
 def _dir_size(path: Path) -> int:
     import os
 
@@ -273,7 +282,7 @@ def _dir_size(path: Path) -> int:
     for root, _dirs, files in os.walk(path):
         for f in files:
             try:
-                total += os.lstat(os.path.join(root, f)).st_size
+                total += _on_disk(os.lstat(os.path.join(root, f)))
             except OSError:
                 pass
     return total
@@ -300,7 +309,7 @@ def info(settings: Settings, catalog, vectors) -> dict:
     sizes = {"vectors": _dir_size(settings.vectors_path) if settings.vector_backend == "embedded" else 0}
     db = data / "segsearch.db"
     sizes["sql"] = (
-        sum(p.stat().st_size for p in data.glob("segsearch.db*"))
+        sum(_on_disk(p.stat()) for p in data.glob("segsearch.db*"))
         if settings.database_url is None and db.exists()
         else 0
     )
