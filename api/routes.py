@@ -23,6 +23,7 @@ from segsearch.images import DecodedImage, check_sam_view, decode_image
 from segsearch.masks import decode_logits_token, encode_logits_token, encode_rle, mask_box_xywh
 from segsearch.paths import on_disk
 from segsearch.search import minus
+from segsearch.store.concepts import ConceptStore
 from segsearch.store.schema import as_utc
 from segsearch.store.vectors import SearchFilter
 
@@ -89,6 +90,8 @@ def search(body: schemas.SearchRequest, services: ServicesDep):
     if body.negative_text:
         vector = minus(vector, services.text_vector(body.negative_text))
     flt = body.filters.to_filter()
+    if flt.tags:
+        ConceptStore(services.catalog).require(flt.tags)  # an unknown concept: 404, not "no hits"
     return schemas.SearchResponse.of(
         services.searcher.page(
             vector,

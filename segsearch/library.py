@@ -234,7 +234,7 @@ class Library:
     ) -> SearchPage:
         """``search`` with paging (``next_offset``) and, optionally, results grouped per image."""
         vector = self.query_vector(text, image=image, segment_id=segment_id, negative_text=negative_text)
-        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        flt = self._filter(filters)
         return self.searcher().page(
             vector,
             top_k=top_k,
@@ -293,7 +293,7 @@ class Library:
         rels = [parse_relation(r) for r in relations]
         check_relations(len(objects), rels)  # before any model work
         vectors = [self.object_vector(o) for o in objects]
-        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        flt = self._filter(filters)
         m = self.models()
         return SceneSearcher(self.catalog, self.vectors, m.collection).search(
             vectors, rels, flt=flt, top_k=top_k, offset=offset
@@ -311,8 +311,18 @@ class Library:
         return self.concepts().learn(name, text=text, positives=positives, negatives=negatives, replace=replace)
 
     def concept_search(self, name: str, *, top_k: int = 10, offset: int = 0, filters=None) -> list[Hit]:
-        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        flt = self._filter(filters)
         return self.concepts().search(name, self.searcher(), top_k=top_k, offset=offset, flt=flt)
+
+    def _filter(self, filters: SearchFilter | dict | None) -> SearchFilter | None:
+        """``filters`` as a SearchFilter; a ``tags`` entry that names no concept of this library is
+        an error (NotFoundError), not a search that finds nothing."""
+        flt = filters if isinstance(filters, SearchFilter) or filters is None else SearchFilter(**filters)
+        if flt is not None and flt.tags:
+            from segsearch.store.concepts import ConceptStore
+
+            ConceptStore(self.catalog).require(flt.tags)
+        return flt
 
     def _pil(self, image: Any):
         from PIL import Image

@@ -166,6 +166,7 @@ def test_stats_health_page_openapi(client):
         ("post", "/v1/search", {"image_b64": "!!!not base64!!!"}, 422),
         ("post", "/v1/search", {"image_b64": base64.b64encode(b"garbage bytes" * 10).decode()}, 415),
         ("post", "/v1/search", {"segment_id": "00000000-0000-0000-0000-000000000000"}, 404),
+        ("post", "/v1/search", {"text": "a", "filters": {"tags": ["no-such-concept"]}}, 404),
     ],
 )
 def test_errors_are_problem_json(client, method, path, body, status):

@@ -39,3 +39,21 @@ def test_info_counts_the_bytes_a_library_takes_on_disk_as_du_does(settings, tmp_
     apparent = sum(p.stat().st_size for p in settings.data.rglob("*") if p.is_file())
     assert apparent > 3 * du  # (the sparse files this is about)
     assert abs(total - du) <= 0.1 * du + 64 * 1024, (total, du, apparent)
+
+
+def test_a_tag_filter_naming_no_concept_is_an_error_not_an_empty_result(settings, tmp_path, index):
+    """`--tag no-such-concept` printed "no hits", exit 0 (and the Python API returned []), so a typo
+    looked like a library without such objects."""
+    import pytest
+
+    from segsearch import Library
+    from segsearch.errors import NotFoundError
+
+    write(tmp_path / "lib" / "a.png", png_bytes(scene()))
+    env = cli_env(settings)
+    assert runner.invoke(app, ["index", str(tmp_path / "lib")], env=env).exit_code == 0
+    r = runner.invoke(app, ["search", "red square", "--tag", "no-such-concept"], env=env)
+    assert r.exit_code == 2 and "no concept named 'no-such-concept'" in r.output, r.output
+    with Library(settings=settings) as lib, pytest.raises(NotFoundError, match="no-such-concept"):
+        lib.search("red square", filters={"tags": ["no-such-concept"]})
+    assert runner.invoke(app, ["search", "red square", "--json"], env=env).exit_code == 0  # no tag: as before

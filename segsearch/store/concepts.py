@@ -26,6 +26,20 @@ class ConceptStore:
                 q = q.where(ConceptRow.collection == collection)
             return list(s.scalars(q))
 
+    def require(self, names) -> None:
+        """Every name is a concept of this library, else a NotFoundError that lists them (a tag
+        filter naming no concept would otherwise look like a search that found nothing)."""
+        from segsearch.errors import NotFoundError
+
+        names = list(names or ())
+        if not names:
+            return
+        known = {c.name for c in self.all()}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            have = ", ".join(sorted(known)) or "none yet (segsearch concept learn)"
+            raise NotFoundError(f"no concept named {unknown[0]!r} in this library; its concepts: {have}")
+
     def tag_counts(self) -> dict[str, int]:
         with self.Session() as s:
             return dict(s.execute(select(SegmentTagRow.concept, func.count()).group_by(SegmentTagRow.concept)).all())
