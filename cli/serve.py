@@ -75,6 +75,9 @@ def serve(
         not_dirs = [f for f in folders if not Path(f).is_dir()]
         if not_dirs:
             raise ConfigError(f"--watch: not a folder: {', '.join(not_dirs)}")
+        from segsearch.runtime import check_data_dir
+
+        check_data_dir(settings.data)  # (before announcing a server that could not start)
         import uvicorn
 
         from segsearch.api.app import create_app

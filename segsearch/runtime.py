@@ -40,13 +40,33 @@ class Stores(NamedTuple):
 
 def open_stores(settings: Settings) -> Stores:
     """Open both stores. The vector index first: the embedded store's lock stops a second process
-    before it touches (or migrates) the SQL database."""
+    before it touches (or migrates) the SQL database. A data directory that cannot be one (a file
+    there, no permission) is a ConfigError that says so (exit code 2), not a traceback."""
+    check_data_dir(settings.data)
     vectors = open_vector_index(settings)
     try:
         return Stores(Catalog.open(settings.sql_url), vectors)
     except BaseException:
         vectors.close()
         raise
+
+
+def check_data_dir(data) -> None:
+    import os
+    from pathlib import Path
+
+    from segsearch.errors import ConfigError
+
+    data = Path(data)
+    hint = "choose another with --data or SEGSEARCH_DATA"
+    for p in (data, *data.parents):  # the first part of the path that exists must be a directory
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == data else f"is under {p}, which is a file"
+                raise ConfigError(f"data directory {data} {what}, not a directory; {hint}")
+            if p != data and not os.access(p, os.W_OK | os.X_OK):
+                raise ConfigError(f"data directory {data} cannot be created: {p} is not writable; {hint}")
+            return
 
 
 def load_clip(settings: Settings, spec=None):

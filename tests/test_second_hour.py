@@ -57,3 +57,31 @@ def test_a_tag_filter_naming_no_concept_is_an_error_not_an_empty_result(settings
     with Library(settings=settings) as lib, pytest.raises(NotFoundError, match="no-such-concept"):
         lib.search("red square", filters={"tags": ["no-such-concept"]})
     assert runner.invoke(app, ["search", "red square", "--json"], env=env).exit_code == 0  # no tag: as before
+
+
+def test_a_data_directory_that_is_a_file_is_one_clear_line_and_exit_2(tmp_path):
+    """`--data` naming a file gave a 47-line traceback and exit 1 (index, search, info, doctor,
+    export), and `serve` announced "serving ... on http://..." before exiting 3."""
+    import sys
+
+    afile = tmp_path / "library.db"
+    afile.write_text("not a folder")
+    (tmp_path / "lib").mkdir()
+    for args in (
+        ["index", str(tmp_path / "lib")],
+        ["search", "red square"],
+        ["info"],
+        ["doctor"],
+        ["export", "-o", str(tmp_path / "out.jsonl")],
+        ["serve", "--port", "8765"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "segsearch", *args, "--data", str(afile)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        out = r.stdout + r.stderr
+        assert r.returncode == 2, (args, out)
+        assert f"data directory {afile} is a file" in out and "Traceback" not in out, (args, out)
+        assert "serving" not in out, args
