@@ -34,21 +34,37 @@ def models_list(json_out: Json = False):
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    cells = [_cells(r) for r in rows]
+    if not console.is_terminal or console.width < 140:
+        # a pipe or a narrow terminal: a table would cut the names every error points to, so one
+        # block per model, the name whole on its own line's start
+        width = max(len(c[0]) for c in cells)
+        for c in cells:
+            typer.echo(f"{c[0]:<{width}}  {c[1]:<4} here: {c[2]:<3}  {c[3]:<12} cost: {c[4]:<6} dim: {c[5]}")
+            typer.echo(f"{'':<{width}}  weights: {c[6]}; hash: {c[7]}")
+            typer.echo(f"{'':<{width}}  {c[8]}")
+        return
     t = Table("name", "kind", "here", "licence", "cost", "dim", "weights", "hash", "description")
-    for r in rows:
-        where = r["hub_repo"] or ("bundled" if r["bundled"] else (r["url"] or "-").rsplit("/", 1)[-1])
-        t.add_row(
-            r["name"],
-            "sam2" if r.get("family") == "sam2" else r["kind"],
-            "yes" if r["present"] else "no",
-            r["licence"] or "-",
-            r["cost"] or "-",
-            str(r["dim"] or "-"),
-            where,
-            r["pin"],
-            r["description"] + (f" (needs {r['needs']})" if r["needs"] else ""),
-        )
-    Console().print(t)
+    t.columns[0].no_wrap = True
+    for c in cells:
+        t.add_row(*c)
+    console.print(t)
+
+
+def _cells(r: dict) -> list[str]:
+    where = r["hub_repo"] or ("bundled" if r["bundled"] else (r["url"] or "-").rsplit("/", 1)[-1])
+    return [
+        r["name"],
+        "sam2" if r.get("family") == "sam2" else r["kind"],
+        "yes" if r["present"] else "no",
+        r["licence"] or "-",
+        r["cost"] or "-",
+        str(r["dim"] or "-"),
+        where,
+        r["pin"],
+        r["description"] + (f" (needs {r['needs']})" if r["needs"] else ""),
+    ]
 
 
 @app.command("download")

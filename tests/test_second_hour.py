@@ -85,3 +85,16 @@ def test_a_data_directory_that_is_a_file_is_one_clear_line_and_exit_2(tmp_path):
         assert r.returncode == 2, (args, out)
         assert f"data directory {afile} is a file" in out and "Traceback" not in out, (args, out)
         assert "serving" not in out, args
+
+
+def test_models_list_names_every_model_whole_in_a_pipe_or_an_80_column_terminal():
+    """Every model error points to `segsearch models list`, whose table cut names to `sam-vi…` in an
+    80-column terminal or a pipe."""
+    from segsearch.models.registry import list_specs
+
+    for env in ({"COLUMNS": "80"}, {"COLUMNS": "200"}):
+        r = runner.invoke(app, ["models", "list"], env=env)
+        assert r.exit_code == 0, r.output
+        starts = {line.split()[0] for line in r.output.splitlines() if line and not line[0].isspace()}
+        assert {s["name"] for s in list_specs()} <= starts
+        assert "…" not in r.output
