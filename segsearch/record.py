@@ -221,6 +221,15 @@ def resolve(
         return settings
     explicit = settings.model_fields_set
     keep = {k: v for k, v in recalled(rec).items() if k not in explicit}
+    if (
+        purpose == "index"
+        and "sam" in explicit
+        and rec.sam
+        and sam_entry(settings)["fingerprint"] != rec.sam.get("fingerprint")
+    ):
+        # the recorded generator settings were resolved for the recorded SAM (a first run that
+        # failed, or a --reindex with another model): the new SAM gets its own, unless given
+        keep = {k: v for k, v in keep.items() if k not in AMG_FIELDS}
     resolved = settings.model_copy(update=keep)
     if purpose == "index" and not catalog.has_indexed():
         # nothing indexed yet (a first run was stopped before any image was written): the record

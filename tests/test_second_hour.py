@@ -98,3 +98,39 @@ def test_models_list_names_every_model_whole_in_a_pipe_or_an_80_column_terminal(
         starts = {line.split()[0] for line in r.output.splitlines() if line and not line[0].isspace()}
         assert {s["name"] for s in list_specs()} <= starts
         assert "…" not in r.output
+
+
+def test_a_failed_first_run_does_not_fix_the_next_models_mask_settings(tmp_path):
+    """Offline, `segsearch index photos` fails (the default SAM's weights cannot be fetched); the
+    run the user then makes with the bundled models recorded SAM's generic settings (32 points,
+    IoU 0.88, stability 0.95, no clean-up) instead of the model's own, and found half the segments."""
+    import sys
+
+    from segsearch.models import get_sam_spec
+    from segsearch.models.registry import amg_defaults
+
+    photos = tmp_path / "photos"
+    write(photos / "a.png", png_bytes(scene()))
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")}
+    env.update(SEGSEARCH_OFFLINE="1", SEGSEARCH_CHECKPOINTS=str(tmp_path / "ckpt"), HOME=str(tmp_path))
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "segsearch", *args, "--data", str(tmp_path / "d")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+
+    first = cli("index", str(photos))
+    assert first.returncode == 2, first.stdout + first.stderr
+    second = cli("index", str(photos), "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny")
+    assert second.returncode == 0, second.stdout + second.stderr
+    info = json.loads(cli("info", "--json").stdout)
+    own = amg_defaults(get_sam_spec("sam-shapes-tiny"))
+    recorded = info["library"]["amg"]
+    for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):
+        assert recorded[k] == own[k], (k, recorded, own)
