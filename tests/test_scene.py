@@ -145,7 +145,8 @@ def test_cli_and_library(world):
     with Library(data) as lib:
         assert [h.segment_id for h in lib.concept_search("blue-circles", top_k=3)] == [h["segment_id"] for h in ranked]
     run("concept", "remove", "blue-circles", "--data", data)
-    assert run("search", "shape", "--tag", "blue-circles", "--json", "--data", data) == []
+    gone = CliRunner().invoke(cli, ["search", "shape", "--tag", "blue-circles", "--data", str(data)])
+    assert gone.exit_code == 2 and "no concept named 'blue-circles'" in gone.output  # a removed concept: not "no hits"
     out = CliRunner().invoke(cli, ["concept", "remove", "blue-circles", "--data", str(data)])
     assert out.exit_code == 2 and "no concept named" in out.output
     assert {
@@ -288,12 +289,8 @@ def test_concept_learnt_from_clicks_tags_new_photos_too(world, client, tmp_path)
     assert fresh and fresh[0]["image_path"] == str(new / "later.png")
 
     assert client.delete("/v1/concepts/red-stars").status_code == 204
-    assert (
-        client.post("/v1/search", json={"text": "shape", "top_k": 10, "filters": {"tags": ["red-stars"]}}).json()[
-            "hits"
-        ]
-        == []
-    )
+    gone = client.post("/v1/search", json={"text": "shape", "top_k": 10, "filters": {"tags": ["red-stars"]}})
+    assert gone.status_code == 404 and "no concept named 'red-stars'" in gone.json()["detail"]  # not "no hits"
     assert client.delete("/v1/concepts/red-stars").status_code == 404
     assert client.get("/v1/concepts").json() == []
     for body in ({"name": "Bad Name", "text": "x"}, {"name": "x", "positives": ["no-such-segment"]}, {"name": "x"}):
