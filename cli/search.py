@@ -18,6 +18,14 @@ def search(
     query: Annotated[Optional[str], typer.Argument(help="Text query, e.g. 'red car'.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Query by example image instead.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
+    not_: Annotated[
+        Optional[str], typer.Option("--not", help="Push results away from this text, e.g. --not 'toy car'.")
+    ] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Only hits scoring at least this.")] = None,
+    offset: Annotated[int, typer.Option("--offset", min=0, max=10_000, help="Skip this many hits (paging).")] = 0,
+    by_image: Annotated[
+        bool, typer.Option("--by-image", help="Group hits per image (its best segments, up to 3 each).")
+    ] = False,
     kind: Annotated[
         Optional[str], typer.Option(help="object | image (photos), track | frame (videos) (default: all)")
     ] = None,
@@ -72,32 +80,57 @@ def search(
             offline=offline,
         )
         filters = _filters(kind, path_prefix, tag, taken_after, taken_before, camera, near, media)
+        ask = {
+            "top_k": top_k,
+            "negative_text": not_,
+            "offset": offset,
+            "score_threshold": min_score,
+            "group_by_image": by_image,
+        }
         server = server_for(settings)
         if server is not None:
-            hits = server.search_hits(settings, query, image, top_k=top_k, filters=filters)
+            page = server.search_page(settings, query, image, filters=filters, **ask)
         else:
             from segsearch.api.schemas import Filters
 
             filters = Filters(**filters).to_filter()
             with Library(settings=settings) as library:
-                hits = [h.to_dict() for h in library.search(query, image=image, top_k=top_k, filters=filters)]
+                got = library.search_page(query, image=image, filters=filters, **ask)
+            groups = None
+            if got.groups is not None:
+                groups = [
+                    {"image_id": g.image_id, "image_path": g.image_path, "score": g.score}
+                    | {"hits": [h.to_dict() for h in g.hits]}
+                    for g in got.groups
+                ]
+            page = {"hits": [h.to_dict() for h in got.hits], "groups": groups, "next_offset": got.next_offset}
     except SegsearchError as exc:
         fail(exc)
-    if json_out:
-        typer.echo(json.dumps(hits))
+    if json_out:  # hits as before; with --by-image, the groups
+        typer.echo(json.dumps(page["groups"] if by_image else page["hits"]))
         return
-    if not hits:
-        typer.echo("no hits")
-    for h in hits:
-        x, y, w, h_ = h["bbox"]
-        when = ""
-        if h.get("kind") == "track":  # a video's object: its span, and the frame its box is from
-            when = f"  {_clock(h['start_s'])}-{_clock(h['end_s'])} (box at {_clock(h['best_s'])})"
-        elif h.get("kind") == "frame":
-            when = f"  at {_clock(h['start_s'])}"
-        typer.echo(
-            f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}{when}  box=({x},{y},{w},{h_})  {h['segment_id']}"
-        )
+    if not page["hits"]:
+        typer.echo("no hits" + (f" scoring {min_score} or more" if min_score is not None else ""))
+    if by_image:
+        for g in page["groups"] or []:
+            typer.echo(f"{g['score']:.3f}  {g['image_path']}")
+            for h in g["hits"]:
+                typer.echo("    " + _hit_line(h))
+    else:
+        for h in page["hits"]:
+            typer.echo(_hit_line(h))
+    if page.get("next_offset") is not None:
+        typer.echo(f"(more: --offset {page['next_offset']})")
+
+
+def _hit_line(h: dict) -> str:
+    x, y, w, h_ = h["bbox"]
+    when = ""
+    if h.get("kind") == "track":  # a video's object: its span, and the frame its box is from
+        when = f"  {_clock(h['start_s'])}-{_clock(h['end_s'])} (box at {_clock(h['best_s'])})"
+    elif h.get("kind") == "frame":
+        when = f"  at {_clock(h['start_s'])}"
+    return f"{h['score']:.3f}  {h['kind']:6s}  {h['image_path']}{when}  box=({x},{y},{w},{h_})  {h['segment_id']}"
 
 
 def _clock(s: float) -> str:

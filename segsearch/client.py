@@ -233,13 +233,17 @@ class ServerClient:
             )
         return job["summary"]
 
-    def search_hits(self, settings: Settings, query: str | None, image, *, top_k: int, filters: dict) -> list[dict]:
-        """``segsearch search`` through the server, hits shaped as a local search prints them."""
+    def search_page(
+        self, settings: Settings, query: str | None, image, *, filters: dict, group_by_image: bool = False, **ask
+    ) -> dict:
+        """``segsearch search`` through the server: {hits, groups, next_offset}, hits shaped as a
+        local search prints them. ``ask``: top_k, negative_text, offset, score_threshold."""
         import base64
 
         if "clip" in settings.model_fields_set:
             self.check_models(settings)
-        body: dict = {"top_k": top_k, "filters": filters}
+        body: dict = {"filters": filters, "group_by_image": group_by_image}
+        body.update({k: v for k, v in ask.items() if v is not None})
         if image is not None:
             try:
                 body["image_b64"] = base64.b64encode(Path(image).read_bytes()).decode()
@@ -247,10 +251,16 @@ class ServerClient:
                 raise ConfigError(f"cannot use --image {image}: {exc}") from exc
         else:
             body["text"] = query
-        return [
-            {**{k: h.get(k) for k in HIT_FIELDS}, "paths": [h["image_path"]] if h.get("image_path") else []}
-            for h in self.search(body)["hits"]
-        ]
+
+        def shaped(h):
+            return {**{k: h.get(k) for k in HIT_FIELDS}, "paths": [h["image_path"]] if h.get("image_path") else []}
+
+        got = self.search(body)
+        groups = got.get("groups")
+        if groups is not None:
+            keep = ("image_id", "image_path", "score")
+            groups = [{**{k: g[k] for k in keep}, "hits": [shaped(h) for h in g["hits"]]} for g in groups]
+        return {"hits": [shaped(h) for h in got["hits"]], "groups": groups, "next_offset": got.get("next_offset")}
 
     def wait(self, job_id: str, on_progress=None, poll_s: float = 0.3) -> dict:
         """Follow a job until it ends; Ctrl-C cancels it on the server."""

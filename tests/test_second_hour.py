@@ -134,3 +134,34 @@ def test_a_failed_first_run_does_not_fix_the_next_models_mask_settings(tmp_path)
     recorded = info["library"]["amg"]
     for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):
         assert recorded[k] == own[k], (k, recorded, own)
+
+
+def test_the_cli_searches_with_what_the_api_has_paging_cut_off_negative_text_and_groups(settings, tmp_path):
+    """The API had negative text, a score cut-off, results grouped per image and paging; the CLI
+    had none of them."""
+    from segsearch import Library
+
+    for i, (color, box) in enumerate([((220, 30, 30), (20, 20, 60, 60)), ((30, 30, 220), (80, 60, 50, 40))] * 2):
+        write(tmp_path / "lib" / f"p{i}.png", png_bytes(scene(color=color, box=(box[0] + i, *box[1:]))))
+    env = cli_env(settings)
+    assert runner.invoke(app, ["index", str(tmp_path / "lib")], env=env).exit_code == 0
+
+    def ids(*args):
+        r = runner.invoke(app, ["search", "red square", "--json", *args], env=env)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    four = ids("--top-k", "4")
+    assert len(four) == 4
+    assert [h["segment_id"] for h in ids("--top-k", "2", "--offset", "2")] == [h["segment_id"] for h in four[2:]]
+    cut = (four[1]["score"] + four[2]["score"]) / 2  # (printed scores are rounded)
+    assert four[1]["score"] > four[2]["score"]
+    assert [h["segment_id"] for h in ids("--top-k", "4", "--min-score", str(cut))] == [h["segment_id"] for h in four[:2]]
+    groups = ids("--top-k", "6", "--by-image")
+    assert groups and len({g["image_path"] for g in groups}) == len(groups)
+    assert all(1 <= len(g["hits"]) <= 3 and g["score"] == g["hits"][0]["score"] for g in groups)
+    with Library(settings=settings) as lib:
+        want = [h.segment_id for h in lib.search("red square", top_k=4, negative_text="blue square")]
+    assert [h["segment_id"] for h in ids("--top-k", "4", "--not", "blue square")] == want
+    text = runner.invoke(app, ["search", "red square", "--top-k", "2"], env=env).output
+    assert "(more: --offset 2)" in text  # a person is told how to get the next page
