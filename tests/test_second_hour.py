@@ -156,7 +156,8 @@ def test_the_cli_searches_with_what_the_api_has_paging_cut_off_negative_text_and
     assert [h["segment_id"] for h in ids("--top-k", "2", "--offset", "2")] == [h["segment_id"] for h in four[2:]]
     cut = (four[1]["score"] + four[2]["score"]) / 2  # (printed scores are rounded)
     assert four[1]["score"] > four[2]["score"]
-    assert [h["segment_id"] for h in ids("--top-k", "4", "--min-score", str(cut))] == [h["segment_id"] for h in four[:2]]
+    above = ids("--top-k", "4", "--min-score", str(cut))
+    assert [h["segment_id"] for h in above] == [h["segment_id"] for h in four[:2]]
     groups = ids("--top-k", "6", "--by-image")
     assert groups and len({g["image_path"] for g in groups}) == len(groups)
     assert all(1 <= len(g["hits"]) <= 3 and g["score"] == g["hits"][0]["score"] for g in groups)
