@@ -87,10 +87,18 @@ def search(
             "score_threshold": min_score,
             "group_by_image": by_image,
         }
+        import logging
+        import time
+
+        log, t0 = logging.getLogger("segsearch.search"), time.perf_counter()
         server = server_for(settings)
         if server is not None:
+            log.info("asking the running server %s", server.url, extra={"fields": {"event": "search_via_server"}})
             page = server.search_page(settings, query, image, filters=filters, **ask)
         else:
+            log.info(
+                "searching here (no server is running on this library)", extra={"fields": {"event": "search_here"}}
+            )
             from segsearch.api.schemas import Filters
 
             filters = Filters(**filters).to_filter()
@@ -104,6 +112,12 @@ def search(
                     for g in got.groups
                 ]
             page = {"hits": [h.to_dict() for h in got.hits], "groups": groups, "next_offset": got.next_offset}
+        log.info(
+            "%d hits in %.2f s",
+            len(page["hits"]),
+            time.perf_counter() - t0,
+            extra={"fields": {"event": "search_done", "hits": len(page["hits"]), "seconds": time.perf_counter() - t0}},
+        )
     except SegsearchError as exc:
         fail(exc)
     if json_out:  # hits as before; with --by-image, the groups

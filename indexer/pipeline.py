@@ -65,6 +65,23 @@ PROCESSES_MIN_LEFT = 8
 __all__ = ["Indexer", "Outcome", "RunSummary", "Stop"]
 
 
+def _log_outcome(outcome: Outcome, path: Path) -> None:
+    """-v: what was skipped or failed, and why; -vv: every image."""
+    fields = {"event": "file", "path": str(path), "status": outcome.status}
+    if outcome.status == "indexed":
+        log.debug(
+            "indexed %s: %d segments",
+            path,
+            outcome.segments,
+            extra={"fields": {**fields, "segments": outcome.segments}},
+        )
+    elif outcome.status == "skipped":
+        why = outcome.error or "unchanged since it was indexed with these models and settings"
+        log.info("skipped %s: %s", path, why, extra={"fields": {**fields, "reason": why}})
+    else:
+        log.info("failed %s: %s", path, outcome.error, extra={"fields": {**fields, "reason": outcome.error}})
+
+
 class Indexer:
     def __init__(self, settings: Settings, stores: Stores, models: Models):
         self.settings = settings
@@ -104,6 +121,32 @@ class Indexer:
                 "inputs": len(paths),
             }
         )
+        s = self.settings
+        log.info(
+            "index run %s: %d inputs; SAM %s (%s masks), CLIP %s, on %s (%s run); masks %s; crops %s",
+            summary.run_id,
+            len(paths),
+            self.models.sam_spec.name,
+            s.amg,
+            self.models.clip_spec.name,
+            s.resolved_device(),
+            s.engine,
+            s.amg_params(),
+            s.crop_params(),
+            extra={
+                "fields": {
+                    "event": "run_start",
+                    "run_id": summary.run_id,
+                    "inputs": len(paths),
+                    "sam": self.models.sam_spec.name,
+                    "clip": self.models.clip_spec.name,
+                    "mask_engine": s.amg,
+                    "engine": s.engine,
+                    "amg": s.amg_params(),
+                    "crop": s.crop_params(),
+                }
+            },
+        )
         self._done, self._group = set(), []
         self._left, self._workers = len(paths), sam_workers(self.models)
         self.times.reset()  # shared with the reader and the writer
@@ -112,6 +155,7 @@ class Indexer:
 
         def record(outcome: Outcome, path: Path) -> None:
             summary.add(outcome, path)
+            _log_outcome(outcome, path)
             if progress:
                 progress(outcome, path)
 
@@ -137,6 +181,18 @@ class Indexer:
             self._close_procs()
             summary.seconds = time.perf_counter() - started
             summary.stages = self.stages
+            log.info(
+                "index run %s %s: %d indexed, %d skipped, %d failed, %d segments in %.1f s; stages (s): %s",
+                summary.run_id,
+                status,
+                summary.indexed,
+                summary.skipped,
+                summary.failed,
+                summary.segments,
+                summary.seconds,
+                ", ".join(f"{k} {v:.2f}" for k, v in summary.stages.items()),
+                extra={"fields": {"event": "run_end", "status": status, **summary.to_dict()}},
+            )
             try:
                 self.catalog.finish_run(
                     summary.run_id,

@@ -231,6 +231,15 @@ def resolve(
         # failed, or a --reindex with another model): the new SAM gets its own, unless given
         keep = {k: v for k, v in keep.items() if k not in AMG_FIELDS}
     resolved = settings.model_copy(update=keep)
+    if keep:
+        import logging
+
+        logging.getLogger("segsearch.record").info(
+            "from the library's record (given: %s): %s",
+            ", ".join(sorted(explicit & {"sam", "clip", *AMG_FIELDS, *CROP_FIELDS.values()})) or "nothing",
+            ", ".join(f"{k}={v}" for k, v in sorted(keep.items())),
+            extra={"fields": {"event": "settings", "purpose": purpose, "recalled": keep}},
+        )
     if purpose == "index" and not catalog.has_indexed():
         # nothing indexed yet (a first run was stopped before any image was written): the record
         # is not binding, so flags may still change it, but without flags the run goes on with it

@@ -166,3 +166,37 @@ def test_the_cli_searches_with_what_the_api_has_paging_cut_off_negative_text_and
     assert [h["segment_id"] for h in ids("--top-k", "4", "--not", "blue square")] == want
     text = runner.invoke(app, ["search", "red square", "--top-k", "2"], env=env).output
     assert "(more: --offset 2)" in text  # a person is told how to get the next page
+
+
+def test_verbose_logging_shows_the_runs_decisions_and_json_lines_carry_them(settings, tmp_path):
+    """`-v`, `-vv` and `--log-format json` printed nothing for `index` or `search`."""
+    write(tmp_path / "lib" / "a.png", png_bytes(scene()))
+    write(tmp_path / "lib" / "broken.jpg", b"\xff\xd8\xff\xe0 not an image")
+    env = cli_env(settings)
+
+    def events(*args, env=env):
+        r = runner.invoke(app, [*args], env=env)
+        assert r.exit_code == 0, r.output
+        return [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+
+    first = events("-vv", "--log-format", "json", "index", str(tmp_path / "lib"))
+    start = next(e for e in first if e.get("event") == "run_start")
+    assert start["sam"] == "sam-test-tiny" and start["amg"]["points_per_side"] and start["inputs"] == 2
+    files = {e["path"].rsplit("/", 1)[-1]: e for e in first if e.get("event") == "file"}
+    assert files["a.png"]["status"] == "indexed" and files["a.png"]["segments"] >= 1  # -vv: every image
+    assert files["broken.jpg"]["status"] == "failed" and "cannot decode" in files["broken.jpg"]["reason"]
+    end = next(e for e in first if e.get("event") == "run_end")
+    assert end["indexed"] == 1 and end["failed"] == 1 and "sam" in " ".join(end["stages"])
+
+    bare = {k: v for k, v in env.items() if k in ("SEGSEARCH_DATA", "SEGSEARCH_CHECKPOINTS")}
+    again = events("-v", "--log-format", "json", "index", str(tmp_path / "lib"), env=bare)  # no model settings
+    recalled = next(e for e in again if e.get("event") == "settings")["recalled"]
+    assert recalled["sam"] == "sam-test-tiny"  # where the settings came from
+    skipped = next(e for e in again if e.get("event") == "file" and e["status"] == "skipped")
+    assert "unchanged" in skipped["reason"]
+    assert not [e for e in again if e.get("event") == "file" and e["status"] == "indexed"]  # (-v: decisions only)
+
+    found = events("-v", "--log-format", "json", "search", "red square")
+    assert any(e.get("event") == "search_here" for e in found)
+    assert next(e for e in found if e.get("event") == "search_done")["hits"] >= 1
+    assert events("--log-format", "json", "search", "red square") == []  # quiet by default
