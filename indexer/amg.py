@@ -111,14 +111,6 @@ def clean_small_regions(masks: np.ndarray, iou, stab, min_area: int, nms_thresh:
     return cleaned[keep], np.asarray(iou)[keep], np.asarray(stab)[keep]
 
 
-def masks_from_data(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dense masks, predicted IoUs and stability scores of a generator's ``MaskData`` (RLEs)."""
-    from segment_anything.utils.amg import rle_to_mask
-
-    masks = np.stack([rle_to_mask(r) for r in data["rles"]])
-    return masks, data["iou_preds"].float().cpu().numpy(), data["stability_score"].float().cpu().numpy()
-
-
 def _fast(sam, **params):
     from segsearch.models.sam import is_sam2
 
