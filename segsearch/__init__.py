@@ -7,7 +7,19 @@ pipeline stages in ``segsearch.indexer`` (folder ``indexer/``), the query servic
 segsearch imports no torch.
 """
 
+from pathlib import Path as _Path
+
 __version__ = "0.1.0"
+
+# Run from a checkout (``python -m segsearch``, ``pytest``, a script beside the README), the
+# source folder ``segsearch/`` comes first on sys.path and shadows an installed copy, whose
+# ``segsearch.cli``/``.indexer``/``.api``/``.checkpoints``/``.migrations`` come from the sibling
+# folders (pyproject's package-dir). Search the checkout root too, so those resolve to the sibling
+# folders as they do installed or editable.
+_root = _Path(__file__).resolve().parent.parent
+if (_root / "pyproject.toml").is_file() and (_root / "indexer" / "__init__.py").is_file():
+    __path__.append(str(_root))  # noqa: F821 (a package's __path__)
+del _root, _Path
 __all__ = ["Library", "__version__"]
 
 

@@ -200,3 +200,39 @@ def test_verbose_logging_shows_the_runs_decisions_and_json_lines_carry_them(sett
     assert any(e.get("event") == "search_here" for e in found)
     assert next(e for e in found if e.get("event") == "search_done")["hits"] >= 1
     assert events("--log-format", "json", "search", "red square") == []  # quiet by default
+
+
+def test_python_inside_the_checkout_works_after_a_plain_install(tmp_path):
+    """After the README's `pip install '.[sam2]'` (not editable), `python -m segsearch` and
+    `from segsearch import Library` run inside the checkout failed with "No module named
+    'segsearch.cli'": the source folder came first on sys.path and shadowed the installed copy."""
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*pip, "--target", str(target), str(root)], check=True, capture_output=True)
+    # this venv's editable finder would answer for segsearch.*: a plain install has none
+    drop_editable = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{drop_editable}; import runpy; sys.argv = ['segsearch', '--version']; "
+            "runpy.run_module('segsearch', run_name='__main__', alter_sys=True)",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0 and "0.1.0" in run.stdout, run.stderr[-2000:]
+    code = (
+        f"{drop_editable}; from segsearch import Library; import segsearch.checkpoints as c, segsearch.indexer.run; "
+        "from pathlib import Path; print(sorted(p.name for p in Path(c.__file__).parent.glob('*.pt')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "sam-shapes-tiny.pt" in run.stdout, run.stderr[-2000:]
