@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
@@ -10,7 +11,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from segsearch import __version__
-from segsearch.errors import SegsearchError
 from segsearch.settings import Settings
 
 from segsearch.api import admin, errors, metrics, routes, scenes, videos
@@ -42,8 +42,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from starlette.concurrency import run_in_threadpool
-
         svc = services or Services(settings)
         app.state.services = svc
         if watch:
@@ -53,12 +51,7 @@ def create_app(
             from segsearch.client import announce as write_announcement
 
             announced = write_announcement(svc.settings, owner_token)
-        try:
-            await run_in_threadpool(svc.load)
-        except SegsearchError as exc:  # weights missing offline and the like: said, not a traceback
-            errors.log.warning("not ready: %s (/readyz says so)", exc)
-        except Exception:  # noqa: BLE001 - stay up and report not-ready instead of crashing
-            errors.log.exception("model loading failed; /readyz will say so")
+        svc.start_loading()  # in the background: /healthz and the page answer from the first second
         svc.jobs.start()
         watcher = None
         if watch:
@@ -75,6 +68,7 @@ def create_app(
         if services is None:
             svc.close()
         else:
+            svc.stop_loading()
             svc.jobs.stop()
 
     from fastapi_offline import FastAPIOffline  # /docs and /redoc with their assets bundled: no CDN
@@ -138,6 +132,8 @@ def create_app(
         if not ok:
             failed = ", ".join(k for k, v in checks.items() if not v)
             body["problem"] = svc.load_error or ("models are loading" if not svc.ready else f"not working: {failed}")
+            if not svc.ready and svc.next_load_at is not None:  # a failed load, retried in the background
+                body["next_load_in_s"] = max(0, round(svc.next_load_at - time.time()))
         return JSONResponse(body, status_code=200 if ok else 503)
 
     for path, fn in (("/healthz", healthz), ("/readyz", readyz)):  # monitors often probe with HEAD

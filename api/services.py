@@ -3,12 +3,15 @@ one CLIP instance, one SAM prompt segmenter, the work slots, the render cache an
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from functools import lru_cache
 
 import numpy as np
 
 from segsearch import record
+from segsearch.errors import SegsearchError
 from segsearch.library import Library
 from segsearch.models.sam import PromptSegmenter
 from segsearch.roots import Roots
@@ -17,6 +20,16 @@ from segsearch.search import Searcher
 from segsearch.settings import Settings
 
 from segsearch.api.guard import ByteLRU, WorkSlots
+
+log = logging.getLogger("segsearch.api")
+# Seconds between background tries of a model load that failed (weights not downloaded yet, the hub
+# unreachable): a request never retries it itself, it answers 503 at once. Doubling up to 5 minutes,
+# so placing the weights or the network coming back is picked up without a restart.
+LOAD_RETRY_S = (15, 30, 60, 120, 300)
+
+
+class ModelsNotReady(SegsearchError):
+    """CLIP is not loaded (yet): search answers 503 with Retry-After instead of waiting on a load."""
 
 
 class Services:
@@ -50,6 +63,11 @@ class Services:
         self.roots = Roots.of(settings.roots)  # where jobs posted over HTTP may index (segsearch.roots)
         self.ready = False
         self.load_error: str | None = None  # why the models are not loaded (readyz, 503 bodies)
+        self.load_attempts = 0
+        self.next_load_at: float | None = None  # time.time() of the next background try, when one failed
+        self._tried = threading.Event()  # the first load finished, loaded or failed
+        self._stop_loading = threading.Event()
+        self._loader: threading.Thread | None = None
         from segsearch.api.jobs import Jobs
 
         self.jobs = Jobs(self)
@@ -59,20 +77,58 @@ class Services:
         self.roots = Roots.of([*self.roots.dirs, *folders])
 
     def load(self) -> None:
-        """Load CLIP up front so the first query is fast; a failure is kept, not raised: the server
-        stays up and says what is missing (``/readyz``, 503 on search)."""
+        """Load CLIP (so the first query is fast). A failure is kept in ``load_error`` (``/readyz``,
+        503 bodies) and raised."""
+        self.load_attempts += 1
         try:
-            self.embedder  # noqa: B018
+            with self._load_lock:
+                self.models.embedder  # noqa: B018
         except Exception as exc:  # noqa: BLE001
             self.load_error = f"CLIP model {self.clip_spec.name} is unavailable: {exc}"
             raise
+        finally:
+            self._tried.set()
         self.load_error = None
+        self.next_load_at = None
         self.ready = True
+
+    def start_loading(self) -> None:
+        """Load in the background, so the server answers (``/healthz``, the page) from its first
+        second; a failed load is retried with backoff (``LOAD_RETRY_S``), never per request."""
+        if self.models.embedder_loaded:  # given (tests, the Python API): ready at once
+            self.load()
+        elif self._loader is None:
+            self._loader = threading.Thread(target=self._load_until_loaded, name="segsearch-load", daemon=True)
+            self._loader.start()
+
+    def _load_until_loaded(self) -> None:
+        while not self._stop_loading.is_set():
+            try:
+                self.load()
+                log.info("models loaded: CLIP %s", self.clip_spec.name)
+                return
+            except SegsearchError:  # weights missing offline and the like: said, not a traceback
+                pass
+            except Exception:  # noqa: BLE001 - stay up and report not-ready instead of crashing
+                log.exception("model loading failed")
+            wait = LOAD_RETRY_S[min(self.load_attempts, len(LOAD_RETRY_S)) - 1]
+            self.next_load_at = time.time() + wait
+            log.warning("not ready: %s (/readyz says so); trying again in %d s", self.load_error, wait)
+            self._stop_loading.wait(wait)
 
     @property
     def embedder(self):
-        with self._load_lock:
-            return self.models.embedder
+        if self.ready or self._loader is None:  # loaded, or no background loading (the Python API, tests)
+            with self._load_lock:
+                return self.models.embedder
+        # a first load still running (a large checkpoint being read) is waited for, within the
+        # request's time; one that failed answers at once
+        self._tried.wait(self.settings.request_timeout_s)
+        if not self.ready:
+            wait = None if self.next_load_at is None else max(0, round(self.next_load_at - time.time()))
+            again = "" if wait is None else f"; the next try is in {wait} s"
+            raise ModelsNotReady((self.load_error or "the models are still loading") + again)
+        return self.models.embedder
 
     @property
     def sam(self):
@@ -105,7 +161,11 @@ class Services:
         with self.model_lock:
             return self.searcher.image_vector(pil_image)
 
+    def stop_loading(self) -> None:
+        self._stop_loading.set()
+
     def close(self) -> None:
+        self.stop_loading()
         self.jobs.stop()
         self.library.close()
 

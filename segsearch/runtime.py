@@ -152,6 +152,11 @@ class Models:
         return collection_name(self.clip_spec.fingerprint)
 
     @property
+    def embedder_loaded(self) -> bool:
+        """CLIP is in memory (given, or loaded already): asking for it costs nothing."""
+        return self._embedder is not None
+
+    @property
     def embedder(self):
         if self._embedder is None:
             self._embedder = load_clip(self.settings, self.clip_spec)

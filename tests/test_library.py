@@ -108,7 +108,9 @@ def test_a_failed_first_run_does_not_bind_the_library(tmp_path):
 def test_a_server_without_its_models_says_which_and_why(tmp_path):
     s = Settings(data=tmp_path / "data", checkpoints=tmp_path / "ckpt", offline=True)  # clip-vit-b-32, not here
     with TestClient(base_url="http://127.0.0.1", app=create_app(s)) as c:
-        r = c.get("/readyz")
+        deadline = time.monotonic() + 30  # the models load in the background; this one fails fast (offline)
+        while (r := c.get("/readyz")).json().get("problem") == "models are loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert r.status_code == 503
         body = r.json()
         assert body["checks"]["models"] is False and "clip-vit-b-32" in body["problem"]

@@ -236,3 +236,68 @@ def test_python_inside_the_checkout_works_after_a_plain_install(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert run.returncode == 0 and "sam-shapes-tiny.pt" in run.stdout, run.stderr[-2000:]
+
+
+def test_without_network_a_model_fetch_fails_at_once_in_one_line(tmp_path):
+    """Offline, a CLIP fetch retried 5 times (~23 s) and printed huggingface_hub's raw retry lines
+    before its error. A hub name that does not resolve now fails at once, with one line."""
+    import os
+    import sys
+    import time
+
+    write(tmp_path / "p" / "a.png", png_bytes(scene()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGSEARCH_", "HF_"))}
+    env.update(HF_ENDPOINT="http://hub.segsearch.invalid", HF_HOME=str(tmp_path / "hf"))
+    args = ["index", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--sam", "sam-shapes-tiny"]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "segsearch", *args], env=env, capture_output=True, text=True)
+    took = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert not any("Retry" in ln or "thrown while requesting" in ln for ln in lines), lines
+    assert len(lines) == 1 and "cannot resolve hub.segsearch.invalid" in lines[0], lines
+    assert took < 20, took  # interpreter, torch and the bundled SAM included; the retries alone took 23 s
+
+
+def test_a_server_answers_at_once_and_retries_a_failed_model_load_in_the_background(settings, monkeypatch):
+    """A server whose CLIP could not be fetched made /healthz wait ~32 s and blocked every search
+    ~23 s on a new fetch. Now it answers from the first second, each search says why at once, and
+    the load is retried in the background: once the weights are there, it serves without a restart."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from segsearch import runtime
+    from segsearch.errors import WeightsUnavailable
+
+    from segsearch.api import services
+    from segsearch.api.app import create_app
+
+    tries, real = [], runtime.load_clip
+
+    def flaky(*a, **kw):
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            time.sleep(0.5)  # a fetch that takes a while, then fails
+            raise WeightsUnavailable("cannot resolve hub.example (no network)")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runtime, "load_clip", flaky)
+    monkeypatch.setattr(services, "LOAD_RETRY_S", (0.5, 1.0))
+    t0 = time.monotonic()
+    with TestClient(base_url="http://127.0.0.1", app=create_app(settings)) as c:
+        assert c.get("/healthz").status_code == 200 and time.monotonic() - t0 < 2
+        while c.get("/readyz").json().get("problem") == "models are loading":
+            time.sleep(0.05)
+        t1 = time.monotonic()
+        r = c.post("/v1/search", json={"text": "red"})
+        assert r.status_code == 503 and "no network" in r.json()["detail"] and r.headers["retry-after"]
+        assert time.monotonic() - t1 < 0.5  # said at once, not after another fetch
+        ready = c.get("/readyz").json()
+        assert "no network" in ready["problem"] and "next_load_in_s" in ready
+        deadline = time.monotonic() + 20
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, c.get("/readyz").json()
+            time.sleep(0.1)
+        assert c.post("/v1/search", json={"text": "red"}).status_code == 200
+    assert len(tries) == 3  # in the background, with backoff: not once per request

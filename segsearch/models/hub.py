@@ -31,6 +31,54 @@ from segsearch.errors import ChecksumMismatch, WeightsUnavailable
 log = logging.getLogger("segsearch.models")
 PINS = "hub-pins.json"
 _PINS_LOCK = threading.Lock()
+# How long the hub's name may take to resolve before we call the machine offline. huggingface_hub
+# retries a failed connection 5 times with backoff (~23 s, a raw warning line each time); a name
+# that does not resolve will not resolve on the 5th try, so we ask once, up front.
+RESOLVE_TIMEOUT_S = 5.0
+
+
+def unresolvable(url: str, timeout: float = RESOLVE_TIMEOUT_S) -> str | None:
+    """Why the host of ``url`` cannot be resolved (no network, no DNS), or None when it can.
+    getaddrinfo has no timeout of its own: it runs on a daemon thread we stop waiting for."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname
+    if not host:
+        return f"{url!r} names no host"
+    answer: list[str | None] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+            answer.append(None)
+        except OSError as exc:
+            answer.append(f"cannot resolve {host}: {exc.strerror or exc}")
+
+    t = threading.Thread(target=resolve, daemon=True, name="segsearch-resolve")
+    t.start()
+    t.join(timeout)
+    return answer[0] if answer else f"resolving {host} took over {timeout:g} s"
+
+
+class _HubRetryLines(logging.Filter):
+    """huggingface_hub's per-retry warnings ("'...' thrown while requesting HEAD ...", "Retrying in
+    4s [Retry 3/5]") become debug lines of ours: the one error we raise after says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "thrown while requesting" in msg or msg.startswith("Retrying in "):
+            log.debug("hub: %s", msg)
+            return False
+        return True
+
+
+def _quiet_hub_retries() -> None:
+    hub_http = logging.getLogger("huggingface_hub.utils._http")
+    api = logging.getLogger("huggingface_hub.hf_api")
+    for logger in (hub_http, api):
+        if not any(isinstance(f, _HubRetryLines) for f in logger.filters):
+            logger.addFilter(_HubRetryLines())
 
 
 @dataclass(frozen=True)
@@ -135,16 +183,21 @@ def _download(w: HubWeights, revision: str | None, checkpoints: Path, offline: b
         RevisionNotFoundError,
     )
 
+    _quiet_hub_retries()
     offline = offline or bool(constants.HF_HUB_OFFLINE)
+    no_network = None if offline else unresolvable(constants.ENDPOINT)
     what = f"{w.filename} of {w.repo} (revision {revision or 'main'})"
     try:
-        return hf_hub_download(w.repo, w.filename, revision=revision, local_files_only=offline, etag_timeout=timeout)
-    except LocalEntryNotFoundError as exc:
-        why = (
-            "offline mode is on (SEGSEARCH_OFFLINE or HF_HUB_OFFLINE) and it is not in the cache"
-            if offline
-            else f"the hub could not be reached ({exc.__cause__ or exc})"
+        return hf_hub_download(
+            w.repo, w.filename, revision=revision, local_files_only=offline or bool(no_network), etag_timeout=timeout
         )
+    except LocalEntryNotFoundError as exc:
+        if no_network:
+            why = f"no network ({no_network}) and it is not in the cache"
+        elif offline:
+            why = "offline mode is on (SEGSEARCH_OFFLINE or HF_HUB_OFFLINE) and it is not in the cache"
+        else:
+            why = f"the hub could not be reached ({exc.__cause__ or exc})"
         raise WeightsUnavailable(_offline_message(w, revision, checkpoints, why)) from None
     except GatedRepoError:
         raise WeightsUnavailable(
