@@ -160,7 +160,7 @@ class Library:
     # --- search --------------------------------------------------------------------------------------
     def searcher(self) -> Searcher:
         m = self.models()
-        return Searcher(self.catalog, self.vectors, m.embedder, m.collection)
+        return Searcher(self.catalog, self.vectors, m.query_encoder, m.collection)
 
     def query_vector(
         self,

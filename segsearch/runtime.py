@@ -69,19 +69,43 @@ def check_data_dir(data) -> None:
             return
 
 
+class _QueryEncoder:
+    def __init__(self, models: Models):
+        self.models = models
+        self.spec = models.clip_spec
+        self._tower = False  # not looked for yet
+
+    def embed_texts(self, texts):
+        m = self.models
+        if not m.embedder_loaded and self._tower is False:
+            from segsearch.models.text_tower import TextTower
+
+            self._tower = TextTower.open(m.settings.data, m.clip_spec.fingerprint)
+        if not m.embedder_loaded and self._tower is not None:
+            return self._tower.embed_texts(texts)
+        return m.embedder.embed_texts(texts)
+
+    def embed_images(self, images):
+        return self.models.embedder.embed_images(images)
+
+
 def load_clip(settings: Settings, spec=None):
     """The CLIP embedder that ``settings`` name (weights verified, downloaded unless offline)."""
     from segsearch.models import get_clip_spec
     from segsearch.models.clip import ClipEmbedder
 
     spec = spec or get_clip_spec(settings.clip, settings.clip_arch)
-    return ClipEmbedder.from_spec(
+    embedder = ClipEmbedder.from_spec(
         spec,
         settings.checkpoints,
         device=settings.resolved_device(),
         offline=settings.offline,
         batch_size=settings.clip_batch_size,
     )
+    from segsearch.models.text_tower import export
+
+    export(embedder, settings.data)  # once per model: later text queries need no torch (text_tower.py)
+    return embedder
 
 
 def load_sam(settings: Settings, spec=None):
@@ -127,6 +151,7 @@ class Models:
         self.guard = guard
         self._sam = sam
         self._embedder = embedder
+        self._query_encoder = None
 
     @property
     def fingerprint(self) -> str:
@@ -150,6 +175,15 @@ class Models:
     def collection(self) -> str:
         """The vector collection of this CLIP model (one per embedding space)."""
         return collection_name(self.clip_spec.fingerprint)
+
+    @property
+    def query_encoder(self):
+        """What turns a query into a vector: CLIP once loaded; before that, text through the NumPy
+        text tower exported into the data directory (no torch import: a cold CLI query), images and
+        anything else through CLIP, loaded then."""
+        if self._query_encoder is None:
+            self._query_encoder = _QueryEncoder(self)
+        return self._query_encoder
 
     @property
     def embedder_loaded(self) -> bool:

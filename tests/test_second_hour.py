@@ -301,3 +301,40 @@ def test_a_server_answers_at_once_and_retries_a_failed_model_load_in_the_backgro
             time.sleep(0.1)
         assert c.post("/v1/search", json={"text": "red"}).status_code == 200
     assert len(tries) == 3  # in the background, with backoff: not once per request
+
+
+def test_a_cold_cli_text_query_does_not_load_torch_and_finds_what_torch_finds(tmp_path):
+    """Every CLI query cost 9-11 s and ~1 GB, ~8 s of it importing torch, open_clip and timm. Now
+    indexing leaves CLIP's text tower in the library (NumPy), and a text query from a new process
+    uses it: no torch, the same hits in the same order."""
+    import os
+    import shutil
+    import sys
+
+    write(tmp_path / "p" / "red.png", png_bytes(scene(color=(220, 30, 30))))
+    write(tmp_path / "p" / "blue.png", png_bytes(scene(box=(80, 50, 50, 40), color=(30, 30, 220))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSEARCH_")}
+    data = tmp_path / "d"
+    index = [sys.executable, "-m", "segsearch", "index", str(tmp_path / "p"), "--data", str(data)]
+    r = subprocess.run([*index, "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny"], env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list((data / "text-tower").glob("*/meta.json"))
+    probe = (
+        "import atexit, runpy, sys; "
+        "atexit.register(lambda: print('TORCH', 'torch' in sys.modules, file=sys.stderr)); "
+        f"sys.argv = ['segsearch', 'search', 'red circle', '--data', {str(data)!r}, '--json']; "
+        "runpy.run_module('segsearch', run_name='__main__')"
+    )
+
+    def query() -> tuple[list[str], bool]:
+        r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        hits = [h["segment_id"] for h in json.loads(r.stdout)]
+        return hits, "TORCH True" in r.stderr
+
+    cold, torch_loaded = query()
+    assert cold and not torch_loaded
+    shutil.rmtree(data / "text-tower")  # as before: through open_clip and torch (which exports it again)
+    before, torch_loaded = query()
+    assert torch_loaded and before == cold
+    assert list((data / "text-tower").glob("*/meta.json"))
