@@ -1,4 +1,4 @@
-"""Regenerate the README's screenshots of the web page (docs/search.png, docs/detail.png).
+"""Regenerate the screenshots of the web page in the manual (docs/assets/search.png, detail.png).
 
     python docs/screenshots.py            # needs Debian's chromium and the `playwright` package
 
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent
+OUT = Path(__file__).resolve().parent / "assets"
 SIZE = {"width": 1000, "height": 620}
 
 

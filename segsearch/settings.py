@@ -99,12 +99,19 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------------
     data: Path = Field(DEFAULT_DATA, description="Data directory (SQLite file, embedded vectors).")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data>/segsearch.db")
-    vector_backend: Literal["embedded", "server"] = "embedded"
+    vector_backend: Literal["embedded", "server"] = Field(
+        "embedded",
+        description="embedded (Qdrant Edge, in-process) or server (qdrant-client: a Qdrant server or cluster).",
+    )
     qdrant_url: str | None = Field(
         None, description="Qdrant server URL for the server backend (':memory:' or a path = client local mode)."
     )
-    qdrant_api_key: str | None = None
-    checkpoints: Path = Field(default_factory=_default_checkpoints)
+    qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server (server backend).")
+    checkpoints: Path = Field(
+        default_factory=_default_checkpoints,
+        description="Where SAM weights are downloaded and looked up; Hub pins and hand-placed Hub files. "
+        "checkpoints/ in a checkout, else ~/.cache/segsearch/checkpoints.",
+    )
 
     # --- embedded vector index (HNSW) ----------------------------------------------------------
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW edges per node (new collections).")
@@ -144,13 +151,13 @@ class Settings(BaseSettings):
     # Unset (None) generator settings take the SAM model's own (a bundled shapes model's tuned ones),
     # else its family's generator defaults (SAM 1: 32 / 0.88 / 0.95 / 0; SAM 2: IoU 0.8).
     points_per_side: int | None = Field(None, ge=1, description="Unset: the model's (Meta's: 32).")
-    points_per_batch: int = Field(64, ge=1)
+    points_per_batch: int = Field(64, ge=1, description="SAM prompts decoded together (memory, not masks).")
     pred_iou_thresh: float | None = Field(
         None, ge=0.0, le=1.0, description="Unset: the model's (its family's generator: SAM 1 0.88, SAM 2 0.8)."
     )
     stability_score_thresh: float | None = Field(None, ge=0.0, le=1.0, description="Unset: the model's (Meta's: 0.95).")
-    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
-    crop_n_layers: int = Field(0, ge=0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="Box IoU above which the weaker mask is dropped.")
+    crop_n_layers: int = Field(0, ge=0, description="SAM's extra passes on image crops (0: the whole image only).")
     min_mask_region_area: int | None = Field(None, ge=0, description="Unset: the model's (Meta's: 0, no clean-up).")
     prompts: Literal["grid", "adaptive"] = Field(
         "adaptive",
@@ -167,12 +174,14 @@ class Settings(BaseSettings):
     )
 
     # --- crops ---------------------------------------------------------------------------
-    crop_mode: CropMode = "masked"
+    crop_mode: CropMode = Field(
+        "masked", description="Outside the mask in a CLIP crop: masked (filled), box (kept), blur."
+    )
     crop_padding: float = Field(0.1, ge=0.0, le=2.0, description="Context around the box, fraction of its side.")
     min_segment_area: int = Field(64, ge=0, description="Masks smaller than this many pixels are skipped.")
 
     # --- indexing --------------------------------------------------------------------------
-    clip_batch_size: int = Field(32, ge=1)
+    clip_batch_size: int = Field(32, ge=1, description="Crops embedded by CLIP together.")
     read_workers: int = Field(2, ge=1, description="Threads reading, hashing and decoding files ahead of SAM.")
     prefetch: int = Field(4, ge=1, description="Files read ahead of the model stage (bounds memory).")
     write_group_images: int = Field(8, ge=1, description="Images whose crops are embedded and written together.")
@@ -223,8 +232,8 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(None, description="Name of this indexer in claims (default host:pid:random).")
 
     # --- query service ---------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address segsearch serve listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port segsearch serve listens on.")
     api_key: str | None = Field(
         None,
         description="The read key: when set, searches, records, renders, pages' API calls and /metrics require it "
@@ -246,15 +255,19 @@ class Settings(BaseSettings):
         description="Host header values the server answers (DNS-rebinding guard). Empty: loopback names and the "
         "address it binds; '*': any.",
     )
-    cors_origins: list[str] = Field(default_factory=list)
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS, e.g. '[\"https://example.org\"]' (none: no CORS)."
+    )
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest upload (Content-Length, and while a chunked body streams)."
+    )
     max_upload_pixels: int = Field(
         50_000_000,
         ge=1,
         description="Largest image an API request may decode (checked from its header): a "
         "/v1/segment call costs ~20 bytes per pixel, so 50 MP is ~1 GB of work.",
     )
-    request_timeout_s: float = Field(30.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0, description="API requests running longer get 503 + Retry-After.")
     max_concurrent_work: int = Field(
         default_factory=lambda: _default_work_slots(),
         ge=1,
