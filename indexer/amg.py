@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from segsearch.masks import MaskSet
+from segsearch.models import amg_params
 
 
 class MaskGenerator(Protocol):
@@ -148,7 +149,7 @@ def mask_generator_for(models):
     """The automatic mask generator of ``models`` (``segsearch.runtime.Models``), built on first use
     around its SAM with the settings' engine and parameters, then kept on ``models``."""
     if models.mask_generator is None:
-        models.mask_generator = make_mask_generator(models.engine, models.sam, **models.settings.amg_params())
+        models.mask_generator = make_mask_generator(models.engine, models.sam, **amg_params(models.settings))
     return models.mask_generator
 
 

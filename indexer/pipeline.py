@@ -40,6 +40,7 @@ from pathlib import Path
 
 from segsearch.errors import ImageError, SegsearchError, Stop
 from segsearch.images import DecodedImage, check_sam_view
+from segsearch.models import amg_params
 from segsearch.runtime import Models, Stores
 from segsearch.settings import Settings
 from segsearch.store.sql import as_utc, utcnow
@@ -116,7 +117,7 @@ class Indexer:
                 "fingerprint": self.models.fingerprint,
                 "collection": self.models.collection,
                 "force": force,
-                "amg": self.settings.amg_params(),
+                "amg": amg_params(self.settings),
                 "crop": self.settings.crop_params(),
                 "inputs": len(paths),
             }
@@ -131,7 +132,7 @@ class Indexer:
             self.models.clip_spec.name,
             s.resolved_device(),
             s.engine,
-            s.amg_params(),
+            amg_params(s),
             s.crop_params(),
             extra={
                 "fields": {
@@ -142,7 +143,7 @@ class Indexer:
                     "clip": self.models.clip_spec.name,
                     "mask_engine": s.amg,
                     "engine": s.engine,
-                    "amg": s.amg_params(),
+                    "amg": amg_params(s),
                     "crop": s.crop_params(),
                 }
             },

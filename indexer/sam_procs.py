@@ -21,6 +21,8 @@ import os
 import time
 from contextlib import contextmanager
 
+from segsearch.models import amg_params
+
 _STATE: dict = {}
 
 
@@ -90,7 +92,7 @@ class SamProcesses:
 
         s = models.settings
         self.workers = workers
-        args = (os.getpid(), models.sam, models.engine, s.amg_params(), s, models.embedder.image_size)
+        args = (os.getpid(), models.sam, models.engine, amg_params(s), s, models.embedder.image_size)
         self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start, initargs=args)
         with _main_script_hidden():  # (the pool starts a process per submit until it has them all)
             self._starting = [self._pool.submit(_ready) for _ in range(workers)]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from segsearch.errors import ConfigError
+from segsearch.models import amg_params
 from segsearch.settings import Settings
 
 Purpose = Literal["index", "search", "serve", "doctor", "info"]
@@ -114,7 +115,7 @@ def clip_entry(settings: Settings) -> dict:
 def amg_entry(settings: Settings) -> dict:
     """The generator settings as run: unset ones resolved to the model's defaults, so the library
     keeps the numbers it was indexed with."""
-    params = settings.amg_params()
+    params = amg_params(settings)
     return {k: params[k] for k in AMG_FIELDS}
 
 
@@ -266,7 +267,7 @@ def resolve(
             changed.append(f"SAM {resolved.sam} (recorded: {rec.sam.get('name')})")
         if "clip" in explicit and clip_entry(resolved)["fingerprint"] != rec.clip.get("fingerprint"):
             changed.append(f"CLIP {resolved.clip} (recorded: {rec.clip.get('name')})")
-        params = resolved.amg_params()
+        params = amg_params(resolved)
         for k in AMG_FIELDS:
             if k in explicit and rec.amg and params[k] != rec.amg.get(k):
                 changed.append(f"{k} {params[k]} (recorded: {rec.amg.get(k)})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from segsearch.identity import collection_name, pipeline_fingerprint, video_fingerprint
+from segsearch.models import amg_params
 from segsearch.settings import Settings
 from segsearch.store.sql import Catalog
 from segsearch.store.vectors import VectorIndex, open_vector_index
@@ -159,7 +160,7 @@ class Models:
         return pipeline_fingerprint(
             self.sam_spec.fingerprint,
             self.clip_spec.fingerprint,
-            self.settings.amg_params(),
+            amg_params(self.settings),
             self.settings.crop_params(),
         )
 

@@ -20,17 +20,6 @@ from pydantic_settings import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bundled_checkpoints() -> Path:
-    """Where the bundled ``*-tiny.pt`` models are: package data of ``segsearch.checkpoints``
-    (folder ``checkpoints/`` in a source checkout, ``site-packages/segsearch/checkpoints`` in a wheel)."""
-    from importlib.resources import files
-
-    return Path(str(files("segsearch.checkpoints")))
-
-
-BUNDLED_CHECKPOINTS = _bundled_checkpoints()
-
-
 DEFAULT_DATA = Path("segsearch-data")
 CONFIG_NAME = "segsearch.toml"  # in the data directory: that library's settings
 # Environment variables with our prefix that are not settings (test harness switches).
@@ -306,10 +295,10 @@ class Settings(BaseSettings):
     def vectors_path(self) -> Path:
         return self.data / "vectors"
 
-    def amg_params(self) -> dict:
-        """Parameters handed to the mask generator (part of the model fingerprint); unset ones
-        resolved to the SAM model's defaults (``segsearch.models.registry.amg_defaults``)."""
-        given = {
+    def given_amg_params(self) -> dict:
+        """The mask generator's parameters as set (None: unset, the SAM model's default applies;
+        ``segsearch.models.amg_params`` resolves them)."""
+        return {
             "points_per_side": self.points_per_side,
             "points_per_batch": self.points_per_batch,
             "pred_iou_thresh": self.pred_iou_thresh,
@@ -320,13 +309,6 @@ class Settings(BaseSettings):
             "prompts": self.prompts,
             "mask_side": self.mask_side,
         }
-        if any(v is None for v in given.values()):
-            from segsearch.models import get_sam_spec
-            from segsearch.models.registry import amg_defaults
-
-            defaults = amg_defaults(get_sam_spec(self.sam))
-            given = {k: defaults[k] if v is None else v for k, v in given.items()}
-        return given
 
     def video_params(self) -> dict:
         """What changes a video's tracks (part of a video's fingerprint, not a photo's)."""

@@ -16,6 +16,7 @@ import pg  # noqa: E402
 import tiny  # noqa: E402  (registers the tiny test models)
 
 from segsearch.masks import MaskSet  # noqa: E402
+from segsearch.models import amg_params  # noqa: E402
 from segsearch.settings import Settings  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def make_models(tiny_sam, tiny_embedder):
     from segsearch.indexer.amg import make_mask_generator
 
     def _make(settings: Settings, *, embedder=None, mask_generator=None) -> Models:
-        gen = mask_generator or make_mask_generator(settings.amg, tiny_sam, **settings.amg_params())
+        gen = mask_generator or make_mask_generator(settings.amg, tiny_sam, **amg_params(settings))
         return Models(settings, sam_spec=tiny.TINY_SAM, mask_generator=gen, embedder=embedder or tiny_embedder)
 
     return _make

@@ -7,6 +7,7 @@ import tiny
 
 from segsearch.eval.quality import iou_matrix
 from segsearch.eval.shapes import HELDOUT_SEEDS, SHAPES_AMG, make_scene
+from segsearch.models import amg_params
 from segsearch.models.registry import get_sam_spec
 from segsearch.models.sam import load_sam
 from segsearch.settings import Settings
@@ -261,7 +262,7 @@ def test_at_sams_default_parameters_the_masks_are_the_reference_masks(shapes_sam
     """What `segsearch index` runs with no flags (32x32 prompts, predicted IoU 0.88, stability 0.95,
     where many candidates' scores sit near the threshold): the same masks, pixel for pixel, the
     same boxes and the same count as the official generator."""
-    params = {k: Settings.model_fields[k].default for k in Settings().amg_params()}
+    params = {k: Settings.model_fields[k].default for k in amg_params(Settings())}
     params["prompts"] = (
         "grid"  # every grid prompt, as the official generator decodes them (tests/test_prompts.py: adaptive)
     )

@@ -10,6 +10,7 @@ from conftest import png_bytes, scene, write
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from segsearch.models import amg_params
 from segsearch.settings import Settings
 
 from segsearch.api.app import create_app
@@ -40,7 +41,7 @@ def indexed(tmp_path_factory, tiny_sam, tiny_embedder):
         settings,
         sam_spec=tiny.TINY_SAM,
         embedder=tiny_embedder,
-        mask_generator=make_mask_generator(settings.amg, tiny_sam, **settings.amg_params()),
+        mask_generator=make_mask_generator(settings.amg, tiny_sam, **amg_params(settings)),
     )
     with Library(settings=settings, models=models) as library:
         library.index([str(lib)])

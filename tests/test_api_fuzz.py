@@ -8,6 +8,7 @@ import schemathesis
 from conftest import png_bytes, scene, write
 from hypothesis import HealthCheck, settings
 
+from segsearch.models import amg_params
 from segsearch.settings import Settings
 
 from segsearch.api.app import create_app
@@ -44,7 +45,7 @@ def fuzz_app(tmp_path_factory, tiny_sam, tiny_embedder):
         s,
         sam_spec=tiny.TINY_SAM,
         embedder=tiny_embedder,
-        mask_generator=make_mask_generator(s.amg, tiny_sam, **s.amg_params()),
+        mask_generator=make_mask_generator(s.amg, tiny_sam, **amg_params(s)),
     )
     with Library(settings=s, models=models) as library:
         library.index([str(root / "lib")])

@@ -12,6 +12,7 @@ from PIL import Image
 
 from segsearch.crops import MAX_CANVAS, cut_crop, whole_image
 from segsearch.eval.shapes import DEMO_SEEDS, make_scene
+from segsearch.models import amg_params
 
 # `segsearch ARGS` in this process, then its own peak RSS (KiB) on stderr's last line
 PEAK = """
@@ -183,7 +184,7 @@ def test_a_24_mp_photo_gets_its_full_resolution_segments_from_a_working_view(
     for name, s in (("view", settings), ("full", full)):
         s = s.model_copy(update={"sam": "sam-shapes-tiny", "points_per_side": None, "pred_iou_thresh": None})
         s = s.model_copy(update={"stability_score_thresh": None, "min_mask_region_area": None})
-        gen = make_mask_generator("fast", sam, **s.amg_params())
+        gen = make_mask_generator("fast", sam, **amg_params(s))
         r = index(s, [lib], models=make_models(s, mask_generator=gen))
         assert (r.indexed, r.failed) == (1, 0)
         catalog, _ = stores(s)

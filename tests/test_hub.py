@@ -12,7 +12,7 @@ import tiny
 from conftest import png_bytes, scene, write
 from fake_hub import FakeHub, running
 
-from segsearch.settings import BUNDLED_CHECKPOINTS
+from segsearch.models.weights import BUNDLED_CHECKPOINTS
 
 CLI = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
 WEIGHTS = (BUNDLED_CHECKPOINTS / "clip-shapes-tiny.pt").read_bytes()

@@ -112,3 +112,10 @@ def test_the_layout_checks_see_a_wrong_import(tmp_path):
     p.write_text("def f():\n    from segsearch.indexer.run import index_paths\n")
     assert "segsearch.indexer.run" in imported(p)
     assert layer("segsearch.api.routes") == "api" and layer("segsearch.search") == "core"
+
+
+def test_settings_is_a_leaf():
+    """settings imported the model registry and the registry imported settings: a leaf now, so
+    any module can read the settings without pulling the models in (or a cycle)."""
+    ours = {m for m in imported(ROOT / "segsearch" / "settings.py") if m == "segsearch" or m.startswith("segsearch.")}
+    assert not ours, ours

@@ -7,6 +7,7 @@ import pytest
 
 from segsearch.eval.quality import iou_matrix
 from segsearch.eval.shapes import HELDOUT_SEEDS, make_scene, make_small_scene
+from segsearch.models import amg_params
 from segsearch.models.registry import get_sam_spec
 from segsearch.models.sam import load_sam
 from segsearch.settings import Settings
@@ -20,7 +21,7 @@ def test_adaptive_prompts_keep_the_full_grids_segments_with_fewer_prompts(model)
     ones): every mask of the full grid that becomes a segment is found again (IoU >= 0.9), with
     far fewer prompts decoded."""
     sam = load_sam(get_sam_spec(model), Path("unused"), offline=True)
-    params = {k: v for k, v in Settings(sam=model, points_per_side=32).amg_params().items() if k != "prompts"}
+    params = {k: v for k, v in amg_params(Settings(sam=model, points_per_side=32)).items() if k != "prompts"}
     grid = make_mask_generator("fast", sam, **params, prompts="grid")
     adaptive = make_mask_generator("fast", sam, **params, prompts="adaptive")
     scenes = [make_scene(HELDOUT_SEEDS[7], nested=1.0), make_small_scene(HELDOUT_SEEDS[8], nested=1.0)]

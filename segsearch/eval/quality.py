@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from segsearch.masks import MaskSet, decode_rle
+from segsearch.models import amg_params
 from segsearch.settings import Settings
 
 MATCH_IOU = 0.75
@@ -255,7 +256,7 @@ def evaluate(
             "sam": base.sam_spec.name,
             "clip": base.clip_spec.name,
             "crop_mode": settings.crop_mode,
-            "amg": settings.amg_params(),
+            "amg": amg_params(settings),
             "seconds": round(time.perf_counter() - started, 1),
         }
     )

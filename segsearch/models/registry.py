@@ -120,6 +120,16 @@ def amg_defaults(spec: SamSpec) -> dict:
     return {**GENERATOR_DEFAULTS, **FAMILY_AMG_DEFAULTS[spec.family], **(spec.amg_defaults or {})}
 
 
+def amg_params(settings) -> dict:
+    """Parameters handed to the mask generator (part of the model fingerprint): the settings' own,
+    unset ones resolved to the SAM model's defaults (``amg_defaults``)."""
+    given = settings.given_amg_params()
+    if any(v is None for v in given.values()):
+        defaults = amg_defaults(get_sam_spec(settings.sam))
+        given = {k: defaults[k] if v is None else v for k, v in given.items()}
+    return given
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """open_clip's pattern: an architecture name plus a pretrained tag (whose preprocessing,

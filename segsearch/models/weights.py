@@ -19,9 +19,19 @@ import httpx
 from segsearch.errors import ChecksumMismatch, WeightsUnavailable
 from segsearch.models.hub import HubWeights
 from segsearch.models.registry import Weights
-from segsearch.settings import BUNDLED_CHECKPOINTS
 
 CHUNK = 1 << 20
+
+
+def _bundled_checkpoints() -> Path:
+    """Where the bundled ``*-tiny.pt`` models are: package data of ``segsearch.checkpoints``
+    (folder ``checkpoints/`` in a source checkout, ``site-packages/segsearch/checkpoints`` in a wheel)."""
+    from importlib.resources import files
+
+    return Path(str(files("segsearch.checkpoints")))
+
+
+BUNDLED_CHECKPOINTS = _bundled_checkpoints()
 BUNDLED_HINT = (
     "Without internet, use the bundled small models: `segsearch demo`, or "
     "`--sam sam-shapes-tiny --clip clip-shapes-tiny` (see `segsearch models list`)."
