@@ -228,7 +228,7 @@ class Jobs:
                 sam_spec=svc.sam_spec,
                 clip_spec=svc.clip_spec,
                 sam=svc.sam,
-                embedder=svc.embedder,
+                embedder=svc.wait_for_embedder(None),
                 guard=self.before_model_call,
             )
         return self._models

@@ -22,6 +22,7 @@ from segsearch.exif import PhotoMeta
 from segsearch.images import DecodedImage, check_sam_view, decode_image
 from segsearch.masks import decode_logits_token, encode_logits_token, encode_rle, mask_box_xywh
 from segsearch.paths import on_disk
+from segsearch.scene import weak_below
 from segsearch.search import minus
 from segsearch.store.concepts import ConceptStore
 from segsearch.store.schema import as_utc
@@ -101,7 +102,8 @@ def search(body: schemas.SearchRequest, services: ServicesDep):
             score_threshold=body.score_threshold,
             group_by_image=body.group_by_image,
             group_size=body.group_size,
-        )
+        ),
+        weak_below(services.vectors, services.collection, vector),
     )
 
 
@@ -127,7 +129,8 @@ def search_image(
     return schemas.SearchResponse.of(
         services.searcher.page(
             vector, top_k=top_k, offset=offset, flt=SearchFilter(kind=kind, media=media), group_by_image=group_by_image
-        )
+        ),
+        weak_below(services.vectors, services.collection, vector),
     )
 
 
@@ -164,6 +167,11 @@ def get_image(image_id: str, services: ServicesDep):
 @router.get("/stats", response_model=schemas.Stats)
 def stats(services: ServicesDep):
     c = services.catalog.counts()
+    run = services.catalog.last_run()
+    last = None
+    if run is not None:
+        finished = run.finished_at.isoformat() if run.finished_at else None
+        last = {"status": run.status, "finished_at": finished, "indexed": run.indexed, "failed": run.failed}
     return schemas.Stats(
         images=c["images"],
         indexed=c["indexed"],
@@ -173,7 +181,18 @@ def stats(services: ServicesDep):
         vectors=services.vectors.count(services.collection),
         collection=services.collection,
         clip=services.clip_spec.name,
+        sam=services.sam_spec.name,
+        videos=c["videos"],
+        last_run=last,
     )
+
+
+@router.get("/examples", response_model=schemas.Examples)
+def examples(services: ServicesDep):
+    """A few example queries made from this library: the words (of COCO's 80 things, colours and
+    shapes) that most of its segments match best. Computed once per library state."""
+    with services.work.slot():
+        return schemas.Examples(queries=services.examples())
 
 
 # --- rendered images -----------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class Services:
         self._tried = threading.Event()  # the first load finished, loaded or failed
         self._stop_loading = threading.Event()
         self._loader: threading.Thread | None = None
+        self._examples: tuple[int, list[str]] | None = None  # (vectors then, queries)
         from segsearch.api.jobs import Jobs
 
         self.jobs = Jobs(self)
@@ -118,12 +119,17 @@ class Services:
 
     @property
     def embedder(self):
+        """CLIP for a request: a first load still running (a large checkpoint being read) is waited
+        for within the request's time; one that failed answers at once (``ModelsNotReady``)."""
+        return self.wait_for_embedder(self.settings.request_timeout_s)
+
+    def wait_for_embedder(self, timeout: float | None):
+        """CLIP, waiting up to ``timeout`` s (None: until it ends) for the first load (index jobs
+        wait it out: a first download can take minutes)."""
         if self.ready or self._loader is None:  # loaded, or no background loading (the Python API, tests)
             with self._load_lock:
                 return self.models.embedder
-        # a first load still running (a large checkpoint being read) is waited for, within the
-        # request's time; one that failed answers at once
-        self._tried.wait(self.settings.request_timeout_s)
+        self._tried.wait(timeout)
         if not self.ready:
             wait = None if self.next_load_at is None else max(0, round(self.next_load_at - time.time()))
             again = "" if wait is None else f"; the next try is in {wait} s"
@@ -153,6 +159,25 @@ class Services:
         from segsearch.concepts import Concepts
 
         return Concepts(self.catalog, self.vectors, self.collection, self.text_vector)
+
+    def examples(self) -> list[str]:
+        """``segsearch.examples`` for this library, kept until the number of vectors changes."""
+        from segsearch.examples import VOCABULARY, example_queries
+        from segsearch.scene import background
+        from segsearch.search import prompt_for
+
+        n = self.vectors.count(self.collection)
+        if self._examples is not None and self._examples[0] == n:
+            return self._examples[1]
+        sample = background(self.vectors, self.collection)
+        if sample.size == 0:
+            return []
+        embedder = self.embedder
+        with self.model_lock:
+            words = embedder.embed_texts([prompt_for(w) for w in VOCABULARY])
+        got = example_queries(sample, words)
+        self._examples = (n, got)
+        return got
 
     def text_vector(self, text: str) -> np.ndarray:
         return _text_vector_cached(self, " ".join(text.split()))

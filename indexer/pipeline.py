@@ -178,6 +178,9 @@ class Indexer:
         except (KeyboardInterrupt, Stop):
             status = "interrupted"
             raise
+        except SegsearchError:  # models that cannot be loaded, a store gone: the run failed, said so
+            status = "failed"
+            raise
         finally:
             self._close_procs()
             summary.seconds = time.perf_counter() - started

@@ -115,6 +115,17 @@ def background(vectors, collection: str) -> np.ndarray:
     return B
 
 
+def weak_below(vectors, collection: str, vector) -> float | None:
+    """The cosine under which a hit of this query is a weak match: ``MIN_Z`` standard deviations
+    above the library's typical segment (the calibration scene queries use). None: no sample yet."""
+    B = background(vectors, collection)
+    v = np.asarray(vector, np.float32)
+    if B.size == 0 or B.shape[1] != len(v):
+        return None
+    s = B @ (v / max(float(np.linalg.norm(v)), 1e-12))
+    return float(s.mean() + MIN_Z * max(float(s.std()), 1e-3))
+
+
 class SceneSearcher:
     def __init__(self, catalog, vectors, collection: str):
         self.catalog, self.vectors, self.collection = catalog, vectors, collection

@@ -55,13 +55,14 @@ def server(tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while True:
+    while True:  # up, and its (failing: offline, no weights) model load over: RSS is settled
         try:
-            httpx.get(base + "/healthz", timeout=1)
-            break
+            if httpx.get(base + "/readyz", timeout=1).json().get("problem") != "models are loading":
+                break
         except httpx.HTTPError:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
     yield port, proc.pid
     proc.terminate()
     proc.wait(timeout=30)

@@ -218,6 +218,15 @@ def test_prompt_tool_segments_a_click_and_searches_for_the_region(page):
     page.wait_for_selector("#detail", state="hidden")
     page.wait_for_function("document.querySelector('#status').textContent.includes('the selected region')")
     page.wait_for_selector("#grid .hit")
+    # the query is the region now: the box no longer holds "purple circle", the URL names the
+    # region, and a reload (or the link shared) searches for the same region again
+    assert page.input_value("#q") == "" and "region=" in page.url and "q=" not in page.url
+    page.wait_for_function("document.querySelector('#status').textContent.includes('result')")
+    first = [c.get_attribute("data-segment") for c in page.locator("#grid .hit").all()[:5]]
+    with page.expect_request(lambda r: r.url.endswith("/v1/search/image")):
+        page.reload()
+    page.wait_for_function("document.querySelector('#status').textContent.includes('result')")
+    assert [c.get_attribute("data-segment") for c in page.locator("#grid .hit").all()[:5]] == first
 
 
 def test_scene_query_and_concept_feedback(page):
@@ -266,7 +275,12 @@ def test_ready_empty_and_not_ready_states(browser, tmp_path):
     with serve(env, ready=False) as base:
         pg.goto(base + "/")
         pg.wait_for_selector("#banner.error", state="visible")
-        assert "not ready" in pg.inner_text("#banner") and "clip-vit-b-32" in pg.inner_text("#banner")
+        text = pg.inner_text("#banner")
+        assert "not ready" in text.lower() and "clip-vit-b-32" in text
+        # one short line, the whole story folded under "details" (it was a wall of text)
+        assert len(text.splitlines()[0]) < 200 and "details" in text
+        pg.click("#banner summary")
+        assert "open_clip_model.safetensors" in pg.inner_text("#banner")
         pg.fill("#q", "dog")
         pg.press("#q", "Enter")
         pg.wait_for_function("document.querySelector('#status').textContent.includes('cannot answer yet')")
@@ -308,6 +322,10 @@ def test_a_video_object_plays_from_its_start_with_its_mask(page):
     assert "street.mp4" in first.inner_text()
     when = first.locator(".when").inner_text()
     assert "–" in when and when.startswith("0:0")  # its span, e.g. 0:01.5–0:04.5
+    # the whole span shows: it was cut by an ellipsis at the end of the file name's line
+    inside = "e => { const r = e.getBoundingClientRect(), c = e.closest('.hit').getBoundingClientRect();"
+    inside += " return r.width > 0 && r.left >= c.left && r.right <= c.right; }"
+    assert first.locator(".when").evaluate(inside)
     first.click()
     page.wait_for_function("document.querySelector('#clip').readyState >= 2", timeout=30_000)
     clip = page.evaluate(
@@ -318,3 +336,46 @@ def test_a_video_object_plays_from_its_start_with_its_mask(page):
     assert page.locator("#photo").is_hidden()
     page.keyboard.press("Escape")
     assert page.locator("#detail").is_hidden()
+
+
+def test_the_start_page_shows_the_library_and_example_queries_made_from_it(page):
+    """A ready library's start page was blank: it shows what is indexed, with which models, the
+    last run, and example queries from the library's own segments that run when clicked."""
+    page.wait_for_selector("#start", state="visible")
+    counts = page.inner_text("#start-counts")
+    assert "12 photos" in counts and "1 video" in counts and "segments" in counts
+    assert "sam-shapes-tiny" in page.inner_text("#start-models") and "clip-shapes-tiny" in page.inner_text(
+        "#start-models"
+    )
+    assert "completed" in page.inner_text("#start-run")
+    page.wait_for_selector("#examples button")
+    examples = page.locator("#examples button").all_inner_texts()
+    colours = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+    assert examples and all(e.split()[0] in colours for e in examples)  # the shapes world, not "dog" or "car"
+    with page.expect_response(lambda r: "/v1/search" in r.url):
+        page.locator("#examples button").first.click()
+    page.wait_for_selector("#grid .hit")
+    assert page.input_value("#q") == examples[0] and page.locator("#start").is_hidden()
+    page.go_back()
+    page.wait_for_selector("#start", state="visible")
+
+
+def test_weak_matches_are_marked_and_the_filters_say_what_they_take(page):
+    """40 results went down to a score of -0.04 with nothing telling a good match from a weak
+    one; "min area %" and "min score" said nothing of what they take."""
+    resp = search(page, "yellow star")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('result')")
+    body = resp.json()
+    assert body["weak_below"] is not None
+    cards = page.locator("#grid .hit").all()
+    scores = {h["segment_id"]: h["score"] for h in body["hits"]}
+    weak = [c.get_attribute("data-segment") for c in cards if "weak" in (c.get_attribute("class") or "")]
+    assert weak and len(weak) < len(cards)
+    assert set(weak) == {s for s, v in scores.items() if v < body["weak_below"]}
+    assert "weak match" in page.locator("#grid .hit.weak").first.inner_text()
+    assert f"{len(weak)} weak" in page.inner_text("#status")
+    page.click("#filters summary")
+    for field in ("min_area", "threshold"):
+        hint = page.get_attribute(f"#{field}", "aria-describedby")
+        assert hint and len(page.inner_text(f"#{hint}")) > 15
+        assert page.get_attribute(f"#{field}", "placeholder")

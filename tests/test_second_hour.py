@@ -127,6 +127,9 @@ def test_a_failed_first_run_does_not_fix_the_next_models_mask_settings(tmp_path)
 
     first = cli("index", str(photos))
     assert first.returncode == 2, first.stdout + first.stderr
+    # the run says it failed (it was left "crashed", as if the process had died)
+    after = json.loads(cli("info", "--json").stdout)
+    assert after["last_run"]["status"] == "failed", after["last_run"]
     second = cli("index", str(photos), "--sam", "sam-shapes-tiny", "--clip", "clip-shapes-tiny")
     assert second.returncode == 0, second.stdout + second.stderr
     info = json.loads(cli("info", "--json").stdout)

@@ -210,9 +210,14 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
     groups: list[Group] | None = None
     next_offset: int | None = None
+    weak_below: float | None = Field(
+        None,
+        description="Scores under this are weak matches for this query: less than one standard deviation above "
+        "the library's typical segment (the calibration of scene queries). None while the library is empty.",
+    )
 
     @classmethod
-    def of(cls, page) -> SearchResponse:
+    def of(cls, page, weak_below: float | None = None) -> SearchResponse:
         """From a ``segsearch.search.SearchPage``."""
         groups = (
             None
@@ -223,7 +228,7 @@ class SearchResponse(BaseModel):
             ]
         )
         hits = [h for g in groups for h in g.hits] if groups is not None else [Hit.of(h) for h in page.hits]
-        return cls(hits=hits, groups=groups, next_offset=page.next_offset)
+        return cls(hits=hits, groups=groups, next_offset=page.next_offset, weak_below=weak_below)
 
 
 class Segment(BaseModel):
@@ -324,6 +329,15 @@ class Stats(BaseModel):
     vectors: int
     collection: str
     clip: str
+    sam: str | None = None
+    videos: int | None = Field(None, description="Indexed videos (the rest of `indexed` are photos).")
+    last_run: dict | None = Field(None, description="The last index run: status, finished_at, indexed, failed.")
+
+
+class Examples(BaseModel):
+    queries: list[str] = Field(
+        description="Words the library's segments match best, most segments first (segsearch/examples.py)."
+    )
 
 
 class MaskOut(BaseModel):

@@ -310,6 +310,12 @@ class Catalog(JobRecords):
                 "failed": by_status.get("failed", 0),
                 "segments": s.scalar(select(func.count()).select_from(SegmentRow)) or 0,
                 "paths": s.scalar(select(func.count()).select_from(ImagePathRow)) or 0,
+                "videos": s.scalar(
+                    select(func.count())
+                    .select_from(ImageRow)
+                    .where(ImageRow.media == "video", ImageRow.status == "indexed")
+                )
+                or 0,
             }
 
     # --- maintenance (segsearch doctor) ----------------------------------------------------------
