@@ -26,9 +26,9 @@ def _openapi_markdown() -> str:
         for method, op in ops.items():
             groups.setdefault((op.get("tags") or ["other"])[0], []).append((path, method, op))
     for tag, ops in groups.items():
-        out += [f"## {tag}", ""]
+        out += [f"### {tag}", ""]
         for path, method, op in ops:
-            out += [f"### `{method.upper()} {path}`", ""]
+            out += [f"#### `{method.upper()} {path}`", ""]
             doc = (op.get("description") or op.get("summary") or "").strip()
             if doc:
                 out += [doc, ""]
@@ -47,7 +47,7 @@ def _openapi_markdown() -> str:
             answers = op.get("responses", {}).items()
             codes = ", ".join(f"{code} {r.get('description', '')}".strip() for code, r in answers)
             out += [f"Answers: {codes}.", ""]
-    out += ["## Schemas", "", "The bodies named above, as JSON Schema:", ""]
+    out += ["### Schemas", "", "The bodies named above, as JSON Schema:", ""]
     for name, s in schema.get("components", {}).get("schemas", {}).items():
         out += [f'??? note "{name}"', "    ```json"]
         out += ["    " + line for line in json.dumps(s, indent=1).splitlines()]
