@@ -30,7 +30,7 @@ def amg_params(name: str) -> dict:
     from segsearch.settings import Settings
 
     if name == "defaults":  # the class defaults, not whatever this shell's SEGSEARCH_* say
-        return {k: Settings.model_fields[k].default for k in Settings().amg_params()}
+        return {k: Settings.model_fields[k].default for k in Settings().given_amg_params()}
     if name == "shapes":
         return dict(SHAPES_AMG)
     return json.loads(Path(name).read_text())

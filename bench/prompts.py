@@ -56,6 +56,7 @@ def matched(a, b, thr: float) -> float:
 
 
 def run(model: str, kind: str, args, similarity: float, points: int | None) -> dict:
+    from segsearch.models import amg_params
     from segsearch.runtime import load_sam
     from segsearch.settings import Settings
 
@@ -65,7 +66,7 @@ def run(model: str, kind: str, args, similarity: float, points: int | None) -> d
     if model not in _sams:
         _sams[model] = load_sam(settings)
     sam = _sams[model]
-    params = {k: v for k, v in settings.amg_params().items() if k != "prompts"}
+    params = {k: v for k, v in amg_params(settings).items() if k != "prompts"}
     grid = make_mask_generator("fast", sam, **params, prompts="grid")
     adaptive = make_mask_generator("fast", sam, **params, prompts="adaptive", prompt_similarity=similarity)
     rows = {"grid": [], "adaptive": []}

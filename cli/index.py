@@ -111,6 +111,8 @@ def index(
         if server is not None:
             d = _index_on_server(server, settings, paths, force=force, reindex=reindex, show_progress=show)
         else:
+            if not json_out:
+                _say_default_sam(settings)
             d = run_index(settings, paths, force=force, reindex=reindex, show_progress=show).to_dict()
     except SegsearchError as exc:
         fail(exc)
@@ -251,3 +253,23 @@ def doctor(
             typer.echo("repaired: " + ", ".join(f"{k} {v}" for k, v in out["repair"].items()))
             typer.echo("drift left: " + counts(out["after"]))
     raise typer.Exit(0 if remaining == 0 else 1)
+
+
+def _say_default_sam(settings) -> None:
+    """A new library on a machine without a GPU gets SAM ViT-B (pinned weights, SAM 1's masks) unless
+    told otherwise; say so once, with the faster choice (figures in `segsearch models list` and the
+    manual's "Models and machines")."""
+    from segsearch.runtime import check_data_dir
+
+    new = settings.vector_backend == "embedded" and not (settings.data / "segsearch.db").exists()
+    if not new or "sam" in settings.model_fields_set:
+        return
+    check_data_dir(settings.data)
+    if settings.resolved_device() != "cpu":
+        return
+    typer.secho(
+        f"A new library: SAM {settings.sam} (the default). On this CPU, `--sam efficientvit-sam-l0` "
+        "encodes photos ~10x faster (pip install 'segsearch[efficientvit]'; `segsearch models list` compares).",
+        err=True,
+        dim=True,
+    )

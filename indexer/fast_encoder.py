@@ -81,5 +81,9 @@ def set_image(predictor, image: np.ndarray) -> None:
     predictor.reset_image()
     predictor.original_size = image.shape[:2]
     predictor.input_size = tuple(t.shape[-2:])
-    predictor.features = encode(model.image_encoder, model.preprocess(t))
+    x = model.preprocess(t)
+    if hasattr(model.image_encoder, "blocks"):  # SAM's ViT
+        predictor.features = encode(model.image_encoder, x)
+    else:  # another encoder in front of SAM's decoder (segsearch.models.efficientvit): its own forward
+        predictor.features = model.image_encoder(x)
     predictor.is_image_set = True

@@ -76,6 +76,29 @@ for _name, _cfg, _file, _params, _cost in [
         )
     )
 
+# EfficientViT-SAM (MIT Han Lab, Apache-2.0): SAM's prompt encoder and mask decoder behind an EfficientViT
+# image encoder (segsearch.models.efficientvit), for CPUs. Weights on the lab's Hugging Face repo; no
+# SHA-256 is published, so trust on first use. COCO box-prompted mAP from the lab's model card (ViTDet
+# boxes; SAM-ViT-H: 46.5). Cost: image-encoder time relative to SAM ViT-B, measured on a 2-core CPU at
+# SAM's 1024 px frame (bench/RESULTS.md, 2026-12-07 night).
+for _name, _params, _map, _cost in [
+    ("efficientvit-sam-l0", "34.8M", "45.7", "0.07x"),
+    ("efficientvit-sam-l1", "47.7M", "46.2", "0.1x"),
+    ("efficientvit-sam-l2", "61.3M", "46.6", "0.12x"),
+    ("efficientvit-sam-xl0", "117.0M", "47.5", "0.43x"),
+    ("efficientvit-sam-xl1", "203.3M", "47.8", "0.58x"),
+]:
+    register_sam(
+        SamSpec(
+            _name,
+            sam_config("vit_b", encoder=_name, image_size=1024),
+            HubWeights("mit-han-lab/efficientvit-sam", _name.replace("-", "_") + ".pt"),
+            f"EfficientViT-SAM {_name.rsplit('-', 1)[1].upper()} (MIT Han Lab, {_params} params, COCO mAP {_map})",
+            licence="Apache-2.0",
+            cost=_cost,
+        )
+    )
+
 # CLIP models users pick in 2026, from the Hugging Face Hub (open_clip 3.x fetches its `openai` tags there
 # too: OpenAI's CDN answers 404 since 2025-10). OpenAI weights need QuickGELU (the `-quickgelu` configs).
 # Pinned where a public source shows the commit and the file's SHA-256; otherwise trust on first use

@@ -111,7 +111,11 @@ class SamSpec:
 
     @property
     def needs(self) -> str:
-        return "sam2 (pip install 'segsearch[sam2]')" if self.family == "sam2" else ""
+        if self.family == "sam2":
+            return "sam2 (pip install 'segsearch[sam2]')"
+        if str(self.config.get("encoder", "")).startswith("efficientvit"):
+            return "efficientsam (pip install 'segsearch[efficientvit]')"
+        return ""
 
 
 def amg_defaults(spec: SamSpec) -> dict:

@@ -22,8 +22,12 @@ def build_sam_model(config: dict):
     prompt_dim = c["prompt_embed_dim"]
     image_size = c["image_size"]
     emb_size = image_size // c["vit_patch_size"]
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
+    if c.get("encoder"):  # another image encoder in front of SAM's prompt encoder and mask decoder
+        from segsearch.models.efficientvit import efficientvit_encoder
+
+        encoder = efficientvit_encoder(c["encoder"], image_size)
+    else:
+        encoder = ImageEncoderViT(
             depth=c["encoder_depth"],
             embed_dim=c["encoder_embed_dim"],
             img_size=image_size,
@@ -36,7 +40,9 @@ def build_sam_model(config: dict):
             global_attn_indexes=tuple(c["encoder_global_attn_indexes"]),
             window_size=c["encoder_window_size"],
             out_chans=prompt_dim,
-        ),
+        )
+    sam = Sam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=prompt_dim,
             image_embedding_size=(emb_size, emb_size),
