@@ -46,7 +46,7 @@ def test_register_file_reports_orphans(sql_url):
     assert c.image_paths("h2") == ["/p/a.jpg"]
     assert c.counts()["images"] == 3
     c.delete_image("h1")
-    assert c.counts() == {"images": 2, "indexed": 0, "pending": 2, "failed": 0, "segments": 0, "paths": 2}
+    assert c.counts() == {"images": 2, "indexed": 0, "pending": 2, "failed": 0, "segments": 0, "paths": 2, "videos": 0}
     c.close()
 
 
