@@ -244,7 +244,9 @@ def child(args) -> dict:
     sam_spec, clip_spec = get_sam_spec(args.sam), get_clip_spec(args.clip)
     t = time.perf_counter()
     sam = load_spec(dataclasses.replace(sam_spec, weights=None), Path("unused"), device="cpu")
-    emb = ClipEmbedder.from_spec(dataclasses.replace(clip_spec, weights=None), work, device="cpu")
+    emb = ClipEmbedder.from_spec(
+        dataclasses.replace(clip_spec, weights=None), work, device="cpu", precision=settings.clip_precision
+    )
     load_s = time.perf_counter() - t
     planter = None
     if not args.no_plant:
@@ -273,6 +275,7 @@ def child(args) -> dict:
         "sam": args.sam,
         "clip": args.clip,
         "prompts": args.prompt_mode,
+        "clip_precision": settings.clip_precision,
         "mask_side": args.side,
         "planted": not args.no_plant,
         "photo": args.size,

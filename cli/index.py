@@ -54,6 +54,10 @@ def index(
         Optional[int], typer.Option(help="AMG small-region cleanup (px) (default: the model's; Meta's models 0).")
     ] = None,
     crop_mode: Annotated[Optional[str], typer.Option(help="masked | box | blur (default: masked)")] = None,
+    clip_precision: Annotated[
+        Optional[str],
+        typer.Option(help="fp32 | int8: CLIP's image tower on a CPU, int8 ~1.7x faster (default: fp32)."),
+    ] = None,
     min_segment_area: Annotated[
         Optional[int], typer.Option(help="Skip masks below this area (px) (default: 64).")
     ] = None,
@@ -101,6 +105,7 @@ def index(
             crop_n_layers=crop_n_layers,
             min_mask_region_area=min_mask_region_area,
             crop_mode=crop_mode,
+            clip_precision=clip_precision,
             min_segment_area=min_segment_area,
             video_fps=video_fps,
             min_track_seconds=min_track_seconds,

@@ -41,7 +41,12 @@ AMG_FIELDS = (
     "prompts",
     "mask_side",
 )  # points_per_batch is speed only
-CROP_FIELDS = {"mode": "crop_mode", "padding": "crop_padding", "min_area": "min_segment_area"}
+CROP_FIELDS = {
+    "mode": "crop_mode",
+    "padding": "crop_padding",
+    "min_area": "min_segment_area",
+    "precision": "clip_precision",  # absent: fp32 (recorded before the setting, or fp32)
+}
 # Video sampling is recalled like the rest, but changing it needs no --reindex: it is part of a
 # video's fingerprint only, so the next index redoes the videos and leaves the photos alone.
 VIDEO_FIELDS = {
@@ -196,6 +201,8 @@ def recalled(rec: Recorded) -> dict:
     if rec.amg and "mask_side" not in rec.amg:
         out["mask_side"] = 0  # indexed before the working resolution existed: masks at full size
     out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
+    if rec.crop and "precision" not in rec.crop:
+        out["clip_precision"] = "fp32"
     out.update({VIDEO_FIELDS[k]: v for k, v in rec.video.items() if k in VIDEO_FIELDS})
     return out
 
@@ -272,8 +279,9 @@ def resolve(
             if k in explicit and rec.amg and params[k] != rec.amg.get(k):
                 changed.append(f"{k} {params[k]} (recorded: {rec.amg.get(k)})")
         for key, name in CROP_FIELDS.items():
-            if name in explicit and rec.crop and getattr(resolved, name) != rec.crop.get(key):
-                changed.append(f"{name} {getattr(resolved, name)} (recorded: {rec.crop.get(key)})")
+            was = rec.crop.get(key, "fp32" if key == "precision" else None)
+            if name in explicit and rec.crop and getattr(resolved, name) != was:
+                changed.append(f"{name} {getattr(resolved, name)} (recorded: {was})")
         if changed and not (purpose == "index" and reindex):
             how = (
                 "pass --reindex to re-index with them (the record is replaced), or drop those flags"

@@ -102,6 +102,7 @@ def load_clip(settings: Settings, spec=None):
         device=settings.resolved_device(),
         offline=settings.offline,
         batch_size=settings.clip_batch_size,
+        precision=settings.clip_precision,
     )
     from segsearch.models.text_tower import export
 

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     )
     crop_padding: float = Field(0.1, ge=0.0, le=2.0, description="Context around the box, fraction of its side.")
     min_segment_area: int = Field(64, ge=0, description="Masks smaller than this many pixels are skipped.")
+    clip_precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="CLIP's image tower on a CPU: fp32, or int8 (dynamic quantisation of its linear layers: "
+        "1.7x faster, vectors within cosine 0.999 of fp32; part of the pipeline fingerprint).",
+    )
 
     # --- indexing --------------------------------------------------------------------------
     clip_batch_size: int = Field(32, ge=1, description="Crops embedded by CLIP together.")
@@ -320,7 +325,12 @@ class Settings(BaseSettings):
         }
 
     def crop_params(self) -> dict:
-        return {"mode": self.crop_mode, "padding": self.crop_padding, "min_area": self.min_segment_area}
+        """What changes a crop's vector (part of the pipeline fingerprint). ``precision`` only when not
+        fp32, so libraries indexed before the setting keep their fingerprints."""
+        params = {"mode": self.crop_mode, "padding": self.crop_padding, "min_area": self.min_segment_area}
+        if self.clip_precision != "fp32":
+            params["precision"] = self.clip_precision
+        return params
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -78,6 +78,23 @@ def create_clip(spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offli
     return model.eval(), preprocess, tokenizer
 
 
+def quantize_image_tower(model, device: str) -> None:
+    """``clip_precision = "int8"``: the image tower's linear layers (its MLPs, most of its work) run
+    int8 weights with activations quantised per batch (PyTorch's dynamic quantisation, FBGEMM on
+    x86). The text tower stays fp32: queries are few and must match the NumPy text tower."""
+    import torch
+
+    from segsearch.errors import ConfigError
+
+    if device != "cpu":
+        raise ConfigError(f"clip_precision int8 is for CPUs (dynamic quantisation); this CLIP runs on {device}")
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.10+ announces its quantized tensors' move to torchao
+        warnings.simplefilter("ignore", UserWarning)
+        model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class ClipEmbedder:
     """Batched, L2-normalised CLIP image and text vectors (float32 numpy)."""
 
@@ -96,9 +113,18 @@ class ClipEmbedder:
 
     @classmethod
     def from_spec(
-        cls, spec: ClipSpec, checkpoints: Path, *, device: str = "cpu", offline: bool = False, batch_size: int = 32
+        cls,
+        spec: ClipSpec,
+        checkpoints: Path,
+        *,
+        device: str = "cpu",
+        offline: bool = False,
+        batch_size: int = 32,
+        precision: str = "fp32",
     ) -> ClipEmbedder:
         model, preprocess, tokenizer = create_clip(spec, checkpoints, device=device, offline=offline)
+        if precision == "int8":
+            quantize_image_tower(model, device)
         return cls(spec, model, preprocess, tokenizer, device, batch_size)
 
     @property
