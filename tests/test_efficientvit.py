@@ -4,7 +4,6 @@ model key for key and computes what the lab's own model computes; fetched from t
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +53,7 @@ def test_efficientvit_sam_comes_from_the_labs_hub_repo_on_first_use_and_indexes(
     """`segsearch index --sam efficientvit-sam-l0` on a fresh machine: the checkpoint is fetched from
     mit-han-lab/efficientvit-sam (here a loopback fake hub serving the lab's format), its hash recorded
     on first use, and a photo indexed; `models list` shows the model, its licence and its cost."""
-    from fake_hub import FakeHub, running
+    from fake_hub import FakeHub, cli_env, running
 
     buf = io.BytesIO()
     torch.save({"state_dict": lab_model.state_dict()}, buf)
@@ -63,14 +62,7 @@ def test_efficientvit_sam_comes_from_the_labs_hub_repo_on_first_use_and_indexes(
     write(tmp_path / "lib" / "a.png", png_bytes(scene()))
     cli = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
     with running(hub):
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SEGSEARCH_"))},
-            "HF_ENDPOINT": hub.url,
-            "HF_HOME": str(tmp_path / "hf"),
-            "HF_HUB_DISABLE_XET": "1",
-            "SEGSEARCH_DATA": str(tmp_path / "data"),
-            "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
-        }
+        env = cli_env(hub, tmp_path)
         args = ["index", str(tmp_path / "lib"), "--sam", "efficientvit-sam-l0", "--clip", "clip-test-tiny", "--json"]
         r = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr

@@ -254,11 +254,10 @@ def test_a_sam2_1_model_comes_from_the_hub_on_first_use_and_indexes(tmp_path):
     facebook/sam2.1-hiera-tiny (here a loopback fake hub serving a random-init file in Meta's format
     and the real tiny architecture), its hash recorded on first use, loaded, and a photo indexed."""
     import io
-    import os
     import subprocess
     import sys
 
-    from fake_hub import FakeHub, running
+    from fake_hub import FakeHub, cli_env, running
 
     from segsearch.models.sam2_build import build_sam2_model
 
@@ -271,14 +270,7 @@ def test_a_sam2_1_model_comes_from_the_hub_on_first_use_and_indexes(tmp_path):
     write(tmp_path / "lib" / "a.png", png_bytes(make_scene(HELDOUT_SEEDS[0]).image[:96, :128].copy()))
     cli = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
     with running(hub):
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SEGSEARCH_"))},
-            "HF_ENDPOINT": hub.url,
-            "HF_HOME": str(tmp_path / "hf"),
-            "HF_HUB_DISABLE_XET": "1",
-            "SEGSEARCH_DATA": str(tmp_path / "data"),
-            "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
-        }
+        env = cli_env(hub, tmp_path)
         args = ["index", str(tmp_path / "lib"), "--sam", "sam2.1-hiera-tiny", "--clip", "clip-test-tiny", "--json"]
         r = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr

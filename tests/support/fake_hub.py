@@ -113,3 +113,18 @@ class running:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def cli_env(hub: FakeHub, tmp_path) -> dict:
+    """The environment of a `segsearch` subprocess on a fresh machine whose hub is ``hub``: a private
+    HF_HOME, data directory and checkpoints folder under ``tmp_path``, no SEGSEARCH_*/HF_* of ours."""
+    import os
+
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SEGSEARCH_"))},
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_DISABLE_XET": "1",
+        "SEGSEARCH_DATA": str(tmp_path / "data"),
+        "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
+    }
