@@ -69,6 +69,7 @@ class Services:
         self._stop_loading = threading.Event()
         self._loader: threading.Thread | None = None
         self._examples: tuple[int, list[str]] | None = None  # (vectors then, queries)
+        self._examples_lock = threading.Lock()
         from segsearch.api.jobs import Jobs
 
         self.jobs = Jobs(self)
@@ -166,18 +167,19 @@ class Services:
         from segsearch.scene import background
         from segsearch.search import prompt_for
 
-        n = self.vectors.count(self.collection)
-        if self._examples is not None and self._examples[0] == n:
-            return self._examples[1]
-        sample = background(self.vectors, self.collection)
-        if sample.size == 0:
-            return []
-        embedder = self.embedder
-        with self.model_lock:
-            words = embedder.embed_texts([prompt_for(w) for w in VOCABULARY])
-        got = example_queries(sample, words)
-        self._examples = (n, got)
-        return got
+        with self._examples_lock:  # many pages opening at once: computed once, the others wait for it
+            n = self.vectors.count(self.collection)
+            if self._examples is not None and self._examples[0] == n:
+                return self._examples[1]
+            sample = background(self.vectors, self.collection)
+            if sample.size == 0:
+                return []
+            embedder = self.embedder
+            with self.model_lock:
+                words = embedder.embed_texts([prompt_for(w) for w in VOCABULARY])
+            got = example_queries(sample, words)
+            self._examples = (n, got)
+            return got
 
     def text_vector(self, text: str) -> np.ndarray:
         return _text_vector_cached(self, " ".join(text.split()))
