@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
-from segsearch import render
+from segsearch import record, render
 from segsearch.errors import ImageError, ImageTooLarge, SegsearchError
 from segsearch.exif import PhotoMeta
 from segsearch.images import DecodedImage, check_sam_view, decode_image
@@ -167,11 +167,6 @@ def get_image(image_id: str, services: ServicesDep):
 @router.get("/stats", response_model=schemas.Stats)
 def stats(services: ServicesDep):
     c = services.catalog.counts()
-    run = services.catalog.last_run()
-    last = None
-    if run is not None:
-        finished = run.finished_at.isoformat() if run.finished_at else None
-        last = {"status": run.status, "finished_at": finished, "indexed": run.indexed, "failed": run.failed}
     return schemas.Stats(
         images=c["images"],
         indexed=c["indexed"],
@@ -183,7 +178,7 @@ def stats(services: ServicesDep):
         clip=services.clip_spec.name,
         sam=services.sam_spec.name,
         videos=c["videos"],
-        last_run=last,
+        last_run=record.last_run(services.catalog),
     )
 
 

@@ -49,14 +49,18 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return took, usage.ru_maxrss / 1024, out
 
 
-def row(name: str, cmd: list[str], env: dict, runs: int) -> dict:
-    got = [timed(cmd, env) for _ in range(runs)]
+def summary(name: str, got: list[tuple[float, float, str]]) -> dict:
+    """A table row from ``timed`` results: median seconds, largest peak, the first hit printed."""
     return {
         "query": name,
         "s": round(statistics.median(g[0] for g in got), 2),
         "peak_mib": round(max(g[1] for g in got)),
         "first_hit": got[-1][2].splitlines()[0] if got[-1][2] else "",
     }
+
+
+def row(name: str, cmd: list[str], env: dict, runs: int) -> dict:
+    return summary(name, [timed(cmd, env) for _ in range(runs)])
 
 
 VIT_B = """
@@ -130,8 +134,7 @@ def main(argv=None) -> int:
         for _ in range(args.runs):
             got.append(timed(query, env))
             shutil.rmtree(tower, ignore_errors=True)
-        rows.append({"query": "torch (before)", "s": round(statistics.median(g[0] for g in got), 2),
-                     "peak_mib": round(max(g[1] for g in got)), "first_hit": got[-1][2].splitlines()[0]})  # fmt: skip
+        rows.append(summary("torch (before)", got))
     finally:
         tower.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tower, ignore_errors=True)

@@ -45,8 +45,11 @@ CROP_FIELDS = {
     "mode": "crop_mode",
     "padding": "crop_padding",
     "min_area": "min_segment_area",
-    "precision": "clip_precision",  # absent: fp32 (recorded before the setting, or fp32)
+    "precision": "clip_precision",
 }
+# crop keys a record leaves out when they hold this value (recorded before the setting existed, or
+# at its default): settings.crop_params() omits them so older fingerprints stay as they were
+CROP_ABSENT = {"precision": "fp32"}
 # Video sampling is recalled like the rest, but changing it needs no --reindex: it is part of a
 # video's fingerprint only, so the next index redoes the videos and leaves the photos alone.
 VIDEO_FIELDS = {
@@ -201,8 +204,8 @@ def recalled(rec: Recorded) -> dict:
     if rec.amg and "mask_side" not in rec.amg:
         out["mask_side"] = 0  # indexed before the working resolution existed: masks at full size
     out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
-    if rec.crop and "precision" not in rec.crop:
-        out["clip_precision"] = "fp32"
+    if rec.crop:
+        out.update({CROP_FIELDS[k]: v for k, v in CROP_ABSENT.items() if k not in rec.crop})
     out.update({VIDEO_FIELDS[k]: v for k, v in rec.video.items() if k in VIDEO_FIELDS})
     return out
 
@@ -279,7 +282,7 @@ def resolve(
             if k in explicit and rec.amg and params[k] != rec.amg.get(k):
                 changed.append(f"{k} {params[k]} (recorded: {rec.amg.get(k)})")
         for key, name in CROP_FIELDS.items():
-            was = rec.crop.get(key, "fp32" if key == "precision" else None)
+            was = rec.crop.get(key, CROP_ABSENT.get(key))
             if name in explicit and rec.crop and getattr(resolved, name) != was:
                 changed.append(f"{name} {getattr(resolved, name)} (recorded: {was})")
         if changed and not (purpose == "index" and reindex):
@@ -315,23 +318,28 @@ def _dir_size(path: Path) -> int:
     return total
 
 
+def last_run(catalog) -> dict | None:
+    """The last index run, as ``info``, ``GET /v1/info`` and ``GET /v1/stats`` show it."""
+    run = catalog.last_run()
+    if run is None:
+        return None
+    return {
+        "id": run.id,
+        "status": run.status,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "indexed": run.indexed,
+        "skipped": run.skipped,
+        "failed": run.failed,
+        "segments": run.segments,
+    }
+
+
 def info(settings: Settings, catalog, vectors) -> dict:
     """What ``segsearch info`` and ``GET /v1/info`` show: models, counts, last run, size on disk."""
     rec = read(catalog)
     collection = rec.clip.get("collection")
-    run = catalog.last_run()
-    last = None
-    if run is not None:
-        last = {
-            "id": run.id,
-            "status": run.status,
-            "started_at": run.started_at.isoformat() if run.started_at else None,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-            "indexed": run.indexed,
-            "skipped": run.skipped,
-            "failed": run.failed,
-            "segments": run.segments,
-        }
+    last = last_run(catalog)
     data = Path(settings.data)
     sizes = {"vectors": _dir_size(settings.vectors_path) if settings.vector_backend == "embedded" else 0}
     db = data / "segsearch.db"

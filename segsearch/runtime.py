@@ -71,10 +71,11 @@ def check_data_dir(data) -> None:
 
 
 class _QueryEncoder:
+    """``Models.query_encoder``."""
+
     def __init__(self, models: Models):
         self.models = models
-        self.spec = models.clip_spec
-        self._tower = False  # not looked for yet
+        self._tower = False  # not looked for yet; then the TextTower, or None
 
     def embed_texts(self, texts):
         m = self.models

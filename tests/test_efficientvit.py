@@ -4,9 +4,6 @@ model key for key and computes what the lab's own model computes; fetched from t
 
 import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -53,21 +50,19 @@ def test_efficientvit_sam_comes_from_the_labs_hub_repo_on_first_use_and_indexes(
     """`segsearch index --sam efficientvit-sam-l0` on a fresh machine: the checkpoint is fetched from
     mit-han-lab/efficientvit-sam (here a loopback fake hub serving the lab's format), its hash recorded
     on first use, and a photo indexed; `models list` shows the model, its licence and its cost."""
-    from fake_hub import FakeHub, cli_env, running
+    from fake_hub import FakeHub, run_cli, running
 
     buf = io.BytesIO()
     torch.save({"state_dict": lab_model.state_dict()}, buf)
     hub = FakeHub()
     hub.add("mit-han-lab/efficientvit-sam", {"efficientvit_sam_l0.pt": buf.getvalue()}, commit="e" * 40)
     write(tmp_path / "lib" / "a.png", png_bytes(scene()))
-    cli = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
     with running(hub):
-        env = cli_env(hub, tmp_path)
         args = ["index", str(tmp_path / "lib"), "--sam", "efficientvit-sam-l0", "--clip", "clip-test-tiny", "--json"]
-        r = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=600)
+        r = run_cli(hub, tmp_path, *args)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout.strip().splitlines()[-1])["indexed"] == 1
-        listing = subprocess.run([*cli, "models", "list", "--json"], capture_output=True, text=True, env=env)
+        listing = run_cli(hub, tmp_path, "models", "list", "--json")
     pins = json.loads((tmp_path / "ckpt" / "hub-pins.json").read_text())
     assert pins["mit-han-lab/efficientvit-sam/efficientvit_sam_l0.pt"]["revision"] == "e" * 40
     row = next(m for m in json.loads(listing.stdout) if m["name"] == "efficientvit-sam-l0")

@@ -254,10 +254,8 @@ def test_a_sam2_1_model_comes_from_the_hub_on_first_use_and_indexes(tmp_path):
     facebook/sam2.1-hiera-tiny (here a loopback fake hub serving a random-init file in Meta's format
     and the real tiny architecture), its hash recorded on first use, loaded, and a photo indexed."""
     import io
-    import subprocess
-    import sys
 
-    from fake_hub import FakeHub, cli_env, running
+    from fake_hub import FakeHub, run_cli, running
 
     from segsearch.models.sam2_build import build_sam2_model
 
@@ -268,11 +266,9 @@ def test_a_sam2_1_model_comes_from_the_hub_on_first_use_and_indexes(tmp_path):
     hub = FakeHub()
     hub.add("facebook/sam2.1-hiera-tiny", {"sam2.1_hiera_tiny.pt": buf.getvalue()}, commit="a" * 40)
     write(tmp_path / "lib" / "a.png", png_bytes(make_scene(HELDOUT_SEEDS[0]).image[:96, :128].copy()))
-    cli = [sys.executable, str(Path(__file__).parent / "support" / "cli_with_tiny_models.py")]
     with running(hub):
-        env = cli_env(hub, tmp_path)
         args = ["index", str(tmp_path / "lib"), "--sam", "sam2.1-hiera-tiny", "--clip", "clip-test-tiny", "--json"]
-        r = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=600)
+        r = run_cli(hub, tmp_path, *args)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["indexed"] == 1
     pins = json.loads((tmp_path / "ckpt" / "hub-pins.json").read_text())

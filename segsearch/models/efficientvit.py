@@ -16,13 +16,14 @@ each 2 x 2 block down to 512 px (the same pixels up to the resampling filter).
 
 from __future__ import annotations
 
-# name -> (builder in efficientsam.models.efficientvit.sam, the encoder's input side)
+# name -> the encoder's input side; the builder in efficientsam.models.efficientvit.sam is the name
+# with underscores (efficientvit_sam_l0)
 ENCODERS = {
-    "efficientvit-sam-l0": ("efficientvit_sam_l0", 512),
-    "efficientvit-sam-l1": ("efficientvit_sam_l1", 512),
-    "efficientvit-sam-l2": ("efficientvit_sam_l2", 512),
-    "efficientvit-sam-xl0": ("efficientvit_sam_xl0", 1024),
-    "efficientvit-sam-xl1": ("efficientvit_sam_xl1", 1024),
+    "efficientvit-sam-l0": 512,
+    "efficientvit-sam-l1": 512,
+    "efficientvit-sam-l2": 512,
+    "efficientvit-sam-xl0": 1024,
+    "efficientvit-sam-xl1": 1024,
 }
 NORM_EPS = 1e-6  # what the lab's model zoo sets on every norm of these models (set_norm_eps)
 
@@ -42,8 +43,8 @@ def efficientvit_encoder(name: str, frame: int = 1024):
         ) from exc
     if name not in ENCODERS:
         raise ConfigError(f"unknown EfficientViT-SAM encoder {name!r}; known: {', '.join(ENCODERS)}")
-    builder, side = ENCODERS[name]
-    inner = getattr(evsam, builder)().image_encoder  # the lab's own modules (decoder rebuilt by us)
+    side = ENCODERS[name]
+    inner = getattr(evsam, name.replace("-", "_"))().image_encoder  # the lab's own modules (decoder rebuilt by us)
     set_norm_eps(inner, NORM_EPS)
 
     class EfficientViTEncoder(torch.nn.Module):

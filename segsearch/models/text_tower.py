@@ -154,7 +154,7 @@ def _plain_causal_clip(model, tokenizer) -> str | None:
     import torch
 
     blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
-    if type(model).__name__ not in ("CLIP",) or blocks is None:
+    if type(model).__name__ != "CLIP" or blocks is None:
         return f"{type(model).__name__} is not open_clip's CLIP"
     if type(tokenizer).__name__ != "SimpleTokenizer" or getattr(tokenizer, "clean_fn", None) is None:
         return f"tokenizer {type(tokenizer).__name__}"

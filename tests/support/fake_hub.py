@@ -128,3 +128,13 @@ def cli_env(hub: FakeHub, tmp_path) -> dict:
         "SEGSEARCH_DATA": str(tmp_path / "data"),
         "SEGSEARCH_CHECKPOINTS": str(tmp_path / "ckpt"),
     }
+
+
+def run_cli(hub: FakeHub, tmp_path, *args: str, timeout: float = 600):
+    """``segsearch ARGS`` (the tiny test models registered) in a subprocess with ``cli_env``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = [sys.executable, str(Path(__file__).parent / "cli_with_tiny_models.py")]
+    return subprocess.run([*cli, *args], capture_output=True, text=True, env=cli_env(hub, tmp_path), timeout=timeout)
