@@ -4,6 +4,7 @@
     python bench/realsize.py --sam sam2.1-hiera-tiny --clip clip-vit-b-32 --photos 2
     python bench/realsize.py --prompts grid,adaptive     # both prompt selections, one run
     python bench/realsize.py --mask-side 0,2048          # full-size masks vs the working view, one run
+    python bench/realsize.py --decoder plain,factored    # the decoder's plain vs factored image side
 
 Real architectures with random weights (no weights can be downloaded here; the cost of a forward
 pass does not depend on the weights' values), a photo-like 12 MP JPEG, and the whole pipeline a
@@ -231,6 +232,9 @@ def child(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from segsearch.indexer import grid_decoder
+
+    grid_decoder.FACTORED = args.decoder_mode != "plain"
     work = Path(tempfile.mkdtemp(prefix="realsize-"))
     photos = []
     for i in range(args.photos):
@@ -277,6 +281,7 @@ def child(args) -> dict:
         "prompts": args.prompt_mode,
         "clip_precision": settings.clip_precision,
         "mask_side": args.side,
+        "decoder": args.decoder_mode,
         "planted": not args.no_plant,
         "photo": args.size,
         "threads": torch.get_num_threads(),
@@ -303,6 +308,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-mode", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mask-side", default=None, help="working view sides, comma-separated (default: the product's)")
     ap.add_argument("--side", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--decoder", default="factored", help="plain, factored or both comma-separated (default factored)")
+    ap.add_argument("--decoder-mode", default="factored", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
@@ -315,9 +322,10 @@ def main(argv=None) -> int:
     modes = (args.prompts or defaults.prompts).split(",")
     sides = [int(v) for v in (args.mask_side or str(defaults.mask_side)).split(",")]
     results = []
-    for mode, side in ((m, v) for m in modes for v in sides):
+    decoders = args.decoder.split(",")
+    for mode, side, dec in ((m, v, d) for m in modes for v in sides for d in decoders):
         cmd = [sys.executable, __file__, "--child", "--prompt-mode", mode, "--sam", args.sam, "--clip", args.clip]
-        cmd += ["--side", str(side)]
+        cmd += ["--side", str(side), "--decoder-mode", dec]
         cmd += ["--photos", str(args.photos), "--size", args.size, "--objects", str(args.objects)]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--no-plant"] if args.no_plant else []
@@ -348,7 +356,7 @@ def main(argv=None) -> int:
     elif len(results) > 1:
         print(
             "end-to-end speedup vs the first:",
-            {f"{r['prompts']}/side {r['mask_side']}": r.get("speedup_vs_first", 1.0) for r in results},
+            {f"{r['prompts']}/side {r['mask_side']}/{r['decoder']}": r.get("speedup_vs_first", 1.0) for r in results},
         )
     return 0
 
@@ -357,7 +365,7 @@ def _line(r: dict) -> str:
     st = ", ".join(f"{k} {v:.2f}" for k, v in r["stages_s"].items() if v >= 0.005)
     return (
         f"{r['sam']} + {r['clip']}, prompts {r['prompts']} ({r['prompts_decoded']} decoded), "
-        f"mask side {r['mask_side']}, {r['photo']}, "
+        f"mask side {r['mask_side']}, {r['decoder']} decoder, {r['photo']}, "
         f"{r['threads']} threads: {r['per_photo_s']:.2f} s/photo, {r['segments_per_photo']} segments, "
         f"peak {r['peak_mib']:.0f} MiB; {st}"
     )

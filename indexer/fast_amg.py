@@ -152,7 +152,7 @@ class FastAMG(BoxBounds):
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         with self._autocast():
             decoder = GridDecoder(sam, pred.features, needed=self._needed_low_res(pred.features))
-        batch = self.decode_batch or _decode_batch(pred.features)
+        batch = self.decode_batch or _decode_batch(pred.features, decoder.factored is not None)
         screen_s = []
         frame = pred.transform.apply_coords(points, crop_size)  # (x, y) in the encoder's input frame
         selector = self._selector(frame, pred.features)
@@ -478,10 +478,14 @@ def _map_single_threaded(fn, items, workers: int) -> list:
         torch.set_num_threads(n)
 
 
-def _decode_batch(features) -> int:
+def _decode_batch(features, factored: bool = False) -> int:
     """Prompts per decoder call: 256 on a GPU; on a CPU, as many as keep one per-prompt copy of
     the image embedding at ~4 MB, so the passes over them stay in cache (16 for the bundled tiny
-    SAM: 1.61 s per 1,024 prompts against 2.09 s at 64; ViT-B, 2: 39 ms per prompt at 1 to 4)."""
+    SAM: 1.61 s per 1,024 prompts against 2.09 s at 64; ViT-B, 2: 39 ms per prompt at 1 to 4).
+    A factored decoder (indexer/factored.py) keeps ~2 MB per prompt: 4 (ViT-B on one thread:
+    16.4 ms per prompt at 2, 15.0 at 4, 28 at 64)."""
     if features.device.type == "cuda":
         return 256
+    if factored:
+        return 4
     return max(2, min(64, (1 << 20) // features[0].numel()))

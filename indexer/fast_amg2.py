@@ -144,7 +144,11 @@ class FastAMG2:
             grid = GridDecoder(self.sam, feats["image_embed"][-1:], [f[-1:] for f in feats["high_res_feats"]])
         # the decoder batch is a speed knob only (see fast_amg._decode_batch); without the grid
         # decoder (single-mask output) the reference's points_per_batch
-        batch = _decode_batch(pred._features["image_embed"]) if grid is not None else self.points_per_batch
+        batch = (
+            _decode_batch(pred._features["image_embed"], grid.factored is not None)
+            if grid is not None
+            else self.points_per_batch
+        )
         selector = self._selector(points, crop_size)
         for idx in selector.levels():  # the whole grid, or coarse to fine (indexer/prompts.py)
             for i in range(0, len(idx), batch):

@@ -24,6 +24,12 @@ from __future__ import annotations
 
 import math
 
+from . import factored
+
+# the image side kept factored where that pays (indexer/factored.py); False forces the plain path
+# everywhere (bench/realsize.py --decoder plain,factored compares both in one run)
+FACTORED = True
+
 
 class GridDecoder:
     """Decodes single-point prompts (multimask) against one image embedding.
@@ -66,6 +72,8 @@ class GridDecoder:
         # masks only where read: ``needed`` low-resolution rows and columns (from the top left)
         part = None if needed is None else tuple(-(-v // 4) for v in needed)
         self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res, part)
+        # the image side per prompt kept as shared + low rank where that is cheaper (indexer/factored.py)
+        self.factored = factored.Factored(self.src[0], self.pos[0]) if FACTORED and factored.worth_it(md) else None
 
     def _transformer(self, sparse):
         """The two-way transformer and the IoU head: the final IoU and multimask tokens (B x 4 x C),
@@ -88,6 +96,8 @@ class GridDecoder:
         queries = first.norm2(queries + t2i.out_proj(_merge(out)))
         queries = first.norm3(queries + first.mlp(queries))
         i2t = first.cross_attn_image_to_token
+        if self.factored is not None:
+            return self._factored_rest(queries, tokens)
         if _low_rank(i2t, tokens.shape[1]):
             q_img = None  # reassociated: the shared image meets the prompts' projected tokens in one product
         elif self._i2t_q is None:
@@ -121,6 +131,30 @@ class GridDecoder:
         if self.iou_sigmoid:
             iou = iou.sigmoid()
         return queries, keys, iou[:, 1:]  # multimask outputs
+
+    def _factored_rest(self, queries, tokens):
+        """`_transformer` from the first image->token attention on, with every prompt's image kept
+        factored (shared + low rank, see indexer/factored.py); the same steps in the same order."""
+        md, tr, fz = self.md, self.tr, self.factored
+        heads = self.first.cross_attn_image_to_token.num_heads
+        x = fz.start(len(queries), factored.rank(len(tr.layers), heads, tokens.shape[1]))
+        x = fz.image_to_tokens(x, self.first.cross_attn_image_to_token, queries + tokens, queries)
+        x = fz.layer_norm(x, self.first.norm4)
+        for layer in tr.layers[1:]:
+            qt = queries + tokens
+            queries = layer.norm1(queries + _attention(layer.self_attn, qt, qt, queries))
+            queries = layer.norm2(queries + fz.tokens_to_image(x, layer.cross_attn_token_to_image, queries + tokens))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            x = fz.image_to_tokens(x, layer.cross_attn_image_to_token, queries + tokens, queries)
+            x = fz.layer_norm(x, layer.norm4)
+        used = [self.skip] + [self.skip + 1 + i for i in range(1, md.num_mask_tokens)]
+        queries, qt = queries[:, used], (queries + tokens)[:, used]
+        queries = tr.norm_final_attn(queries + fz.tokens_to_image(x, tr.final_attn_token_to_image, qt))
+        x.shared = fz
+        iou = md.iou_prediction_head(queries[:, 0, :])
+        if self.iou_sigmoid:
+            iou = iou.sigmoid()
+        return queries, x, iou[:, 1:]
 
     def _hyper(self, queries, idx):
         """The multimask tokens' hypernetwork outputs (``queries``: the IoU token, then those)."""
@@ -337,7 +371,8 @@ class Upscaler:
             self.hr1 = hr1[:hv, :wv].reshape(-1, c1)
             self.hr0 = hr0[:hv, :wv].reshape(-1, c2)
         ii, jj = torch.meshgrid(torch.arange(hv), torch.arange(wv), indexing="ij")
-        self.positions = None if (hv, wv) == hw else (ii * w + jj).reshape(-1).to(device)
+        # the part's positions: a prefix of the raster when it spans whole rows (a landscape photo)
+        self.positions = None if wv == w else (ii * w + jj).reshape(-1).to(device)
         # raster pixel (Y, X) of the part <- block column (i, j, dy1, dx1, dy2, dx2), Y = 4i + 2dy1 + dy2
         order = torch.arange(hv * wv * 16, device=device).view(hv, wv, 2, 2, 2, 2)
         self.raster = order.permute(0, 2, 4, 1, 3, 5).reshape(-1)
@@ -349,7 +384,8 @@ class Upscaler:
         selected masks, S x 4h x 4w in (prompt, mask) order."""
         import torch
 
-        c = x.shape[-1]
+        fz = isinstance(x, factored.Image)
+        c = None if fz else x.shape[-1]
         k, m = hyper.shape[:2]
         (h, w), (hv, wv) = self.hw, self.part
         c1, c2, n = self.c1, self.c2, hv * wv
@@ -359,17 +395,22 @@ class Upscaler:
         sel = None if select is None else select.reshape(-1)
         total = k * m if sel is None else int(sel.sum())
         full = (hv, wv) == (h, w)
-        out = x.new_empty((total, 16 * h * w)) if full else x.new_full((total, 4 * h, 4 * w), self.FILL)
+        like = hyper  # the dtype and device of the output
+        out = like.new_empty((total, 16 * h * w)) if full else like.new_full((total, 4 * h, 4 * w), self.FILL)
         done = 0
-        buf = None if whole else x.new_empty((1, m, 16 * n))
-        prompt_rows = torch.arange(k, device=x.device) if idx is None else idx
+        buf = None if whole else like.new_empty((1, m, 16 * n))
+        prompt_rows = torch.arange(k, device=like.device) if idx is None else idx
         for p0 in range(0, k, prompts):
             p1 = min(k, p0 + prompts)
             pr = prompt_rows[p0:p1]
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
-                xb = x[pr, r0:r1] if self.positions is None else x[pr[:, None], self.positions[None, r0:r1]]
-                y = torch.addmm(self.b1, xb.reshape(-1, c), self.w1).view(-1, c1)
+                cols = slice(r0, r1) if self.positions is None else self.positions[r0:r1]
+                if fz:
+                    y = x.project(x.shared, pr, cols, self.w1, self.b1).view(-1, c1)
+                else:
+                    xb = x[pr, cols] if self.positions is None else x[pr[:, None], cols[None]]
+                    y = torch.addmm(self.b1, xb.reshape(-1, c), self.w1).view(-1, c1)
                 if self.hr1 is not None:
                     y.view(p1 - p0, -1, c1).add_(self.hr1[r0 * 4 : r1 * 4])
                 rstd = y.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()

@@ -328,3 +328,53 @@ def test_one_step_boxes_and_stability_counted_per_cell_equal_every_pixels():
         # exact plateaus at the +-1 thresholds: the kernel's rounding tips a few pixels of a million
         # (a decision that close to the threshold is re-scored on the map itself)
         torch.testing.assert_close(got[:4], want[:4], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["sam", "sam2"])
+def test_real_width_decoders_keep_the_official_masks(family):
+    """ViT-B/L/H's and SAM 2.1's mask decoder (256 channels, 8 heads) run factored in the fast
+    engine: no per-prompt image tensor, the image side kept as shared + low rank (indexer/factored.py).
+    Random weights (timing-size models need no checkpoint): the masks above the IoU threshold, for
+    the rows a 4:3 photo reads, and the predicted IoUs are the official decoder's."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from segsearch.models.registry import get_sam_spec, sam_config
+    from segsearch.models.sam import build_sam_model, load_sam
+
+    from segsearch.indexer.grid_decoder import GridDecoder
+
+    torch.manual_seed(0)
+    if family == "sam":  # SAM's own decoder and prompt encoder on a small image encoder
+        cfg = dict(image_size=256, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2)
+        cfg.update(encoder_global_attn_indexes=[0], encoder_window_size=4)
+        sam = build_sam_model(sam_config("vit_b", **cfg)).eval()
+        md, pe, high_res = sam.mask_decoder, sam.prompt_encoder, None
+    else:
+        spec = get_sam_spec("sam2.1-hiera-tiny")
+        sam = load_sam(dataclasses.replace(spec, weights=None), Path("unused")).eval()
+        md, pe = sam.sam_mask_decoder, sam.sam_prompt_encoder
+    h, w = pe.image_embedding_size
+    size = pe.input_image_size[0]
+    feats = torch.randn(1, md.transformer.embedding_dim, h, w)
+    if family == "sam2":
+        high_res = [torch.randn(1, 32, 4 * h, 4 * w), torch.randn(1, 64, 2 * h, 2 * w)]
+    n = 24
+    pts = torch.as_tensor(np.random.default_rng(2).random((n, 1, 2)) * [size, size * 3 / 4], dtype=torch.float)
+    with torch.inference_mode():
+        sparse, dense = pe(points=(pts, torch.ones(n, 1, dtype=torch.int)), boxes=None, masks=None)
+        kw = dict(repeat_image=True, high_res_features=high_res) if family == "sam2" else {}
+        low, iou = md(feats, pe.get_dense_pe(), sparse, dense, multimask_output=True, **kw)[:2]
+        rows = h * 3 // 4
+        grid = GridDecoder(sam, feats, high_res, needed=(4 * rows, 4 * w))  # low-res mask pixels
+        assert grid.factored is not None  # the path under test
+        mid = iou.flatten().sort().values[len(iou.flatten()) // 2 - 1 :][:2]
+        thresh = float(mid.mean())  # halfway between two predictions: no rounding decides a mask
+        masks, ious = grid.candidates(sparse, thresh)
+    keep = iou > thresh
+    assert 0 < len(masks) == int(keep.sum()) < 3 * n
+    torch.testing.assert_close(ious, iou[keep], atol=1e-5, rtol=0)
+    want = low[keep][:, : 4 * rows]
+    torch.testing.assert_close(masks[:, : 4 * rows], want, atol=2e-4 * float(want.abs().max()), rtol=0)
