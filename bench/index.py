@@ -6,6 +6,7 @@
     python bench/index.py --sam-processes 2        # and all cores with SAM in 2 worker processes
     python bench/index.py --amg reference --scenes 20
     python bench/index.py --video 1,5,20 --json    # one shapes-world video of each length (minutes)
+    python bench/index.py --video 1 --video-tracking link,propagate --sam sam2-shapes-tiny
 
 Each size runs in a fresh process (so its peak memory is its own) on a fresh data directory with
 the embedded stores, first pinned to one core (one PyTorch thread, no SAM processes), then with
@@ -66,7 +67,11 @@ def run_one(files: list[Path], data: Path, amg: str, threads: int | None) -> dic
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     if threads:
         torch.set_num_threads(threads)
-    settings = Settings(data=data, sam="sam-shapes-tiny", clip="clip-shapes-tiny", amg=amg, offline=True, **SHAPES_AMG)
+    import os
+
+    sam = os.environ.get("BENCH_SAM", "sam-shapes-tiny")  # --sam; the tiny SAM 1 at the shapes settings
+    extra = SHAPES_AMG if sam == "sam-shapes-tiny" else {}
+    settings = Settings(data=data, sam=sam, clip="clip-shapes-tiny", amg=amg, offline=True, **extra)
     samples: list[tuple[float, float]] = []
     tree = [0.0]
     stop = threading.Event()
@@ -150,6 +155,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where scenes and stores go (default: a temp dir)")
     ap.add_argument("--video", default=None, help="comma-separated video lengths in minutes, e.g. 1,5,20")
     ap.add_argument(
+        "--video-tracking", default="propagate", help="with --video: link, propagate or both (comma-separated)"
+    )
+    ap.add_argument("--sam", default="sam-shapes-tiny", help="with --video: the SAM (default sam-shapes-tiny)")
+    ap.add_argument(
         "--sam-processes", type=int, default=0, help="also run all cores with SAM in this many worker processes"
     )
     ap.add_argument("--json", action="store_true")
@@ -227,7 +236,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def child(files: list[Path], data: Path, args, threads: int | None = None, procs: int | None = None) -> dict:
+def child(
+    files: list[Path],
+    data: Path,
+    args,
+    threads: int | None = None,
+    procs: int | None = None,
+    tracking: str | None = None,
+) -> dict:
     import os
 
     lst = data.parent / (data.name + ".txt")
@@ -236,7 +252,9 @@ def child(files: list[Path], data: Path, args, threads: int | None = None, procs
     threads = threads or args.threads
     if threads:
         cmd += ["--threads", str(threads)]
-    env = {**os.environ, "SEGSEARCH_SAM_PROCESSES": str(procs or 0)}
+    env = {**os.environ, "SEGSEARCH_SAM_PROCESSES": str(procs or 0), "BENCH_SAM": args.sam}
+    if tracking:
+        env["SEGSEARCH_VIDEO_TRACKING"] = tracking
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
@@ -249,26 +267,53 @@ def video_main(args, work: Path) -> int:
 
     results = []
     work.mkdir(parents=True, exist_ok=True)
-    for minutes in [float(v) for v in args.video.split(",")]:
+    for minutes, tracking in [
+        (float(v), mode) for v in args.video.split(",") for mode in args.video_tracking.split(",")
+    ]:
         path = work / f"video-{minutes:g}min.mp4"
         if not path.exists():
             write_mp4(make_video(VIDEO_HELDOUT_SEEDS[0], duration_s=60 * minutes), path)
-        r = child([path], work / f"data-video-{minutes:g}-{time.time_ns()}", args)
+        r = child([path], work / f"data-video-{minutes:g}-{time.time_ns()}", args, tracking=tracking)
+        r["video_tracking"], r["sam"] = tracking, args.sam
         results.append(r)
         if not args.json:
             print(
-                f"{r['video_minutes']:5.1f} min  {r['seconds_per_video_minute']:.1f} s per video-minute  "
+                f"{args.sam} {tracking:9s} {r['video_minutes']:5.1f} min  "
+                f"{r['seconds_per_video_minute']:.1f} s per video-minute  "
                 f"{r['segments']} tracks+keyframes  peak RSS {r['peak_rss_mb']:.0f} MiB  RSS along the run "
                 f"{r['rss_mb_at_10_50_100pct']}  stages {r['stages_s']}",
                 flush=True,
             )
     report = {"videos": results}
-    if len(results) > 1:
-        report["peak_rss_ratio_longest_vs_shortest"] = round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 3)
+    modes = args.video_tracking.split(",")
+    lengths = sorted({r["video_minutes"] for r in results})
+    if len(lengths) > 1:  # per tracking mode: the longest video's peak over the shortest's
+        report["peak_rss_ratio_longest_vs_shortest"] = {
+            m: round(
+                [r for r in results if r["video_tracking"] == m][-1]["peak_rss_mb"]
+                / [r for r in results if r["video_tracking"] == m][0]["peak_rss_mb"],
+                3,
+            )
+            for m in modes
+        }
+    if len(modes) > 1:  # the cost of each mode against the first, per length
+        report["cost_vs_" + modes[0]] = {
+            f"{r['video_minutes']:g} min {r['video_tracking']}": round(
+                r["seconds_per_video_minute"]
+                / next(
+                    b["seconds_per_video_minute"]
+                    for b in results
+                    if b["video_minutes"] == r["video_minutes"] and b["video_tracking"] == modes[0]
+                ),
+                3,
+            )
+            for r in results
+        }
     print(
         json.dumps(report)
         if args.json
-        else f"peak RSS ratio longest vs shortest: {report.get('peak_rss_ratio_longest_vs_shortest')}"
+        else f"peak RSS ratio longest vs shortest: {report.get('peak_rss_ratio_longest_vs_shortest')}; "
+        f"cost vs {modes[0]}: {report.get('cost_vs_' + modes[0])}"
     )
     return 0
 

@@ -8,6 +8,7 @@
     python bench/quality.py --scene --masks ground-truth   # the same without SAM's misses
     python bench/quality.py --video                # object tracks in 20 held-out shapes-world clips
     python bench/quality.py --video --track-vector mean,best   # which track vector retrieves better
+    python bench/quality.py --video --video-tracking link,propagate --sam sam-shapes-tiny,sam2-shapes-tiny
     python bench/quality.py --coco-images val2017/ --coco-annotations instances_val2017.json \
         --sam sam-vit-b --clip clip-vit-b-32 --limit 200     # real photos, category names as queries
 
@@ -54,24 +55,31 @@ def video_main(args) -> int:
     reports = {}
     with tempfile.TemporaryDirectory() as tmp:
         videos = video_eval_set(Path(tmp) / "videos", args.videos, split=args.split)
-        for how in args.track_vector.split(","):
+        runs = [
+            (sam, tracking, how)
+            for sam in (args.sam or "sam-shapes-tiny").split(",")
+            for tracking in args.video_tracking.split(",")
+            for how in args.track_vector.split(",")
+        ]
+        for sam, tracking, how in runs:
             s = Settings(
-                data=Path(tmp) / f"data-{how}",
-                sam=args.sam or "sam-shapes-tiny",
+                data=Path(tmp) / f"data-{sam}-{tracking}-{how}",
+                sam=sam,
                 clip=args.clip or "clip-shapes-tiny",
                 track_vector=how,
+                video_tracking=tracking,
                 **({"device": args.device} if args.device else {}),
             )
-            reports[how] = video_quality(videos, s)
+            reports[f"{sam} {tracking} {how}"] = video_quality(videos, s)
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else next(iter(reports.values()))))
         return 0
     keys = ["track_recall", "mean_temporal_iou", "precision_at_5", "recall_at_10"]
     print(f"{args.videos} clips ({args.split}), video fps {Settings().video_fps}")
-    print("track vector".ljust(14) + "".join(k.rjust(20) for k in keys) + "   tracks (truth / found)")
+    print("SAM, tracking, track vector".ljust(40) + "".join(k.rjust(20) for k in keys) + "   tracks (truth / found)")
     for how, r in reports.items():
         print(
-            how.ljust(14)
+            how.ljust(40)
             + "".join(f"{r[k]:20.3f}" for k in keys)
             + f"   {r['ground_truth_tracks']} / {r['predicted_tracks']}  ({r['seconds']:.0f} s)"
         )
@@ -115,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--video", action="store_true", help="object tracks in shapes-world videos")
     ap.add_argument("--videos", type=int, default=20, help="with --video: held-out clips (8 s each)")
     ap.add_argument("--track-vector", default="mean", help="with --video: mean, best or both (comma-separated)")
+    ap.add_argument(
+        "--video-tracking", default="propagate", help="with --video: link, propagate or both (comma-separated)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.scene:

@@ -67,6 +67,13 @@ def index(
     min_track_seconds: Annotated[
         Optional[float], typer.Option(help="Drop video object tracks shorter than this (default: 1.0 s).")
     ] = None,
+    video_tracking: Annotated[
+        Optional[str],
+        typer.Option(
+            help="propagate (each track's mask prompts the next frame; automatic masks on keyframes only) | "
+            "link (automatic masks on every frame, linked) (default: propagate)."
+        ),
+    ] = None,
     engine: Annotated[
         Optional[str],
         typer.Option(
@@ -109,6 +116,7 @@ def index(
             min_segment_area=min_segment_area,
             video_fps=video_fps,
             min_track_seconds=min_track_seconds,
+            video_tracking=video_tracking,
             engine=engine,
             ray_address=ray_address,
         )

@@ -120,27 +120,44 @@ class Tracker:
         edge = x <= 1 or y <= 1 or x + w >= self.width - 1 or y + h >= self.height - 1
         return area * piou * (EDGE_PENALTY if edge else 1.0)
 
-    def step(self, t: float, masks: MaskSet, vectors: np.ndarray) -> None:
-        """One sampled frame: its masks (frame pixels) and their crops' unit embeddings."""
+    def expire(self, t: float) -> None:
+        """Close the tracks not seen for longer than MAX_GAP_S."""
         for tr in [tr for tr in self.open if t - tr.end_s > MAX_GAP_S]:
             self.open.remove(tr)
             self.closed.append(tr)
+
+    def motion(self, tr: Track, t: float) -> tuple[int, int]:
+        """The track's expected move from its last sample to time ``t``, in low-resolution pixels."""
+        dt = t - tr.end_s
+        return int(round(tr.velocity[0] * dt / self.stride)), int(round(tr.velocity[1] * dt / self.stride))
+
+    def predicted(self, tr: Track, t: float) -> np.ndarray:
+        """The track's last low-resolution mask moved by its velocity to time ``t``."""
+        return _shift(tr.low, *self.motion(tr, t))
+
+    def carry(self, t: float, masks: MaskSet, vectors: np.ndarray, tracks: list[Track]) -> None:
+        """Masks whose track is known (propagation): mask i continues ``tracks[i]``."""
+        low = masks.masks[:, :: self.stride, :: self.stride]
+        for j, tr in enumerate(tracks):
+            self._extend(tr, t, masks, j, vectors[j], low[j])
+
+    def step(self, t: float, masks: MaskSet, vectors: np.ndarray) -> None:
+        """One sampled frame: its masks (frame pixels) and their crops' unit embeddings. Tracks
+        already continued at ``t`` (by ``carry``) take no more masks."""
+        self.expire(t)
         n = len(masks)
         low = masks.masks[:, :: self.stride, :: self.stride] if n else None
         pairs: list[tuple[float, int, int]] = []
-        if n and self.open:
-            cos = np.stack([tr.appearance() for tr in self.open]) @ vectors.T  # (T, N)
-            moved = []
-            for tr in self.open:
-                dt = t - tr.end_s
-                dx, dy = tr.velocity[0] * dt / self.stride, tr.velocity[1] * dt / self.stride
-                moved.append(_shift(tr.low, int(round(dx)), int(round(dy))))
+        candidates = [tr for tr in self.open if tr.end_s < t - 1e-9]
+        if n and candidates:
+            cos = np.stack([tr.appearance() for tr in candidates]) @ vectors.T  # (T, N)
+            moved = [self.predicted(tr, t) for tr in candidates]
             a = np.stack(moved).reshape(len(moved), -1).astype(np.float32)
             b = low.reshape(n, -1).astype(np.float32)
             inter = a @ b.T
             union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
             iou = inter / np.maximum(union, 1.0)
-            for i, tr in enumerate(self.open):
+            for i, tr in enumerate(candidates):
                 cx, cy = _centre(tr.last.box)
                 px, py = cx + tr.velocity[0] * (t - tr.end_s), cy + tr.velocity[1] * (t - tr.end_s)
                 for j in range(n):
@@ -157,7 +174,7 @@ class Tracker:
                 continue
             taken_t.add(i)
             taken_m.add(j)
-            self._extend(self.open[i], t, masks, j, vectors[j], low[j])
+            self._extend(candidates[i], t, masks, j, vectors[j], low[j])
         for j in range(n):
             if j not in taken_m:
                 tr = Track()

@@ -10,6 +10,7 @@ until vectors and rows are durable).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,12 +20,16 @@ import numpy as np
 from segsearch.crops import cut_crop, whole_image
 from segsearch.identity import segment_id
 from segsearch.images import check_sam_view
+from segsearch.masks import MaskSet
 from segsearch.store.schema import SegmentRecord, TrackFrameRow
 from segsearch.video import VIDEO_MAX_SIDE, VideoInfo, sample_frames
 
 from segsearch.indexer.amg import mask_generator_for
+from segsearch.indexer.propagate import BACKGROUND, Keyframes, Propagator, match_motion, new_objects
 from segsearch.indexer.tracks import Track, Tracker
 from segsearch.indexer.writer import Prepared
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from segsearch.indexer.pipeline import Indexer
@@ -55,13 +60,17 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
         info=info,
         max_pixels=s.max_image_pixels,
     )
+    carry = Carrier(models.sam, tracker, s) if s.video_tracking == "propagate" else None
     for frame in frames:
         t1 = time.perf_counter()
         ix.times.add("video_decode", t1 - t_decode)
         if models.guard is not None:
             models.guard()
-        masks = mask_generator.generate(frame.rgb)
-        masks = masks.filter(masks.areas >= max(s.min_segment_area, 1))
+        if carry is None:  # automatic masks on every sampled frame, linked afterwards
+            masks = mask_generator.generate(frame.rgb)
+            masks = masks.filter(masks.areas >= max(s.min_segment_area, 1))
+        else:  # live tracks carried; automatic masks only on keyframes, for what is new
+            masks = carry.frame(frame.t, frame.rgb, mask_generator)
         t2 = time.perf_counter()
         ix.times.add("sam", t2 - t1)
         crops = [
@@ -85,10 +94,15 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
         vecs = np.asarray(embedder.embed_images(crops), np.float32) if crops else np.zeros((0, dim or 1), np.float32)
         dim = dim or (vecs.shape[1] if len(vecs) else None)
         ix.times.add("clip", time.perf_counter() - t3)
-        tracker.step(frame.t, masks, vecs[: len(masks)])
+        if carry is None:
+            tracker.step(frame.t, masks, vecs[: len(masks)])
+        else:
+            carry.commit(frame.t, vecs[: len(masks)])
         if key:
             keyframes.append((frame.t, vecs[-1]))
         t_decode = time.perf_counter()
+    if carry is not None:
+        log.debug("%s: new objects looked for per frame: %s", path.name, carry.keys.counts)
     if not keyframes:
         from segsearch.video import VideoError
 
@@ -109,6 +123,65 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
         video=info,
         rows=rows,
     )
+
+
+class Carrier:
+    """Propagation for one video (indexer/propagate.py): per sampled frame, the live tracks'
+    carried masks, plus new objects where the picture changed (prompts there, or automatic masks
+    on keyframes); ``commit`` then hands both to the tracker with their crops' vectors."""
+
+    def __init__(self, sam, tracker: Tracker, s):
+        from segsearch.models import amg_params
+
+        self.tracker, self.min_area, self.step_s = tracker, max(s.min_segment_area, 1), 1.0 / s.video_fps
+        params = amg_params(s)
+        self.thresholds = (params["pred_iou_thresh"], params["stability_score_thresh"])
+        self.prop = Propagator(sam)
+        self.keys = Keyframes(s.video_refresh_seconds, tracker.stride)
+        self.carried: list[Track] = []
+        self.n_carried = 0
+        self.masks: MaskSet | None = None
+        self.prev_rgb: np.ndarray | None = None  # the last sample at the tracker's resolution
+
+    def frame(self, t: float, rgb: np.ndarray, mask_generator) -> MaskSet:
+        tr = self.tracker
+        tr.expire(t)
+        h, w = rgb.shape[:2]
+        small_rgb = rgb[:: tr.stride, :: tr.stride]
+        # tracks seen at the previous sample are carried; those lost earlier wait to be found again
+        live = [k for k in tr.open if t - k.end_s <= 1.5 * self.step_s]
+        carried, idx = MaskSet.empty(h, w), []
+        if live:
+            shifts = [
+                tr.motion(k, t)
+                if self.prev_rgb is None or k.last.area >= BACKGROUND * h * w
+                else match_motion(self.prev_rgb, small_rgb, k.low, tr.motion(k, t))
+                for k in live
+            ]
+            carried, idx = self.prop.carry(rgb, [k.low for k in live], shifts, tr.stride)
+            big = carried.areas >= self.min_area
+            carried, idx = carried.filter(big), [i for i, b in zip(idx, big) if b]
+        self.carried = [live[i] for i in idx]
+        objects = carried.masks[carried.areas < BACKGROUND * h * w, :: tr.stride, :: tr.stride]
+        tracked = objects.any(0) if len(objects) else np.zeros(small_rgb.shape[:2], bool)
+        how, cells = self.keys.plan(t, small_rgb, tracked)
+        masks = carried
+        if how == "auto":
+            new = mask_generator.generate(rgb)
+        elif how == "prompts":
+            new = self.prop.discover(rgb, cells, tr.stride, self.thresholds)
+        if how != "none":
+            new = new_objects(new.filter(new.areas >= self.min_area), carried, tr.stride)
+            masks = MaskSet.cat([carried, new])
+        self.n_carried, self.masks, self.prev_rgb = len(carried), masks, small_rgb
+        return masks
+
+    def commit(self, t: float, vectors: np.ndarray) -> None:
+        n, masks = self.n_carried, self.masks
+        if n:
+            self.tracker.carry(t, masks.filter(np.arange(n)), vectors[:n], self.carried)
+        if len(masks) > n:
+            self.tracker.step(t, masks.filter(np.arange(n, len(masks))), vectors[n:])
 
 
 def video_segments(

@@ -57,6 +57,8 @@ VIDEO_FIELDS = {
     "min_track_s": "min_track_seconds",
     "keyframe_s": "video_keyframe_seconds",
     "vector": "track_vector",
+    "tracking": "video_tracking",
+    "refresh_s": "video_refresh_seconds",
 }
 
 
@@ -207,6 +209,8 @@ def recalled(rec: Recorded) -> dict:
     if rec.crop:
         out.update({CROP_FIELDS[k]: v for k, v in CROP_ABSENT.items() if k not in rec.crop})
     out.update({VIDEO_FIELDS[k]: v for k, v in rec.video.items() if k in VIDEO_FIELDS})
+    if rec.video and "tracking" not in rec.video:
+        out["video_tracking"] = "link"  # indexed before propagation: every frame's masks, linked
     return out
 
 

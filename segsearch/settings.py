@@ -200,6 +200,18 @@ class Settings(BaseSettings):
     video_keyframe_seconds: float = Field(
         2.0, gt=0, description="A whole-frame vector every this many seconds, so a moment can be found."
     )
+    video_tracking: Literal["link", "propagate"] = Field(
+        "propagate",
+        description="propagate: each track's mask prompts SAM on the next sampled frame, automatic masks only "
+        "on keyframes (first frame, something new or lost, every video_refresh_seconds); link: automatic masks on "
+        "every sampled frame, linked afterwards (the way before; slower).",
+    )
+    video_refresh_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="With propagation, automatic masks at least this often (new objects that changed "
+        "nothing else are found by then).",
+    )
     track_vector: Literal["mean", "best"] = Field(
         "mean", description="A track's vector: the mean of its crops' embeddings, or its best frame's."
     )
@@ -322,6 +334,12 @@ class Settings(BaseSettings):
             "min_track_s": self.min_track_seconds,
             "keyframe_s": self.video_keyframe_seconds,
             "vector": self.track_vector,
+            # linking leaves these out: videos indexed before propagation keep their fingerprints
+            **(
+                {"tracking": "propagate", "refresh_s": self.video_refresh_seconds}
+                if self.video_tracking == "propagate"
+                else {}
+            ),
         }
 
     def crop_params(self) -> dict:
