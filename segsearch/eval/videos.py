@@ -221,14 +221,16 @@ def scripted_video(
 ) -> ShapesVideo:
     """A clip with exactly the given objects: ``(colour, shape, t0, t1, (x0, y0), (x1, y1))``, each
     moving on screen from the first position to the second (fractions of the frame) between t0 and
-    t1; a still camera over a background drawn from ``seed``. For tests that need known answers."""
+    t1 (an optional seventh item: its size, instead of ``size``; later objects pass in front of
+    earlier ones); a still camera over a background drawn from ``seed``. For tests that need known
+    answers."""
     rng = np.random.default_rng(seed)
     bg = background(rng, width + 2, height, kind="gradient").astype(np.uint8)
     objects = [
         MovingShape(
             colour,
             shape,
-            size * min(width, height),
+            (rest[0] if rest else size) * min(width, height),
             0.3,
             0.0,
             t0,
@@ -237,7 +239,7 @@ def scripted_video(
             (p1[0] * width, p1[1] * height),
             COLORS[colour],
         )
-        for colour, shape, t0, t1, p0, p1 in script
+        for colour, shape, t0, t1, p0, p1, *rest in script
     ]
     v = ShapesVideo(seed, width, height, fps, duration_s, objects, 0.0)
     v._bg = bg
