@@ -13,6 +13,9 @@ mask must overlap the prior by ``CARRY_IOU`` and have a predicted IoU of ``CARRY
 else the track is lost for this frame (occluded, gone, or changed past recognition). Point
 prompts because every model here was trained on them (the bundled SAMs saw no box or mask prompt).
 
+A track whose object and surroundings did not change since the last sample keeps its mask without
+SAM (a parked car, a still camera); a frame where nothing moved is not even encoded.
+
 Where new objects are looked for (``Keyframes``): the picture is compared with the last sample at
 the tracker's low resolution, outside the tracked masks (now and a sample ago). Automatic masks
 run on the first frame, when most of the picture changed (a cut, a pan) and at least every
@@ -37,8 +40,10 @@ CARRY_IOU = 0.5
 # velocity is a guess)...
 CARRY_AREA = 2.0
 MAX_JUMP = 1.5
-# How far (object sizes, at least 4 low-res pixels) around the motion guess an object is looked for.
+# How far (object sizes, at least 4 low-res pixels) around the motion guess an object is looked for,
+# comparing this many of its cells (spread over the mask).
 SEARCH = 1.5
+MATCH_CELLS = 128
 # ... and SAM's own predicted IoU for it is at least this (well under the automatic masks'
 # thresholds: the shape test above is the stronger evidence, and a partly hidden object, or a ring
 # prompted on its band, scores low with the bundled SAMs while its track should go on)
@@ -88,26 +93,51 @@ def interior_point(mask: np.ndarray) -> tuple[int, int] | None:
 def match_motion(prev: np.ndarray, cur: np.ndarray, mask: np.ndarray, guess: tuple[int, int]) -> tuple[int, int]:
     """Where the masked part of ``prev`` (low-resolution RGB) went in ``cur``: the offset within
     ``SEARCH`` object sizes of ``guess`` whose pixels differ least (mean absolute difference over
-    up to 256 of the mask's cells). A velocity is only a guess, and a track seen once has none; a
-    small object moves by more than its size between samples, so a prompt at its old place misses."""
+    up to MATCH_CELLS of the mask's cells; every second offset, then the best one's neighbours).
+    A velocity is only a guess, and a track seen once has none; a small object moves by more than
+    its size between samples, so a prompt at its old place misses."""
     ys, xs = np.nonzero(mask)
     if not len(ys):
         return guess
-    if len(ys) > 256:
-        pick = np.linspace(0, len(ys) - 1, 256).astype(np.int64)
+    if len(ys) > MATCH_CELLS:
+        pick = np.linspace(0, len(ys) - 1, MATCH_CELLS).astype(np.int64)
         ys, xs = ys[pick], xs[pick]
     h, w = mask.shape
-    r = int(np.clip(SEARCH * np.sqrt(mask.sum()), 4, max(h, w) // 4))
-    d = np.arange(-r, r + 1)
-    dy, dx = (a.reshape(-1) for a in np.meshgrid(d + guess[1], d + guess[0], indexing="ij"))
-    ty, tx = ys[None, :] + dy[:, None], xs[None, :] + dx[:, None]  # offsets x cells
-    inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
     want = prev[ys, xs].astype(np.int16)  # cells x 3
-    got = cur[np.clip(ty, 0, h - 1), np.clip(tx, 0, w - 1)].astype(np.int16)  # offsets x cells x 3
-    cost = np.abs(got - want[None]).sum(-1).astype(np.float32)
-    cost[~inside] = 3 * 255  # leaving the frame costs as much as the worst match
-    k = int(np.argmin(cost.mean(1) + 1e-3 * (np.abs(dy - guess[1]) + np.abs(dx - guess[0]))))
-    return int(dx[k]), int(dy[k])
+
+    def best(dx: np.ndarray, dy: np.ndarray) -> tuple[int, int]:
+        ty, tx = ys[None, :] + dy[:, None], xs[None, :] + dx[:, None]  # offsets x cells
+        inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+        got = cur[np.clip(ty, 0, h - 1), np.clip(tx, 0, w - 1)].astype(np.int16)  # offsets x cells x 3
+        cost = np.abs(got - want[None]).sum(-1, dtype=np.int32)
+        cost[~inside] = 3 * 255  # leaving the frame costs as much as the worst match
+        score = cost.mean(1) + 1e-3 * (np.abs(dy - guess[1]) + np.abs(dx - guess[0]))
+        k = int(np.argmin(score))
+        return int(dx[k]), int(dy[k])
+
+    r = int(np.clip(SEARCH * np.sqrt(mask.sum()), 4, max(h, w) // 4))
+    d = np.arange(-r, r + 1, 2)
+    dy, dx = (a.reshape(-1) for a in np.meshgrid(d + guess[1], d + guess[0], indexing="ij"))
+    cx, cy = best(dx, dy)
+    d = np.arange(-1, 2)
+    dy, dx = (a.reshape(-1) for a in np.meshgrid(d + cy, d + cx, indexing="ij"))
+    return best(dx, dy)
+
+
+def unchanged(diff: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether nothing changed on an object's low-resolution mask or next to it (``diff``: the
+    cells that changed since the last sample): then it is where it was, and SAM need not look."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    return bool(mask.any()) and not diff[grown].any()
+
+
+def changed_cells(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Low-resolution cells whose colour moved by more than DIFF_LEVEL in a channel."""
+    return np.abs(cur.astype(np.int16) - prev.astype(np.int16)).max(-1) > DIFF_LEVEL
 
 
 def low_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -339,7 +369,7 @@ class Keyframes:
         elif t - self.last_auto >= self.refresh_s - 1e-6:
             how = "auto"  # a periodic look at everything
         elif self.prev_small is not None and self.prev_small.shape == small.shape:
-            changed = np.abs(small - self.prev_small).max(-1) > DIFF_LEVEL
+            changed = changed_cells(self.prev_small, small)
             if changed.mean() > CUT:
                 how = "auto"  # a cut or a camera move
             else:

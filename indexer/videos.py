@@ -20,12 +20,20 @@ import numpy as np
 from segsearch.crops import cut_crop, whole_image
 from segsearch.identity import segment_id
 from segsearch.images import check_sam_view
-from segsearch.masks import MaskSet
+from segsearch.masks import MaskSet, decode_rle
 from segsearch.store.schema import SegmentRecord, TrackFrameRow
 from segsearch.video import VIDEO_MAX_SIDE, VideoInfo, sample_frames
 
 from segsearch.indexer.amg import mask_generator_for
-from segsearch.indexer.propagate import BACKGROUND, Keyframes, Propagator, match_motion, new_objects
+from segsearch.indexer.propagate import (
+    BACKGROUND,
+    Keyframes,
+    Propagator,
+    changed_cells,
+    match_motion,
+    new_objects,
+    unchanged,
+)
 from segsearch.indexer.tracks import Track, Tracker
 from segsearch.indexer.writer import Prepared
 
@@ -150,18 +158,30 @@ class Carrier:
         small_rgb = rgb[:: tr.stride, :: tr.stride]
         # tracks seen at the previous sample are carried; those lost earlier wait to be found again
         live = [k for k in tr.open if t - k.end_s <= 1.5 * self.step_s]
+        # an object whose cells (and their neighbours) did not change is where it was: its mask
+        # is kept without SAM; the rest are carried by prompts
+        diff = None if self.prev_rgb is None else changed_cells(self.prev_rgb, small_rgb)
+        still = [k for k in live if diff is not None and k.last.area < BACKGROUND * h * w and unchanged(diff, k.low)]
+        moving = [k for k in live if not any(k is c for c in still)]
         carried, idx = MaskSet.empty(h, w), []
-        if live:
+        if moving:
             shifts = [
                 tr.motion(k, t)
                 if self.prev_rgb is None or k.last.area >= BACKGROUND * h * w
                 else match_motion(self.prev_rgb, small_rgb, k.low, tr.motion(k, t))
-                for k in live
+                for k in moving
             ]
-            carried, idx = self.prop.carry(rgb, [k.low for k in live], shifts, tr.stride)
+            carried, idx = self.prop.carry(rgb, [k.low for k in moving], shifts, tr.stride)
             big = carried.areas >= self.min_area
             carried, idx = carried.filter(big), [i for i, b in zip(idx, big) if b]
-        self.carried = [live[i] for i in idx]
+        if still:
+            kept = MaskSet.from_masks(
+                np.stack([decode_rle(k.last.rle) for k in still]),
+                [k.last.predicted_iou for k in still],
+                [k.last.stability_score for k in still],
+            )
+            carried = MaskSet.cat([kept, carried])
+        self.carried = still + [moving[i] for i in idx]
         objects = carried.masks[carried.areas < BACKGROUND * h * w, :: tr.stride, :: tr.stride]
         tracked = objects.any(0) if len(objects) else np.zeros(small_rgb.shape[:2], bool)
         how, cells = self.keys.plan(t, small_rgb, tracked)
