@@ -32,6 +32,8 @@ import numpy as np
 
 from segsearch.masks import MaskSet
 
+from segsearch.indexer.tracks import shift_mask
+
 # A carried mask is kept when it has the track's shape: its IoU with the track's last mask moved
 # onto it (at the tracker's low resolution) is at least this...
 CARRY_IOU = 0.5
@@ -309,20 +311,9 @@ def _shape_fit(cand: np.ndarray, last: np.ndarray, shift: tuple[int, int]) -> fl
     (cx, cy), (lx, ly) = _centroid(cand), _centroid(last)
     if np.hypot(cx - lx - shift[0], cy - ly - shift[1]) > MAX_JUMP * np.sqrt(b) + 2:
         return 0.0
-    moved = _shift(last, int(round(cx - lx)), int(round(cy - ly)))
+    moved = shift_mask(last, int(round(cx - lx)), int(round(cy - ly)))
     inter = int((moved & cand).sum())
     return inter / (a + int(moved.sum()) - inter or 1)
-
-
-def _shift(m: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    out = np.zeros_like(m)
-    h, w = m.shape
-    if abs(dx) >= w or abs(dy) >= h:
-        return out
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[yd, xd] = m[ys, xs]
-    return out
 
 
 def _stability(logits: np.ndarray, offset: float = 1.0) -> float:

@@ -93,7 +93,7 @@ def _centre(box) -> tuple[float, float]:
     return box[0] + box[2] / 2.0, box[1] + box[3] / 2.0
 
 
-def _shift(m: np.ndarray, dx: int, dy: int) -> np.ndarray:
+def shift_mask(m: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """``m`` moved by (dx, dy) low-res pixels, zeros where it came from outside."""
     out = np.zeros_like(m)
     h, w = m.shape
@@ -133,7 +133,7 @@ class Tracker:
 
     def predicted(self, tr: Track, t: float) -> np.ndarray:
         """The track's last low-resolution mask moved by its velocity to time ``t``."""
-        return _shift(tr.low, *self.motion(tr, t))
+        return shift_mask(tr.low, *self.motion(tr, t))
 
     def carry(self, t: float, masks: MaskSet, vectors: np.ndarray, tracks: list[Track]) -> None:
         """Masks whose track is known (propagation): mask i continues ``tracks[i]``."""
