@@ -70,8 +70,8 @@ def index(
     video_tracking: Annotated[
         Optional[str],
         typer.Option(
-            help="propagate (each track's mask prompts the next frame; automatic masks on keyframes only) | "
-            "link (automatic masks on every frame, linked) (default: propagate)."
+            help="propagate (each track's mask prompts the next frame; new objects looked for where the picture "
+            "changed) | link (automatic masks on every frame, linked; ~4x slower) (default: propagate)."
         ),
     ] = None,
     engine: Annotated[

@@ -202,9 +202,10 @@ class Settings(BaseSettings):
     )
     video_tracking: Literal["link", "propagate"] = Field(
         "propagate",
-        description="propagate: each track's mask prompts SAM on the next sampled frame, automatic masks only "
-        "on keyframes (first frame, something new or lost, every video_refresh_seconds); link: automatic masks on "
-        "every sampled frame, linked afterwards (the way before; slower).",
+        description="propagate: each track's mask prompts SAM on the next sampled frame, new objects are looked "
+        "for where the picture changed, automatic masks run on the first frame, cuts and every "
+        "video_refresh_seconds; link: automatic masks on every sampled frame, linked afterwards (the way before; "
+        "about 4x slower).",
     )
     video_refresh_seconds: float = Field(
         10.0,
