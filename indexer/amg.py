@@ -182,3 +182,15 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     _ALLOCATOR_TUNED = mallopt(m_mmap_threshold, 32 << 20) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
     return _ALLOCATOR_TUNED
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim``), where
+    :func:`keep_freed_memory` told it to keep them. A long job calls this now and then: the kept
+    blocks fragment as allocation sizes vary from frame to frame, and a 20-minute video's peak
+    memory grew 1.12x over a 1-minute one's (1,159 -> 1,297 MiB) without it."""
+    if not _ALLOCATOR_TUNED:
+        return
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)

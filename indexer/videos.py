@@ -24,7 +24,7 @@ from segsearch.masks import MaskSet, decode_rle
 from segsearch.store.schema import SegmentRecord, TrackFrameRow
 from segsearch.video import VIDEO_MAX_SIDE, VideoInfo, sample_frames
 
-from segsearch.indexer.amg import mask_generator_for
+from segsearch.indexer.amg import mask_generator_for, release_freed_memory
 from segsearch.indexer.propagate import (
     BACKGROUND,
     Keyframes,
@@ -38,6 +38,10 @@ from segsearch.indexer.tracks import Track, Tracker
 from segsearch.indexer.writer import Prepared
 
 log = logging.getLogger(__name__)
+
+# Sampled frames between two returns of freed heap to the OS: memory flat with a video's length
+# (4-minute clip: peak 1,256 -> 1,145 MiB; every 20 frames cost ~10% more time, every 120 ~5%)
+TRIM_EVERY = 120
 
 if TYPE_CHECKING:
     from segsearch.indexer.pipeline import Indexer
@@ -69,7 +73,7 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
         max_pixels=s.max_image_pixels,
     )
     carry = Carrier(models.sam, tracker, s) if s.video_tracking == "propagate" else None
-    for frame in frames:
+    for sampled, frame in enumerate(frames, start=1):
         t1 = time.perf_counter()
         ix.times.add("video_decode", t1 - t_decode)
         if models.guard is not None:
@@ -108,6 +112,8 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
             carry.commit(frame.t, vecs[: len(masks)])
         if key:
             keyframes.append((frame.t, vecs[-1]))
+        if sampled % TRIM_EVERY == 0:
+            release_freed_memory()
         t_decode = time.perf_counter()
     if carry is not None:
         log.debug("%s: new objects looked for per frame: %s", path.name, carry.keys.counts)
