@@ -124,6 +124,7 @@ class Tracker:
         """Close the tracks not seen for longer than MAX_GAP_S."""
         for tr in [tr for tr in self.open if t - tr.end_s > MAX_GAP_S]:
             self.open.remove(tr)
+            tr.low = None  # only open tracks are matched against
             self.closed.append(tr)
 
     def motion(self, tr: Track, t: float) -> tuple[int, int]:
@@ -200,7 +201,9 @@ class Tracker:
         q = self._quality(box, obs.area, obs.predicted_iou)
         if q > tr.best_quality:
             tr.best, tr.best_quality, tr.best_emb = len(tr.observations) - 1, q, vec.copy()
-        tr.low = low
+        # a copy: ``low`` is a strided view into the frame's whole stack of full-size masks, which a
+        # kept view would keep alive with every track (a 20-minute video's memory grew with them)
+        tr.low = np.ascontiguousarray(low)
 
     def finish(self) -> list[Track]:
         """Every track that lasted at least ``min_track_seconds`` (a sample covers one step), in

@@ -111,7 +111,7 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
         else:
             carry.commit(frame.t, vecs[: len(masks)])
         if key:
-            keyframes.append((frame.t, vecs[-1]))
+            keyframes.append((frame.t, vecs[-1].copy()))  # not a view keeping the frame's vectors
         if sampled % TRIM_EVERY == 0:
             release_freed_memory()
         t_decode = time.perf_counter()
