@@ -32,7 +32,7 @@ import numpy as np
 
 from segsearch.masks import MaskSet
 
-from segsearch.indexer.tracks import shift_mask
+from segsearch.indexer.tracks import mask_iou, shift_mask
 
 # A carried mask is kept when it has the track's shape: its IoU with the track's last mask moved
 # onto it (at the tracker's low resolution) is at least this...
@@ -142,17 +142,6 @@ def changed_cells(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return np.abs(cur.astype(np.int16) - prev.astype(np.int16)).max(-1) > DIFF_LEVEL
 
 
-def low_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between every mask of ``a`` (A x h x w) and of ``b`` (B x h x w): A x B."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), np.float32)
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return inter / np.maximum(union, 1.0)
-
-
 class Propagator:
     """Carries tracks across frames with the library's SAM (either family), batched per frame."""
 
@@ -174,7 +163,8 @@ class Propagator:
         points, owner = [], []
         for i, (last, (dx, dy)) in enumerate(zip(lasts, shifts)):
             # where the motion says it is, and where it was (a guessed velocity can be wrong)
-            for p in {interior_point(last) and _moved(interior_point(last), dx, dy), interior_point(last)}:
+            inner = interior_point(last)
+            for p in {_moved(inner, dx, dy), inner}:
                 if p is not None:
                     points.append((min(w - 1, (p[0] + 0.5) * stride), min(h - 1, (p[1] + 0.5) * stride)))
                     owner.append(i)
@@ -227,7 +217,7 @@ class Propagator:
                     found.append((float(scores[row, k]), row, k, stab[k]))
             found.sort(key=lambda f: -f[0])
             cand = np.stack([small[r, k] for _, r, k, _ in found]) if found else np.zeros((0, *grid), bool)
-            iou = low_iou(cand, cand)
+            iou = mask_iou(cand, cand)
             keep = [i for i in range(len(found)) if not any(iou[i, j] >= NMS_IOU for j in range(i))]
             if not keep:
                 return MaskSet.empty(h, w)
@@ -326,7 +316,7 @@ def _stability(logits: np.ndarray, offset: float = 1.0) -> float:
 def _one_per_object(carried: MaskSet, keep: list[int], stride: int) -> tuple[MaskSet, list[int]]:
     """Where two tracks carried onto one object, the one listed first (the older) keeps it."""
     small = carried.masks[:, ::stride, ::stride]
-    iou = low_iou(small, small)
+    iou = mask_iou(small, small)
     drop = set()
     for a in range(len(keep)):
         if a in drop:
@@ -341,32 +331,28 @@ def _one_per_object(carried: MaskSet, keep: list[int], stride: int) -> tuple[Mas
 class Keyframes:
     """Decides, frame by frame, where SAM looks for new objects (see the module docstring)."""
 
-    def __init__(self, refresh_s: float, stride: int):
-        self.refresh_s, self.stride = refresh_s, stride
+    def __init__(self, refresh_s: float):
+        self.refresh_s = refresh_s
         self.last_auto: float | None = None
-        self.prev_small: np.ndarray | None = None
         self.prev_tracked: np.ndarray | None = None
         self.counts: dict[str, int] = {}
 
-    def plan(self, t: float, small: np.ndarray, tracked: np.ndarray) -> tuple[str, list[tuple[int, int]]]:
+    def plan(self, t: float, changed: np.ndarray | None, tracked: np.ndarray) -> tuple[str, list[tuple[int, int]]]:
         """("auto", []) for automatic masks, ("prompts", cells) for prompts at those low-resolution
-        cells (x, y), or ("none", []). ``small``: the frame at the tracker's resolution (RGB);
-        ``tracked``: the union of this frame's carried object masks there. Call once per sampled
-        frame, in order."""
-        small = small.astype(np.int16)
+        cells (x, y), or ("none", []). ``changed``: the cells that changed since the last sample
+        (``changed_cells``; None on the first); ``tracked``: the union of this frame's carried
+        object masks there. Call once per sampled frame, in order."""
         how, cells = "none", []
-        if self.last_auto is None:
+        if self.last_auto is None or changed is None:
             how = "auto"  # the first frame
         elif t - self.last_auto >= self.refresh_s - 1e-6:
             how = "auto"  # a periodic look at everything
-        elif self.prev_small is not None and self.prev_small.shape == small.shape:
-            changed = changed_cells(self.prev_small, small)
-            if changed.mean() > CUT:
-                how = "auto"  # a cut or a camera move
-            else:
-                cells = _changed_blocks(changed & ~(tracked | self.prev_tracked))
-                how = "prompts" if cells else "none"
-        self.prev_small, self.prev_tracked = small, tracked
+        elif changed.mean() > CUT:
+            how = "auto"  # a cut or a camera move
+        else:
+            cells = _changed_blocks(changed & ~(tracked | self.prev_tracked))
+            how = "prompts" if cells else "none"
+        self.prev_tracked = tracked
         if how == "auto":
             self.last_auto = t
         self.counts[how] = self.counts.get(how, 0) + 1

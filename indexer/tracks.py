@@ -93,6 +93,17 @@ def _centre(box) -> tuple[float, float]:
     return box[0] + box[2] / 2.0, box[1] + box[3] / 2.0
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between every mask of ``a`` (A x h x w) and of ``b`` (B x h x w): A x B."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)), np.float32)
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return inter / np.maximum(union, 1.0)
+
+
 def shift_mask(m: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """``m`` moved by (dx, dy) low-res pixels, zeros where it came from outside."""
     out = np.zeros_like(m)
@@ -153,11 +164,7 @@ class Tracker:
         if n and candidates:
             cos = np.stack([tr.appearance() for tr in candidates]) @ vectors.T  # (T, N)
             moved = [self.predicted(tr, t) for tr in candidates]
-            a = np.stack(moved).reshape(len(moved), -1).astype(np.float32)
-            b = low.reshape(n, -1).astype(np.float32)
-            inter = a @ b.T
-            union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-            iou = inter / np.maximum(union, 1.0)
+            iou = mask_iou(np.stack(moved), low)
             for i, tr in enumerate(candidates):
                 cx, cy = _centre(tr.last.box)
                 px, py = cx + tr.velocity[0] * (t - tr.end_s), cy + tr.velocity[1] * (t - tr.end_s)

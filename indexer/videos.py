@@ -151,7 +151,7 @@ class Carrier:
         params = amg_params(s)
         self.thresholds = (params["pred_iou_thresh"], params["stability_score_thresh"])
         self.prop = Propagator(sam)
-        self.keys = Keyframes(s.video_refresh_seconds, tracker.stride)
+        self.keys = Keyframes(s.video_refresh_seconds)
         self.carried: list[Track] = []
         self.n_carried = 0
         self.masks: MaskSet | None = None
@@ -190,7 +190,7 @@ class Carrier:
         self.carried = still + [moving[i] for i in idx]
         objects = carried.masks[carried.areas < BACKGROUND * h * w, :: tr.stride, :: tr.stride]
         tracked = objects.any(0) if len(objects) else np.zeros(small_rgb.shape[:2], bool)
-        how, cells = self.keys.plan(t, small_rgb, tracked)
+        how, cells = self.keys.plan(t, diff, tracked)
         masks = carried
         if how == "auto":
             new = mask_generator.generate(rgb)
