@@ -208,7 +208,8 @@ def print_summary(d: dict) -> None:
         f"in {d['seconds']:.1f}s"
     )
     for f in d["failures"]:
-        c.print(f"  [red]failed[/] {f['path']}: {f['error']}", highlight=False)
+        # soft wrap: the terminal folds a long line, and a copied path stays one piece
+        c.print(f"  [red]failed[/] {f['path']}: {f['error']}", highlight=False, soft_wrap=True)
 
 
 def doctor(
