@@ -55,6 +55,7 @@ class Seg:
     bbox: tuple[float, float, float, float]  # x, y, w, h
     area: float  # mask area (any unit shared by the pair: pixels or fraction of the image)
     rle: dict | None = None  # COCO RLE {"size": [h, w], "counts": ...}
+    diag: float | None = None  # the image's diagonal in pixels, where known without the mask (may_hold)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,22 @@ def holds(predicate: str, s: Seg, o: Seg) -> bool:
     if predicate == "overlaps":
         return s.rle is not None and o.rle is not None and _touching(s, o)
     raise QueryError(f"unknown predicate {predicate!r}")
+
+
+def may_hold(predicate: str, s: Seg, o: Seg) -> bool:
+    """A necessary condition of ``holds`` from the boxes alone (the masks are not read): False means
+    the relation cannot hold, True that it may. Scene queries use it to rank images and to skip
+    reading masks of images where no assignment can satisfy a mask predicate. For ``overlaps`` it
+    needs the image's diagonal in ``diag`` (without one, it cannot rule anything out)."""
+    if predicate == "inside":
+        return _box_within(s.bbox, o.bbox) and s.bbox[2] * s.bbox[3] < o.bbox[2] * o.bbox[3]
+    if predicate == "contains":
+        return may_hold("inside", o, s)
+    if predicate == "overlaps":
+        if s.diag is None and o.diag is None:
+            return True
+        return box_gap(s.bbox, o.bbox) <= max(2.0, TOUCH * float(s.diag or o.diag))
+    return holds(predicate, s, o)
 
 
 def box_only(predicate: str) -> bool:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from segsearch.errors import QueryError
-from segsearch.relations import Relation, Seg, box_only, check_relations, holds
+from segsearch.relations import Relation, Seg, box_only, check_relations, holds, may_hold
 from segsearch.store.vectors import SearchFilter
 
 MAX_OBJECTS = 8
@@ -46,6 +46,7 @@ MAX_CANDIDATE_IMAGES = 1024  # images completed per round (the filtered search's
 CANDIDATE_IMAGES_PER_ANSWER = 8  # images completed per image asked for (top_k + offset + 1)
 ASSIGN_BATCH = 32  # images whose records are fetched (and relations checked) at a time
 ID_KEYS = ("image_id",)
+GEOMETRY_KEYS = ("image_id", "bbox", "area_frac")  # first round with relations: where each candidate lies
 CANDIDATE_KEYS = ("image_id", "bbox", "area_frac", "tags")
 PER_IMAGE = 6  # best segments per object per image kept for the assignment
 MIN_Z = 1.0  # an object matching less than 1 std above the library's typical segment is absent
@@ -156,9 +157,12 @@ class SceneSearcher:
         ranked: list[tuple[float, str, list[_Cand]]] = []
         done: set[str] = set()  # images completed (and assigned) so far
         n, m = START_CANDIDATES, CANDIDATE_IMAGES_PER_ANSWER * want
-        partial, exhausted = self._candidates(vectors, stats, base, n)
+        partial, fits, exhausted = self._candidates(vectors, stats, base, n, relations)
         while True:
-            order = [i for i, _ in sorted(partial.items(), key=lambda kv: -sum(kv[1]))]
+            # images whose candidates seen so far already satisfy the relations' geometry first (a
+            # rare relation, "inside", would otherwise complete images by the hundred that cannot
+            # hold it), each group by what its objects' scores promise
+            order = [i for i, _ in sorted(partial.items(), key=lambda kv: (kv[0] not in fits, -sum(kv[1])))]
             batch = [i for i in order[:m] if i not in done][:MAX_CANDIDATE_IMAGES]
             if batch:
                 done.update(batch)
@@ -170,27 +174,45 @@ class SceneSearcher:
                 m *= 4
             elif not exhausted and n < MAX_CANDIDATES:  # then look wider
                 n = min(MAX_CANDIDATES, n * 4)
-                partial, exhausted = self._candidates(vectors, stats, base, n)
+                partial, fits, exhausted = self._candidates(vectors, stats, base, n, relations)
             else:
                 break
         page = ranked[offset : offset + top_k]
         hits = self._hits(page)
         return ScenePage(hits, offset + top_k if len(ranked) > offset + top_k else None)
 
-    def _candidates(self, vectors, stats, base, n) -> tuple[dict[str, list[float]], bool]:
+    def _candidates(self, vectors, stats, base, n, relations) -> tuple[dict[str, list[float]], set[str], bool]:
         """Each object's n best segments: image id -> each object's best z seen there (MIN_Z for
-        an object not seen there yet), and whether the library had fewer than asked."""
+        an object not seen there yet); with relations, the images where the segments seen already
+        make an assignment whose boxes allow the relations (``may_hold``); and whether the library
+        had fewer than asked."""
         partial: dict[str, list[float]] = {}
+        seen: dict[str, list[list[_Cand]]] = {}
         exhausted = True
         for k, (v, (mu, sd)) in enumerate(zip(vectors, stats)):
-            hits = self.vectors.search(self.collection, v, n, base, payload_keys=ID_KEYS)
+            keys = GEOMETRY_KEYS if relations else ID_KEYS
+            # only hits that can count (z >= MIN_Z) travel
+            floor = _cosine_floor(mu, sd)
+            hits = self.vectors.search(self.collection, v, n, base, score_threshold=floor, payload_keys=keys)
             exhausted &= len(hits) < n
             for h in hits:
                 z = (h.score - mu) / sd
                 if z >= MIN_Z:
-                    best = partial.setdefault(h.payload.get("image_id"), [MIN_Z] * len(vectors))
+                    iid = h.payload.get("image_id")
+                    best = partial.setdefault(iid, [MIN_Z] * len(vectors))
                     best[k] = max(best[k], z)
-        return partial, exhausted
+                    if relations:
+                        lst = seen.setdefault(iid, [[] for _ in vectors])[k]
+                        if len(lst) < PER_IMAGE:
+                            af = float(h.payload.get("area_frac", 0.0))
+                            box = tuple(h.payload.get("bbox", (0, 0, 0, 0)))
+                            lst.append(_Cand(h.id, h.score, z, Seg(box, af), af, []))
+        fits = {
+            iid
+            for iid, lists in seen.items()
+            if all(lists) and assign(lists, relations, test=may_hold, first=True) is not None
+        }
+        return partial, fits, exhausted
 
     def _complete(self, vectors, stats, base, relations, image_ids, needs_masks, want):
         """Each object's best segments inside these images only (a filtered search), then the
@@ -201,7 +223,13 @@ class SceneSearcher:
             # exact: the filter leaves a few thousand points; brute force over them gives each image
             # its true best segments at the same cost as the graph (1M segments, warm: AND 45 vs 43 ms)
             hits = self.vectors.search(
-                self.collection, v, len(image_ids) * PER_IMAGE, inside, exact=True, payload_keys=CANDIDATE_KEYS
+                self.collection,
+                v,
+                len(image_ids) * PER_IMAGE,
+                inside,
+                score_threshold=_cosine_floor(mu, sd),
+                exact=True,
+                payload_keys=CANDIDATE_KEYS,
             )
             by_image: dict[str, list[_Cand]] = {}
             for h in hits:
@@ -226,6 +254,8 @@ class SceneSearcher:
             batch = bounds[i : i + ASSIGN_BATCH]
             if len(ranked) >= want and batch[0][0] <= ranked[want - 1][0]:
                 break  # no image left in this set can enter the page
+            if relations:  # images where no assignment's boxes allow the relations: no record read
+                batch = self._geometry_allows(batch, relations)
             ids = [c.id for _, _, lists in batch for lst in lists for c in lst]
             committed = committed_segments(self.catalog, ids, with_rle=needs_masks)
             for _, iid, lists in batch:
@@ -242,6 +272,17 @@ class SceneSearcher:
             ranked.sort(key=lambda t: -t[0])
         return ranked
 
+    def _geometry_allows(self, batch, relations):
+        """The images of ``batch`` where some assignment's boxes allow every relation (``may_hold``,
+        a necessary condition: what it drops could not be returned)."""
+        if any(r.predicate == "overlaps" for r in relations):  # its touch distance needs the image size
+            diag = self.catalog.image_diagonals([iid for _, iid, _ in batch])
+            for _, iid, lists in batch:
+                for lst in lists:
+                    for c in lst:
+                        c.seg.diag = diag.get(iid)
+        return [b for b in batch if assign(b[2], relations, test=may_hold, first=True) is not None]
+
     def _hits(self, page) -> list[SceneHit]:
         paths = self.catalog.paths_by_image(iid for _, iid, _ in page)
         out = []
@@ -253,6 +294,12 @@ class SceneSearcher:
             ]
             out.append(SceneHit(iid, p[0] if p else None, p, round(score, 4), objs))
         return out
+
+
+def _cosine_floor(mu: float, sd: float) -> float:
+    """The store's score (a cosine: both backends' collections use the cosine distance) at
+    z = MIN_Z, a hair lower for float rounding."""
+    return mu + MIN_Z * sd - 1e-6
 
 
 def committed_segments(catalog, ids: list[str], *, with_rle: bool) -> dict:
@@ -271,9 +318,10 @@ def committed_segments(catalog, ids: list[str], *, with_rle: bool) -> dict:
     return out
 
 
-def assign(lists: list[list[_Cand]], relations: list[Relation]) -> tuple[float, list[_Cand]] | None:
+def assign(lists: list[list[_Cand]], relations: list[Relation], *, test=holds, first: bool = False):
     """The best assignment of one distinct candidate per object under the relations
-    (branch and bound over candidates sorted by z), or None."""
+    (branch and bound over candidates sorted by z) as (mean z, candidates), or None. ``test``
+    decides a relation (``may_hold``: from the boxes alone); ``first``: any assignment will do."""
     n = len(lists)
     by_obj: dict[int, list[Relation]] = {}
     for r in relations:  # a relation is checked once both its objects are chosen
@@ -288,12 +336,12 @@ def assign(lists: list[list[_Cand]], relations: list[Relation]) -> tuple[float, 
         s, o = chosen[r.subject], chosen[r.object]
         key = (s.id, r.predicate, o.id)
         if key not in checked:
-            checked[key] = holds(r.predicate, s.seg, o.seg)  # (mask predicates test the boxes first)
+            checked[key] = test(r.predicate, s.seg, o.seg)  # (mask predicates test the boxes first)
         return checked[key]
 
     def dfs(i: int, total: float) -> None:
         nonlocal steps
-        if total + rest[i] <= best[0] or steps > MAX_STEPS:
+        if total + rest[i] <= best[0] or steps > MAX_STEPS or (first and best[1] is not None):
             return
         if i == n:
             best[0], best[1] = total, list(chosen)

@@ -18,7 +18,7 @@ from segsearch import Library
 from segsearch.eval.quality import shapes_eval_set
 from segsearch.eval.scenes import _answers, _gt
 from segsearch.eval.shapes import DEMO_SEEDS, make_scene
-from segsearch.relations import PREDICATES, Relation, Seg, holds
+from segsearch.relations import PREDICATES, Relation, Seg, holds, may_hold
 from segsearch.settings import Settings
 
 from segsearch.api.app import create_app
@@ -352,6 +352,39 @@ def test_relations_on_masks():
     assert holds("right_of", S, E) and not holds("left_of", S, E)  # centres 10 px apart, half the width
     assert not holds("left_of", S, H) and not holds("right_of", S, H)  # centres aligned: neither
     assert Relation(0, "inside", 1) == Relation(0, "inside", 1)
+
+
+def test_the_box_test_that_skips_reading_masks_never_drops_an_answer():
+    """Scene queries skip reading the masks of images whose boxes cannot hold a relation
+    (``may_hold``): wherever a relation holds on the masks, the boxes alone must allow it."""
+    import numpy as np
+
+    from segsearch.eval.scenes import _seg
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:120, :160]
+    held = dict.fromkeys(PREDICATES, 0)
+    for _ in range(400):
+        segs = []
+        for _ in range(2):  # ellipses and rectangles, some nested, touching or apart
+            cx, cy, rx, ry = rng.uniform(10, 150), rng.uniform(10, 110), rng.uniform(3, 50), rng.uniform(3, 40)
+            m = (
+                ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+                if rng.random() < 0.5
+                else ((abs(xx - cx) <= rx) & (abs(yy - cy) <= ry))
+            )
+            segs.append(m)
+        if rng.random() < 0.3:  # a shape painted on the other: its mask has a hole there
+            segs[1] = segs[1] & ~segs[0]
+        if not all(m.any() for m in segs):
+            continue
+        s, o = (_seg(m) for m in segs)
+        for p in PREDICATES:
+            if holds(p, s, o):
+                held[p] += 1
+                boxes_only = Seg(s.bbox, s.area, diag=float(np.hypot(160, 120))), Seg(o.bbox, o.area)
+                assert may_hold(p, *boxes_only), (p, s.bbox, o.bbox)
+    assert all(held.values()), held  # every predicate was exercised
 
 
 def test_concepts_learn_what_the_crop_hides():

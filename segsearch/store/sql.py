@@ -17,6 +17,7 @@ the next process to ask takes them over.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -176,6 +177,14 @@ class Catalog(JobRecords):
             for image_id, path in rows:
                 out.setdefault(image_id, []).append(path)
         return out
+
+    def image_diagonals(self, image_ids: Iterable[str]) -> dict[str, float]:
+        """Each image's diagonal in pixels, by image id (images of unknown size left out)."""
+        with self.Session() as s:
+            rows = s.execute(
+                select(ImageRow.id, ImageRow.width, ImageRow.height).where(ImageRow.id.in_(list(set(image_ids))))
+            )
+            return {i: float(math.hypot(w, h)) for i, w, h in rows if w and h}
 
     def mark_pending(self, image_id: str, fingerprint: str, collection: str) -> None:
         with self.Session.begin() as s:
