@@ -54,28 +54,31 @@ def video_main(args) -> int:
 
     reports = {}
     with tempfile.TemporaryDirectory() as tmp:
-        videos = video_eval_set(Path(tmp) / "videos", args.videos, split=args.split)
+        videos = video_eval_set(Path(tmp) / "videos", args.videos, split=args.split, duration_s=args.video_seconds)
         runs = [
-            (sam, tracking, how)
+            (sam, tracking, how, refresh)
             for sam in (args.sam or "sam-shapes-tiny").split(",")
             for tracking in args.video_tracking.split(",")
             for how in args.track_vector.split(",")
+            for refresh in (args.video_refresh_seconds or "").split(",")
         ]
-        for sam, tracking, how in runs:
+        for sam, tracking, how, refresh in runs:
+            extra = {"video_refresh_seconds": float(refresh)} if refresh else {}
             s = Settings(
-                data=Path(tmp) / f"data-{sam}-{tracking}-{how}",
+                data=Path(tmp) / f"data-{sam}-{tracking}-{how}-{refresh}",
+                **extra,
                 sam=sam,
                 clip=args.clip or "clip-shapes-tiny",
                 track_vector=how,
                 video_tracking=tracking,
                 **({"device": args.device} if args.device else {}),
             )
-            reports[f"{sam} {tracking} {how}"] = video_quality(videos, s)
+            reports[f"{sam} {tracking} {how}" + (f" refresh {refresh} s" if refresh else "")] = video_quality(videos, s)
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else next(iter(reports.values()))))
         return 0
     keys = ["track_recall", "mean_temporal_iou", "precision_at_5", "recall_at_10"]
-    print(f"{args.videos} clips ({args.split}), video fps {Settings().video_fps}")
+    print(f"{args.videos} clips of {args.video_seconds:g} s ({args.split}), video fps {Settings().video_fps}")
     print("SAM, tracking, track vector".ljust(40) + "".join(k.rjust(20) for k in keys) + "   tracks (truth / found)")
     for how, r in reports.items():
         print(
@@ -122,6 +125,10 @@ def main(argv=None) -> int:
     ap.add_argument("--nested", type=float, default=0.5, help="with --scene: share of scenes with a shape in another")
     ap.add_argument("--video", action="store_true", help="object tracks in shapes-world videos")
     ap.add_argument("--videos", type=int, default=20, help="with --video: held-out clips (8 s each)")
+    ap.add_argument("--video-seconds", type=float, default=8.0, help="with --video: each clip's length")
+    ap.add_argument(
+        "--video-refresh-seconds", default=None, help="with --video: propagation's refresh period(s), comma-separated"
+    )
     ap.add_argument("--track-vector", default="mean", help="with --video: mean, best or both (comma-separated)")
     ap.add_argument(
         "--video-tracking", default="propagate", help="with --video: link, propagate or both (comma-separated)"

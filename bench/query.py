@@ -129,7 +129,9 @@ def scene_main(args) -> int:
         for ef in [int(v) for v in args.hnsw_ef.split(",")]:
             r = {"segments": size, "dim": dim, "hnsw_ef": ef, "fill_s": fill_s and round(fill_s, 1)}
             r["optimize_s"] = optimize_s and round(optimize_s, 1)
-            r.update(measure(catalog, vectors, centres, themes, min(args.queries, 200), ef))
+            r.update(
+                measure(catalog, vectors, centres, themes, min(args.queries, 200), ef, per_predicate=args.per_predicate)
+            )
             runs.append(r)
             if not args.json:
                 print(json.dumps(r), flush=True)
@@ -164,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hnsw-m", type=int, default=16, help="HNSW edges per node of a new embedded store")
     ap.add_argument("--hnsw-ef-construct", type=int, default=100, help="HNSW build beam of a new embedded store")
     ap.add_argument("--scene", action="store_true", help="2- and 3-object scene queries (bench/query_scene.py)")
+    ap.add_argument("--per-predicate", type=int, default=40, help="with --scene: queries per relation predicate")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.scene:

@@ -373,11 +373,12 @@ def _changed_blocks(new: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def new_objects(auto: MaskSet, carried: MaskSet, stride: int) -> MaskSet:
-    """The automatic masks that no carried mask already covers (by ``COVERED`` of their area)."""
-    if not len(auto) or not len(carried):
+def new_objects(auto: MaskSet, tracked: np.ndarray | None, stride: int) -> MaskSet:
+    """The automatic masks that no tracked object's low-resolution mask (``tracked``: K x h x w,
+    every ``stride`` pixels; None for none) already covers by ``COVERED`` of their area."""
+    if not len(auto) or tracked is None or not len(tracked):
         return auto
     a = auto.masks[:, ::stride, ::stride].reshape(len(auto), -1).astype(np.float32)
-    c = carried.masks[:, ::stride, ::stride].reshape(len(carried), -1).astype(np.float32)
+    c = tracked.reshape(len(tracked), -1).astype(np.float32)
     covered = (a @ c.T) / np.maximum(a.sum(1), 1.0)[:, None]
     return auto.filter(covered.max(1) < COVERED)

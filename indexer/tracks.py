@@ -10,7 +10,7 @@ what its tracks are, never its frames.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -61,6 +61,7 @@ class Track:
     best_quality: float = -1.0
     best_emb: np.ndarray | None = None
     low: np.ndarray | None = None  # last low-resolution mask
+    last_vec: np.ndarray | None = None  # last observation's crop vector
     velocity: tuple[float, float] = (0.0, 0.0)  # box-centre pixels per second
 
     @property
@@ -153,6 +154,14 @@ class Tracker:
         for j, tr in enumerate(tracks):
             self._extend(tr, t, masks, j, vectors[j], low[j])
 
+    def hold(self, t: float, tracks: list[Track]) -> None:
+        """Tracks whose object did not move or change (propagation): seen at ``t`` as last time,
+        with the same mask and vector."""
+        for tr in tracks:
+            tr.observations.append(replace(tr.last, t=t))
+            tr.emb_sum = tr.emb_sum + tr.last_vec
+            tr.velocity = (0.0, 0.0)
+
     def step(self, t: float, masks: MaskSet, vectors: np.ndarray) -> None:
         """One sampled frame: its masks (frame pixels) and their crops' unit embeddings. Tracks
         already continued at ``t`` (by ``carry``) take no more masks."""
@@ -205,6 +214,7 @@ class Tracker:
             tr.velocity = ((x1 - x0) / dt, (y1 - y0) / dt) if dt > 0 else tr.velocity
         tr.observations.append(obs)
         tr.emb_sum = vec.astype(np.float64) if tr.emb_sum is None else tr.emb_sum + vec
+        tr.last_vec = vec.copy()
         q = self._quality(box, obs.area, obs.predicted_iou)
         if q > tr.best_quality:
             tr.best, tr.best_quality, tr.best_emb = len(tr.observations) - 1, q, vec.copy()

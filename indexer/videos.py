@@ -20,7 +20,7 @@ import numpy as np
 from segsearch.crops import cut_crop, whole_image
 from segsearch.identity import segment_id
 from segsearch.images import check_sam_view
-from segsearch.masks import MaskSet, decode_rle
+from segsearch.masks import MaskSet
 from segsearch.store.schema import SegmentRecord, TrackFrameRow
 from segsearch.video import VIDEO_MAX_SIDE, VideoInfo, sample_frames
 
@@ -152,12 +152,15 @@ class Carrier:
         self.thresholds = (params["pred_iou_thresh"], params["stability_score_thresh"])
         self.prop = Propagator(sam)
         self.keys = Keyframes(s.video_refresh_seconds)
-        self.carried: list[Track] = []
+        self.carried: list[Track] = []  # tracks the frame's first masks continue
+        self.held: list[Track] = []  # tracks that did not move: they keep their last mask and vector
         self.n_carried = 0
         self.masks: MaskSet | None = None
         self.prev_rgb: np.ndarray | None = None  # the last sample at the tracker's resolution
 
     def frame(self, t: float, rgb: np.ndarray, mask_generator) -> MaskSet:
+        """The masks to cut and embed on this frame: the moving tracks' carried masks first, then
+        new objects' (still tracks are held without a mask: ``commit``)."""
         tr = self.tracker
         tr.expire(t)
         h, w = rgb.shape[:2]
@@ -180,16 +183,11 @@ class Carrier:
             carried, idx = self.prop.carry(rgb, [k.low for k in moving], shifts, tr.stride)
             big = carried.areas >= self.min_area
             carried, idx = carried.filter(big), [i for i, b in zip(idx, big) if b]
-        if still:
-            kept = MaskSet.from_masks(
-                np.stack([decode_rle(k.last.rle) for k in still]),
-                [k.last.predicted_iou for k in still],
-                [k.last.stability_score for k in still],
-            )
-            carried = MaskSet.cat([kept, carried])
-        self.carried = still + [moving[i] for i in idx]
-        objects = carried.masks[carried.areas < BACKGROUND * h * w, :: tr.stride, :: tr.stride]
-        tracked = objects.any(0) if len(objects) else np.zeros(small_rgb.shape[:2], bool)
+        # still tracks are held as they were (``commit``): no mask to cut, no crop to embed again
+        self.held, self.carried = still, [moving[i] for i in idx]
+        low = carried.masks[:, :: tr.stride, :: tr.stride]
+        lows = [k.low for k in still] + [low[i] for i in range(len(carried)) if carried.areas[i] < BACKGROUND * h * w]
+        tracked = np.any(lows, axis=0) if lows else np.zeros(small_rgb.shape[:2], bool)
         how, cells = self.keys.plan(t, diff, tracked)
         masks = carried
         if how == "auto":
@@ -197,13 +195,15 @@ class Carrier:
         elif how == "prompts":
             new = self.prop.discover(rgb, cells, tr.stride, self.thresholds)
         if how != "none":
-            new = new_objects(new.filter(new.areas >= self.min_area), carried, tr.stride)
+            covering = np.stack([k.low for k in still] + list(low)) if still or len(carried) else None
+            new = new_objects(new.filter(new.areas >= self.min_area), covering, tr.stride)
             masks = MaskSet.cat([carried, new])
         self.n_carried, self.masks, self.prev_rgb = len(carried), masks, small_rgb
         return masks
 
     def commit(self, t: float, vectors: np.ndarray) -> None:
         n, masks = self.n_carried, self.masks
+        self.tracker.hold(t, self.held)
         if n:
             self.tracker.carry(t, masks.filter(np.arange(n)), vectors[:n], self.carried)
         if len(masks) > n:
