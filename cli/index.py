@@ -74,6 +74,10 @@ def index(
             "changed) | link (automatic masks on every frame, linked; ~4x slower) (default: propagate)."
         ),
     ] = None,
+    video_refresh_seconds: Annotated[
+        Optional[float],
+        typer.Option(help="With propagate: automatic masks on a whole frame at least this often (default: 20 s)."),
+    ] = None,
     engine: Annotated[
         Optional[str],
         typer.Option(
@@ -117,6 +121,7 @@ def index(
             video_fps=video_fps,
             min_track_seconds=min_track_seconds,
             video_tracking=video_tracking,
+            video_refresh_seconds=video_refresh_seconds,
             engine=engine,
             ray_address=ray_address,
         )

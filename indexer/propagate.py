@@ -50,6 +50,10 @@ MATCH_CELLS = 128
 # thresholds: the shape test above is the stronger evidence, and a partly hidden object, or a ring
 # prompted on its band, scores low with the bundled SAMs while its track should go on)
 CARRY_SCORE = 0.3
+# A carried track's crop is embedded again when its last embedded crop is this old (seconds): its
+# vector is the mean of its crops' and its appearance changes slowly, so at the default 2 samples
+# a second every other crop is embedded (CLIP was ~10% of a propagated video-minute).
+TRACK_EMBED_SECONDS = 1.0
 # Two tracks whose carried masks overlap this much have met one object: the younger one is lost.
 SAME_OBJECT_IOU = 0.8
 # Change outside the tracked masks: a low-resolution cell changed when a channel moved by more than

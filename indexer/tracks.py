@@ -61,7 +61,7 @@ class Track:
     best_quality: float = -1.0
     best_emb: np.ndarray | None = None
     low: np.ndarray | None = None  # last low-resolution mask
-    last_vec: np.ndarray | None = None  # last observation's crop vector
+    embedded_s: float = -1e9  # when its crop was last embedded
     velocity: tuple[float, float] = (0.0, 0.0)  # box-centre pixels per second
 
     @property
@@ -148,18 +148,18 @@ class Tracker:
         """The track's last low-resolution mask moved by its velocity to time ``t``."""
         return shift_mask(tr.low, *self.motion(tr, t))
 
-    def carry(self, t: float, masks: MaskSet, vectors: np.ndarray, tracks: list[Track]) -> None:
-        """Masks whose track is known (propagation): mask i continues ``tracks[i]``."""
+    def carry(self, t: float, masks: MaskSet, vectors, tracks: list[Track]) -> None:
+        """Masks whose track is known (propagation): mask i continues ``tracks[i]``; ``vectors[i]``
+        is its crop's vector, or None where it was not embedded."""
         low = masks.masks[:, :: self.stride, :: self.stride]
         for j, tr in enumerate(tracks):
             self._extend(tr, t, masks, j, vectors[j], low[j])
 
     def hold(self, t: float, tracks: list[Track]) -> None:
         """Tracks whose object did not move or change (propagation): seen at ``t`` as last time,
-        with the same mask and vector."""
+        with the same mask (and no new crop: their vectors stay the mean of the crops embedded)."""
         for tr in tracks:
             tr.observations.append(replace(tr.last, t=t))
-            tr.emb_sum = tr.emb_sum + tr.last_vec
             tr.velocity = (0.0, 0.0)
 
     def step(self, t: float, masks: MaskSet, vectors: np.ndarray) -> None:
@@ -213,11 +213,12 @@ class Tracker:
             (x0, y0), (x1, y1) = _centre(tr.last.box), _centre(box)
             tr.velocity = ((x1 - x0) / dt, (y1 - y0) / dt) if dt > 0 else tr.velocity
         tr.observations.append(obs)
-        tr.emb_sum = vec.astype(np.float64) if tr.emb_sum is None else tr.emb_sum + vec
-        tr.last_vec = vec.copy()
-        q = self._quality(box, obs.area, obs.predicted_iou)
-        if q > tr.best_quality:
-            tr.best, tr.best_quality, tr.best_emb = len(tr.observations) - 1, q, vec.copy()
+        if vec is not None:  # (propagation embeds a carried track's crop only now and then)
+            tr.emb_sum = vec.astype(np.float64) if tr.emb_sum is None else tr.emb_sum + vec
+            tr.embedded_s = t
+            q = self._quality(box, obs.area, obs.predicted_iou)
+            if q > tr.best_quality:  # the best frame is one whose crop was embedded: its vector is known
+                tr.best, tr.best_quality, tr.best_emb = len(tr.observations) - 1, q, vec.copy()
         # a copy: ``low`` is a strided view into the frame's whole stack of full-size masks, which a
         # kept view would keep alive with every track (a 20-minute video's memory grew with them)
         tr.low = np.ascontiguousarray(low)

@@ -27,6 +27,7 @@ from segsearch.video import VIDEO_MAX_SIDE, VideoInfo, sample_frames
 from segsearch.indexer.amg import mask_generator_for, release_freed_memory
 from segsearch.indexer.propagate import (
     BACKGROUND,
+    TRACK_EMBED_SECONDS,
     Keyframes,
     Propagator,
     changed_cells,
@@ -94,7 +95,7 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
                 padding=s.crop_padding,
                 size=embedder.image_size,
             )
-            for i in range(len(masks))
+            for i in (range(len(masks)) if carry is None else carry.to_embed())
         ]
         key = frame.t + 1e-6 >= next_key
         if key:
@@ -109,7 +110,7 @@ def prepare_video(ix: Indexer, path: Path, iid: str, info: VideoInfo) -> Prepare
         if carry is None:
             tracker.step(frame.t, masks, vecs[: len(masks)])
         else:
-            carry.commit(frame.t, vecs[: len(masks)])
+            carry.commit(frame.t, vecs[: len(crops) - key])
         if key:
             keyframes.append((frame.t, vecs[-1].copy()))  # not a view keeping the frame's vectors
         if sampled % TRIM_EVERY == 0:
@@ -154,6 +155,8 @@ class Carrier:
         self.keys = Keyframes(s.video_refresh_seconds)
         self.carried: list[Track] = []  # tracks the frame's first masks continue
         self.held: list[Track] = []  # tracks that did not move: they keep their last mask and vector
+        self.embed: list[int] = []  # rows of ``masks`` whose crops are embedded (``to_embed``)
+        self.t = 0.0
         self.n_carried = 0
         self.masks: MaskSet | None = None
         self.prev_rgb: np.ndarray | None = None  # the last sample at the tracker's resolution
@@ -198,16 +201,30 @@ class Carrier:
             covering = np.stack([k.low for k in still] + list(low)) if still or len(carried) else None
             new = new_objects(new.filter(new.areas >= self.min_area), covering, tr.stride)
             masks = MaskSet.cat([carried, new])
-        self.n_carried, self.masks, self.prev_rgb = len(carried), masks, small_rgb
+        self.n_carried, self.masks, self.prev_rgb, self.t = len(carried), masks, small_rgb, t
         return masks
 
+    def to_embed(self) -> list[int]:
+        """Rows of this frame's masks whose crops are embedded: every new object's, and a carried
+        track's when its last embedded crop is ``TRACK_EMBED_SECONDS`` old (its vector is a mean
+        over its crops, and its appearance changes slowly; a new mask needs its vector to be matched
+        to a lost track)."""
+        n = self.n_carried
+        due = [i for i, k in enumerate(self.carried) if self.t - k.embedded_s >= TRACK_EMBED_SECONDS - 1e-6]
+        self.embed = due + list(range(n, len(self.masks)))
+        return self.embed
+
     def commit(self, t: float, vectors: np.ndarray) -> None:
+        """Hand the frame to the tracker; ``vectors``: the crops' of ``to_embed``'s rows, in order."""
         n, masks = self.n_carried, self.masks
+        full = [None] * len(masks)
+        for row, v in zip(self.embed, vectors):
+            full[row] = v
         self.tracker.hold(t, self.held)
         if n:
-            self.tracker.carry(t, masks.filter(np.arange(n)), vectors[:n], self.carried)
+            self.tracker.carry(t, masks.filter(np.arange(n)), full[:n], self.carried)
         if len(masks) > n:
-            self.tracker.step(t, masks.filter(np.arange(n, len(masks))), vectors[n:])
+            self.tracker.step(t, masks.filter(np.arange(n, len(masks))), np.stack(full[n:]))
 
 
 def video_segments(

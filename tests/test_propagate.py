@@ -62,4 +62,7 @@ def test_a_library_indexed_before_propagation_keeps_linking():
     rec = Recorded(sam={"source": "sam-shapes-tiny"}, clip={}, amg={}, crop={}, clips=[], video=old)
     assert recalled(rec)["video_tracking"] == "link"
     assert Settings(video_tracking="link").video_params() == old
-    assert Settings().video_params() == {**old, "tracking": "propagate", "refresh_s": 10.0}
+    assert Settings().video_params() == {**old, "tracking": "propagate", "refresh_s": 20.0}
+    # one indexed when propagation refreshed every 10 s keeps that
+    rec = Recorded(rec.sam, {}, {}, {}, [], video={**old, "tracking": "propagate", "refresh_s": 10.0})
+    assert recalled(rec)["video_tracking"] == "propagate" and recalled(rec)["video_refresh_seconds"] == 10.0
