@@ -68,6 +68,8 @@ def test_upsert_search_is_exact_cosine(backend):
     assert [h.id for h in hits] == [p.id for p in expected]
     assert hits[0].payload["image_id"] == pts[7].payload["image_id"]
     assert hits[0].payload["bbox"] == [7, 7, 10, 10]
+    # a search's own beam (scene queries' candidate searches use a narrower one) finds the same
+    assert [h.id for h in backend.search("c", q, 5, hnsw_ef=64)] == [p.id for p in expected]
 
 
 def test_upsert_is_idempotent_by_id(backend):
@@ -243,7 +245,7 @@ def test_hnsw_search_after_optimize_matches_exact(tmp_path):
     idx.optimize()
     hits = 0
     for q in rng.normal(size=(20, 16)):
-        approx = {h.id for h in idx.search("c", q, 10)}
+        approx = {h.id for h in idx.search("c", q, 10, hnsw_ef=128)}
         exact = {h.id for h in idx.search("c", q, 10, exact=True)}
         assert len(exact) == 10
         hits += len(approx & exact)

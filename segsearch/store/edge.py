@@ -202,6 +202,7 @@ class EdgeVectorIndex(VectorIndex):
         score_threshold: float | None = None,
         exact: bool = False,
         payload_keys: Sequence[str] | None = None,
+        hnsw_ef: int | None = None,
     ) -> list[VectorHit]:
         import qdrant_edge as q
 
@@ -216,7 +217,7 @@ class EdgeVectorIndex(VectorIndex):
                 filter=self._filter(flt),
                 with_payload=True if payload_keys is None else q.PayloadSelector.Include(list(payload_keys)),
                 score_threshold=score_threshold,
-                params=q.SearchParams(exact=True) if exact else q.SearchParams(hnsw_ef=self.hnsw_ef),
+                params=q.SearchParams(exact=True) if exact else q.SearchParams(hnsw_ef=hnsw_ef or self.hnsw_ef),
             )
         )
         return to_hits(res)

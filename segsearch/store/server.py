@@ -162,7 +162,12 @@ class ServerVectorIndex(VectorIndex):
                 "create payload index", self.client.create_payload_index, name, key, field_schema=schema, wait=True
             )
 
-    def _search_params(self, exact: bool):
+    @property
+    def hnsw_ef(self) -> int:
+        """The search beam (as the embedded store's attribute)."""
+        return self.opt.hnsw_ef
+
+    def _search_params(self, exact: bool, hnsw_ef: int | None = None):
         from qdrant_client import models as m
 
         if self.local:
@@ -172,7 +177,7 @@ class ServerVectorIndex(VectorIndex):
         quant = None
         if self.opt.quantization == "int8":
             quant = m.QuantizationSearchParams(rescore=True, oversampling=self.opt.oversampling)
-        return m.SearchParams(hnsw_ef=self.opt.hnsw_ef, quantization=quant)
+        return m.SearchParams(hnsw_ef=hnsw_ef or self.opt.hnsw_ef, quantization=quant)
 
     def collections(self) -> list[str]:
         return sorted(c.name for c in self._call("list collections", self.client.get_collections).collections)
@@ -248,6 +253,7 @@ class ServerVectorIndex(VectorIndex):
         score_threshold: float | None = None,
         exact: bool = False,
         payload_keys: Sequence[str] | None = None,
+        hnsw_ef: int | None = None,
     ) -> list[VectorHit]:
         if not self.has_collection(name):
             return []
@@ -258,7 +264,7 @@ class ServerVectorIndex(VectorIndex):
             query=as_list(vector),
             limit=limit,
             offset=offset or None,
-            search_params=self._search_params(exact),
+            search_params=self._search_params(exact, hnsw_ef),
             query_filter=self._filter(flt),
             with_payload=True if payload_keys is None else list(payload_keys),
             score_threshold=score_threshold,

@@ -167,10 +167,11 @@ class VectorIndex(ABC):
         score_threshold: float | None = None,
         exact: bool = False,
         payload_keys: Sequence[str] | None = None,
+        hnsw_ef: int | None = None,
     ) -> list[VectorHit]:
         """Nearest points; ``exact`` bypasses the HNSW index (brute force, for recall checks);
         ``payload_keys``: only these payload keys come back (a join over thousands of hits need
-        not carry every hit's paths)."""
+        not carry every hit's paths); ``hnsw_ef``: this search's beam instead of the store's."""
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> dict[str, VectorPoint]: ...
