@@ -50,7 +50,6 @@ MAX_CANDIDATE_IMAGES = 1024  # images completed per round (the filtered search's
 CANDIDATE_IMAGES_PER_ANSWER = 8  # images completed per image asked for (top_k + offset + 1)
 ASSIGN_BATCH = 32  # images whose records are fetched (and relations checked) at a time
 ID_KEYS = ("image_id",)
-GEOMETRY_KEYS = ("image_id", "bbox", "area_frac")  # first round with relations: where each candidate lies
 CANDIDATE_KEYS = ("image_id", "bbox", "area_frac", "tags")
 PER_IMAGE = 6  # best segments per object per image kept for the assignment
 MIN_Z = 1.0  # an object matching less than 1 std above the library's typical segment is absent
@@ -161,12 +160,9 @@ class SceneSearcher:
         ranked: list[tuple[float, str, list[_Cand]]] = []
         done: set[str] = set()  # images completed (and assigned) so far
         n, m = START_CANDIDATES, CANDIDATE_IMAGES_PER_ANSWER * want
-        partial, fits, exhausted = self._candidates(vectors, stats, base, n, relations)
+        partial, exhausted = self._candidates(vectors, stats, base, n)
         while True:
-            # images whose candidates seen so far already satisfy the relations' geometry first (a
-            # rare relation, "inside", would otherwise complete images by the hundred that cannot
-            # hold it), each group by what its objects' scores promise
-            order = [i for i, _ in sorted(partial.items(), key=lambda kv: (kv[0] not in fits, -sum(kv[1])))]
+            order = [i for i, _ in sorted(partial.items(), key=lambda kv: -sum(kv[1]))]
             batch = [i for i in order[:m] if i not in done][:MAX_CANDIDATE_IMAGES]
             if batch:
                 done.update(batch)
@@ -178,48 +174,32 @@ class SceneSearcher:
                 m *= 4
             elif not exhausted and n < MAX_CANDIDATES:  # then look wider
                 n = min(MAX_CANDIDATES, n * 4)
-                partial, fits, exhausted = self._candidates(vectors, stats, base, n, relations)
+                partial, exhausted = self._candidates(vectors, stats, base, n)
             else:
                 break
         page = ranked[offset : offset + top_k]
         hits = self._hits(page)
         return ScenePage(hits, offset + top_k if len(ranked) > offset + top_k else None)
 
-    def _candidates(self, vectors, stats, base, n, relations) -> tuple[dict[str, list[float]], set[str], bool]:
+    def _candidates(self, vectors, stats, base, n) -> tuple[dict[str, list[float]], bool]:
         """Each object's n best segments: image id -> each object's best z seen there (MIN_Z for
-        an object not seen there yet); with relations, the images where the segments seen already
-        make an assignment whose boxes allow the relations (``may_hold``); and whether the library
-        had fewer than asked."""
+        an object not seen there yet), and whether the library had fewer than asked."""
         partial: dict[str, list[float]] = {}
-        seen: dict[str, list[list[_Cand]]] = {}
         exhausted = True
         for k, (v, (mu, sd)) in enumerate(zip(vectors, stats)):
-            keys = GEOMETRY_KEYS if relations else ID_KEYS
             # only hits that can count (z >= MIN_Z) travel
             floor = _cosine_floor(mu, sd)
             ef = min(max(CANDIDATE_EF, n), self.vectors.hnsw_ef)  # never wider than the store's own beam
             hits = self.vectors.search(
-                self.collection, v, n, base, score_threshold=floor, payload_keys=keys, hnsw_ef=ef
+                self.collection, v, n, base, score_threshold=floor, payload_keys=ID_KEYS, hnsw_ef=ef
             )
             exhausted &= len(hits) < n
             for h in hits:
                 z = (h.score - mu) / sd
                 if z >= MIN_Z:
-                    iid = h.payload.get("image_id")
-                    best = partial.setdefault(iid, [MIN_Z] * len(vectors))
+                    best = partial.setdefault(h.payload.get("image_id"), [MIN_Z] * len(vectors))
                     best[k] = max(best[k], z)
-                    if relations:
-                        lst = seen.setdefault(iid, [[] for _ in vectors])[k]
-                        if len(lst) < PER_IMAGE:
-                            af = float(h.payload.get("area_frac", 0.0))
-                            box = tuple(h.payload.get("bbox", (0, 0, 0, 0)))
-                            lst.append(_Cand(h.id, h.score, z, Seg(box, af), af, []))
-        fits = {
-            iid
-            for iid, lists in seen.items()
-            if all(lists) and assign(lists, relations, test=may_hold, first=True) is not None
-        }
-        return partial, fits, exhausted
+        return partial, exhausted
 
     def _complete(self, vectors, stats, base, relations, image_ids, needs_masks, want):
         """Each object's best segments inside these images only (a filtered search), then the
