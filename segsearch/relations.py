@@ -215,8 +215,8 @@ def holds(predicate: str, s: Seg, o: Seg) -> bool:
 
 def may_hold(predicate: str, s: Seg, o: Seg) -> bool:
     """A necessary condition of ``holds`` from the boxes alone (the masks are not read): False means
-    the relation cannot hold, True that it may. Scene queries use it to rank images and to skip
-    reading masks of images where no assignment can satisfy a mask predicate. For ``overlaps`` it
+    the relation cannot hold, True that it may. Scene queries use it to skip reading the masks of
+    images where no assignment of candidates can satisfy the relations. For ``overlaps`` it
     needs the image's diagonal in ``diag`` (without one, it cannot rule anything out)."""
     if predicate == "inside":
         return _box_within(s.bbox, o.bbox) and s.bbox[2] * s.bbox[3] < o.bbox[2] * o.bbox[3]

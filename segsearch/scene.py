@@ -241,7 +241,7 @@ class SceneSearcher:
             batch = bounds[i : i + ASSIGN_BATCH]
             if len(ranked) >= want and batch[0][0] <= ranked[want - 1][0]:
                 break  # no image left in this set can enter the page
-            if relations:  # images where no assignment's boxes allow the relations: no record read
+            if needs_masks:  # images where no assignment's boxes allow the relations: no mask read
                 batch = self._geometry_allows(batch, relations)
             ids = [c.id for _, _, lists in batch for lst in lists for c in lst]
             committed = committed_segments(self.catalog, ids, with_rle=needs_masks)
