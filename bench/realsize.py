@@ -5,6 +5,7 @@
     python bench/realsize.py --prompts grid,adaptive     # both prompt selections, one run
     python bench/realsize.py --mask-side 0,2048          # full-size masks vs the working view, one run
     python bench/realsize.py --decoder plain,factored    # the decoder's plain vs factored image side
+    python bench/realsize.py --sam-precision fp32,bf16 --clip-precision fp32,bf16   # reduced precision
 
 Real architectures with random weights (no weights can be downloaded here; the cost of a forward
 pass does not depend on the weights' values), a photo-like 12 MP JPEG, and the whole pipeline a
@@ -243,7 +244,14 @@ def child(args) -> dict:
         objects = make_photo(p, w, h, args.objects, seed=i)
         photos.append((p, objects))
     settings = Settings(
-        data=work / "lib", sam=args.sam, clip=args.clip, offline=True, prompts=args.prompt_mode, mask_side=args.side
+        data=work / "lib",
+        sam=args.sam,
+        clip=args.clip,
+        offline=True,
+        prompts=args.prompt_mode,
+        mask_side=args.side,
+        sam_precision=args.sam_prec,
+        clip_precision=args.clip_prec,
     )
     sam_spec, clip_spec = get_sam_spec(args.sam), get_clip_spec(args.clip)
     t = time.perf_counter()
@@ -280,6 +288,7 @@ def child(args) -> dict:
         "clip": args.clip,
         "prompts": args.prompt_mode,
         "clip_precision": settings.clip_precision,
+        "sam_precision": settings.sam_precision,
         "mask_side": args.side,
         "decoder": args.decoder_mode,
         "planted": not args.no_plant,
@@ -310,6 +319,10 @@ def main(argv=None) -> int:
     ap.add_argument("--side", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--decoder", default="factored", help="plain, factored or both comma-separated (default factored)")
     ap.add_argument("--decoder-mode", default="factored", help=argparse.SUPPRESS)
+    ap.add_argument("--sam-precision", default=None, help="fp32, bf16 or both comma-separated (default: the product's)")
+    ap.add_argument("--clip-precision", default=None, help="fp32, int8, bf16, comma-separated (default: the product's)")
+    ap.add_argument("--sam-prec", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--clip-prec", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
@@ -323,9 +336,14 @@ def main(argv=None) -> int:
     sides = [int(v) for v in (args.mask_side or str(defaults.mask_side)).split(",")]
     results = []
     decoders = args.decoder.split(",")
-    for mode, side, dec in ((m, v, d) for m in modes for v in sides for d in decoders):
+    sams = (args.sam_precision or defaults.sam_precision).split(",")
+    clips = (args.clip_precision or defaults.clip_precision).split(",")
+    # precisions paired when both lists are as long (fp32,bf16 + fp32,bf16: two runs), else crossed
+    precs = list(zip(sams, clips)) if len(sams) == len(clips) else [(s, c) for s in sams for c in clips]
+    configs = [(m, v, d, p) for m in modes for v in sides for d in decoders for p in precs]
+    for mode, side, dec, (sam_prec, clip_prec) in configs:
         cmd = [sys.executable, __file__, "--child", "--prompt-mode", mode, "--sam", args.sam, "--clip", args.clip]
-        cmd += ["--side", str(side), "--decoder-mode", dec]
+        cmd += ["--side", str(side), "--decoder-mode", dec, "--sam-prec", sam_prec, "--clip-prec", clip_prec]
         cmd += ["--photos", str(args.photos), "--size", args.size, "--objects", str(args.objects)]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--no-plant"] if args.no_plant else []
@@ -356,16 +374,21 @@ def main(argv=None) -> int:
     elif len(results) > 1:
         print(
             "end-to-end speedup vs the first:",
-            {f"{r['prompts']}/side {r['mask_side']}/{r['decoder']}": r.get("speedup_vs_first", 1.0) for r in results},
+            {_label(r): r.get("speedup_vs_first", 1.0) for r in results},
         )
     return 0
+
+
+def _label(r: dict) -> str:
+    return f"{r['prompts']}/side {r['mask_side']}/{r['decoder']}/{r['sam_precision']}+{r['clip_precision']}"
 
 
 def _line(r: dict) -> str:
     st = ", ".join(f"{k} {v:.2f}" for k, v in r["stages_s"].items() if v >= 0.005)
     return (
         f"{r['sam']} + {r['clip']}, prompts {r['prompts']} ({r['prompts_decoded']} decoded), "
-        f"mask side {r['mask_side']}, {r['decoder']} decoder, {r['photo']}, "
+        f"mask side {r['mask_side']}, {r['decoder']} decoder, SAM {r['sam_precision']}, CLIP {r['clip_precision']}, "
+        f"{r['photo']}, "
         f"{r['threads']} threads: {r['per_photo_s']:.2f} s/photo, {r['segments_per_photo']} segments, "
         f"peak {r['peak_mib']:.0f} MiB; {st}"
     )

@@ -22,7 +22,8 @@ class MaskGenerator(Protocol):
 
 def family_params(sam, params: dict) -> dict:
     """``params`` with unset (None) values replaced by the model family's defaults (``mask_side`` is
-    not a generator's: the working resolution is applied around it, ``indexer/working.py``)."""
+    not a generator's: the working resolution is applied around it, ``indexer/working.py``; nor is
+    ``sam_precision``: :func:`make_mask_generator` sets it on the model)."""
     from segsearch.models.registry import FAMILY_AMG_DEFAULTS
     from segsearch.models.sam import is_sam2
 
@@ -30,7 +31,7 @@ def family_params(sam, params: dict) -> dict:
     return {
         k: (defaults.get(k) if v is None else v)
         for k, v in params.items()
-        if (v is not None or k in defaults) and k != "mask_side"
+        if (v is not None or k in defaults) and k not in ("mask_side", "sam_precision")
     }
 
 
@@ -133,6 +134,10 @@ def make_mask_generator(engine: str, sam, **params) -> MaskGenerator:
 
         raise ConfigError(f"unknown mask engine {engine!r}; choose one of {', '.join(ENGINES)}")
     keep_freed_memory()
+    if "sam_precision" in params:
+        from segsearch.models.sam import set_precision
+
+        set_precision(sam, params["sam_precision"])
     return ENGINES[engine](sam, **family_params(sam, params))
 
 

@@ -23,7 +23,7 @@ def encode(encoder, x, mask_budget: int = _MASK_BUDGET):
     """``ImageEncoderViT.forward`` with :func:`attention` in every block."""
     from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
-    x = encoder.patch_embed(x)
+    x = encoder.patch_embed(x.to(encoder.patch_embed.proj.weight.dtype))  # (bf16: sam_precision)
     if encoder.pos_embed is not None:
         x = x + encoder.pos_embed
     for blk in encoder.blocks:  # Block.forward
@@ -37,7 +37,7 @@ def encode(encoder, x, mask_budget: int = _MASK_BUDGET):
             x = window_unpartition(x, blk.window_size, pad_hw, (h, w))
         x = shortcut + x
         x = x + blk.mlp(blk.norm2(x))
-    return encoder.neck(x.permute(0, 3, 1, 2))
+    return encoder.neck(x.permute(0, 3, 1, 2)).float()
 
 
 def attention(mod, x, mask_budget: int = _MASK_BUDGET):

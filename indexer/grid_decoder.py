@@ -71,7 +71,11 @@ class GridDecoder:
         self.high_res = high_res if getattr(md, "use_high_res_features", False) else None
         # masks only where read: ``needed`` low-resolution rows and columns (from the top left)
         part = None if needed is None else tuple(-(-v // 4) for v in needed)
-        self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res, part)
+        from segsearch.models.sam import precision_of
+
+        # sam_precision bf16: the mask head's last product in bfloat16 too (Upscaler)
+        low = torch.bfloat16 if precision_of(sam) == "bf16" else None
+        self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res, part, low=low)
         # the image side per prompt kept as shared + low rank where that is cheaper (indexer/factored.py)
         self.factored = factored.Factored(self.src[0], self.pos[0]) if FACTORED and factored.worth_it(md) else None
 
@@ -336,7 +340,7 @@ class Upscaler:
     BLOCK_FLOATS = 1 << 20  # 4 MB of float32 per block (measured here: 1-4 MB alike, 64 KB 2x and 16 MB 2.3x slower)
     FILL = -1e4  # logits where no position was computed: far below every threshold, and finite
 
-    def __init__(self, seq, hw, high_res=None, part=None):
+    def __init__(self, seq, hw, high_res=None, part=None, low=None):
         import torch
 
         conv1, norm, act1, conv2, act2 = seq
@@ -370,6 +374,9 @@ class Upscaler:
             hr0 = s4.reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h, w, 16, c2)
             self.hr1 = hr1[:hv, :wv].reshape(-1, c1)
             self.hr0 = hr0[:hv, :wv].reshape(-1, c2)
+        if low is not None:  # the second product, its GELU and the hypernetwork's product in ``low``
+            self.w2, self.b2 = self.w2.to(low), self.b2.to(low)
+            self.hr0 = None if self.hr0 is None else self.hr0.to(low)
         ii, jj = torch.meshgrid(torch.arange(hv), torch.arange(wv), indexing="ij")
         # the part's positions: a prefix of the raster when it spans whole rows (a landscape photo)
         self.positions = None if wv == w else (ii * w + jj).reshape(-1).to(device)
@@ -415,10 +422,10 @@ class Upscaler:
                     y.view(p1 - p0, -1, c1).add_(self.hr1[r0 * 4 : r1 * 4])
                 rstd = y.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
                 y = self.act1(torch.addcmul(self.shift, y.mul_(rstd), self.gain))
-                z = torch.addmm(self.b2, y, self.w2).view(p1 - p0, (r1 - r0) * 16, c2)
+                z = torch.addmm(self.b2, y.to(self.w2.dtype), self.w2).view(p1 - p0, (r1 - r0) * 16, c2)
                 if self.hr0 is not None:
                     z += self.hr0[r0 * 16 : r1 * 16]
-                masks = torch.bmm(hyper[p0:p1], self.act2(z).transpose(1, 2))  # P x M x 16(r1 - r0)
+                masks = torch.bmm(hyper[p0:p1].to(z.dtype), self.act2(z).transpose(1, 2))  # P x M x 16(r1 - r0)
                 if not whole:
                     buf[:, :, 16 * r0 : 16 * r1] = masks
                     continue

@@ -22,6 +22,8 @@ def pipeline_fingerprint(sam_fp: str, clip_fp: str, amg: dict, crop: dict) -> st
         amg.pop("prompts", None)  # libraries indexed then keep their fingerprints
     if amg.get("mask_side", 0) == 0:  # masks at every photo's own size, as before the setting
         amg.pop("mask_side", None)
+    if amg.get("sam_precision", "fp32") == "fp32":  # as before the setting
+        amg.pop("sam_precision", None)
     blob = json.dumps({"sam": sam_fp, "clip": clip_fp, "amg": amg, "crop": crop}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

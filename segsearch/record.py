@@ -40,7 +40,10 @@ AMG_FIELDS = (
     "min_mask_region_area",
     "prompts",
     "mask_side",
+    "sam_precision",
 )  # points_per_batch is speed only
+# recorded AMG keys that mean this value when a record lacks them (recorded before the setting)
+AMG_ABSENT = {"sam_precision": "fp32"}
 CROP_FIELDS = {
     "mode": "crop_mode",
     "padding": "crop_padding",
@@ -205,6 +208,8 @@ def recalled(rec: Recorded) -> dict:
         out["prompts"] = "grid"  # indexed before prompt selection existed: every grid prompt
     if rec.amg and "mask_side" not in rec.amg:
         out["mask_side"] = 0  # indexed before the working resolution existed: masks at full size
+    if rec.amg and "sam_precision" not in rec.amg:
+        out["sam_precision"] = "fp32"  # indexed before the setting existed
     out.update({CROP_FIELDS[k]: v for k, v in rec.crop.items() if k in CROP_FIELDS})
     if rec.crop:
         out.update({CROP_FIELDS[k]: v for k, v in CROP_ABSENT.items() if k not in rec.crop})
@@ -283,7 +288,7 @@ def resolve(
             changed.append(f"CLIP {resolved.clip} (recorded: {rec.clip.get('name')})")
         params = amg_params(resolved)
         for k in AMG_FIELDS:
-            if k in explicit and rec.amg and params[k] != rec.amg.get(k):
+            if k in explicit and rec.amg and params[k] != rec.amg.get(k, AMG_ABSENT.get(k)):
                 changed.append(f"{k} {params[k]} (recorded: {rec.amg.get(k)})")
         for key, name in CROP_FIELDS.items():
             was = rec.crop.get(key, CROP_ABSENT.get(key))

@@ -115,9 +115,12 @@ def load_sam(settings: Settings, spec=None):
     """The SAM model (``segment_anything``'s ``Sam``) that ``settings`` name, on its device, in eval mode."""
     from segsearch.models import get_sam_spec
     from segsearch.models.sam import load_sam as _load
+    from segsearch.models.sam import set_precision
 
     spec = spec or get_sam_spec(settings.sam)
-    return _load(spec, settings.checkpoints, device=settings.resolved_device(), offline=settings.offline)
+    sam = _load(spec, settings.checkpoints, device=settings.resolved_device(), offline=settings.offline)
+    set_precision(sam, settings.sam_precision)
+    return sam
 
 
 class Models:

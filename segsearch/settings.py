@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         "neighbour already explains; indexer/prompts.py) or grid (every point, as SAM's generator). "
         "The reference engine always decodes the whole grid.",
     )
+    sam_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="SAM's image encoder in fp32 or bf16 (bfloat16; the mask head's last product too): on a "
+        "CPU with AVX512-BF16 or AMX ~1.5x faster encoders, masks within matched IoU 0.99 of fp32 "
+        "(bench/RESULTS.md); part of the pipeline fingerprint.",
+    )
     mask_side: int = Field(
         2048,
         ge=0,
@@ -168,10 +174,11 @@ class Settings(BaseSettings):
     )
     crop_padding: float = Field(0.1, ge=0.0, le=2.0, description="Context around the box, fraction of its side.")
     min_segment_area: int = Field(64, ge=0, description="Masks smaller than this many pixels are skipped.")
-    clip_precision: Literal["fp32", "int8"] = Field(
+    clip_precision: Literal["fp32", "int8", "bf16"] = Field(
         "fp32",
-        description="CLIP's image tower on a CPU: fp32, or int8 (dynamic quantisation of its linear layers: "
-        "1.7x faster, vectors within cosine 0.999 of fp32; part of the pipeline fingerprint).",
+        description="CLIP's image tower: fp32; int8 on a CPU (dynamic quantisation of its linear layers: "
+        "1.5x faster, vectors within cosine 0.999 of fp32); bf16 (bfloat16 weights: on a CPU with "
+        "AVX512-BF16 or AMX 2.3x faster, within cosine 0.9999). Part of the pipeline fingerprint.",
     )
 
     # --- indexing --------------------------------------------------------------------------
@@ -329,6 +336,7 @@ class Settings(BaseSettings):
             "min_mask_region_area": self.min_mask_region_area,
             "prompts": self.prompts,
             "mask_side": self.mask_side,
+            "sam_precision": self.sam_precision,
         }
 
     def video_params(self) -> dict:

@@ -125,7 +125,17 @@ class ClipEmbedder:
         model, preprocess, tokenizer = create_clip(spec, checkpoints, device=device, offline=offline)
         if precision == "int8":
             quantize_image_tower(model, device)
+        elif precision == "bf16":
+            # bfloat16 weights, not autocast: autocast re-casts every weight on every call, which took
+            # more time than the products it sped up (ViT-B/32 on a CPU: 46 vs 26 ms per crop)
+            import torch
+
+            model.visual.to(torch.bfloat16)
         return cls(spec, model, preprocess, tokenizer, device, batch_size)
+
+    @property
+    def _image_dtype(self):
+        return next(self.model.visual.parameters()).dtype  # (int8: its float parts; its layers take float32)
 
     @property
     def fingerprint(self) -> str:
@@ -142,7 +152,8 @@ class ClipEmbedder:
 
         out = []
         for i in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[i : i + self.batch_size]]).to(self.device)
+            batch = torch.stack([self.preprocess(im) for im in images[i : i + self.batch_size]])
+            batch = batch.to(self.device, dtype=self._image_dtype)
             with torch.inference_mode():
                 feats = self.model.encode_image(batch)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())

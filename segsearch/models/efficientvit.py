@@ -56,10 +56,15 @@ def efficientvit_encoder(name: str, frame: int = 1024):
             self.backbone, self.neck, self.norm = inner.backbone, inner.neck, inner.norm
             self.img_size = frame
             self.side = side
+            # sam_precision bf16 (segsearch.models.sam.set_precision): under autocast, as the lab's
+            # modules expect (their resize and attention steps cast bf16 back to fp32 themselves)
+            self.precision = "fp32"
 
         def forward(self, x):
             if x.shape[-1] != self.side:
                 x = torch.nn.functional.avg_pool2d(x, x.shape[-1] // self.side)
-            return self.norm(self.neck(self.backbone(x))["sam_encoder"])
+            low = self.precision == "bf16"
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+                return self.norm(self.neck(self.backbone(x))["sam_encoder"]).float()
 
     return EfficientViTEncoder()
