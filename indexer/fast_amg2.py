@@ -32,7 +32,7 @@ import numpy as np
 
 from segsearch.masks import MaskSet
 
-from segsearch.indexer.fast_amg import _decode_batch
+from segsearch.indexer.fast_amg import _batch_workers, _decode_batch, _map_single_threaded
 
 
 class FastAMG2:
@@ -150,16 +150,24 @@ class FastAMG2:
             else self.points_per_batch
         )
         selector = self._selector(points, crop_size)
-        for idx in selector.levels():  # the whole grid, or coarse to fine (indexer/prompts.py)
-            for i in range(0, len(idx), batch):
-                ids = idx[i : i + batch]
+
+        def work(ids):  # (in a worker thread: inference mode is per thread)
+            with torch.inference_mode():
                 low, iou, prompt = self._decode(points[ids], crop_size, grid)
                 keep = (
                     iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
                 )
-                lows.append(low[keep])
-                ious.append(iou[keep])
-                selector.observe(torch.as_tensor(ids)[prompt[keep].cpu()], lows[-1])
+                return low[keep], iou[keep], torch.as_tensor(ids)[prompt[keep].cpu()]
+
+        for idx in selector.levels():  # the whole grid, or coarse to fine (indexer/prompts.py)
+            # batches side by side on a CPU, each single-threaded, as the SAM 1 engine decodes them
+            chunks = [idx[i : i + batch] for i in range(0, len(idx), batch)]
+            workers = _batch_workers(pred.device, len(chunks))
+            level = _map_single_threaded(work, chunks, workers) if workers > 1 else [work(c) for c in chunks]
+            for low, iou, prompt in level:
+                lows.append(low)
+                ious.append(iou)
+                selector.observe(prompt, low)
         self.prompts_decoded += int(selector.decoded.sum())
         t2 = time.perf_counter()
         self.timings["decoder"] += t2 - t1
@@ -220,7 +228,6 @@ class FastAMG2:
         import torch
         import torch.nn.functional as F
         from sam2.utils.amg import MaskData, calculate_stability_score, is_box_near_crop_edge, uncrop_masks
-        from torchvision.ops.boxes import batched_nms
 
         from segsearch.indexer.mask_bounds import _stability, bilinear_boxes
 
@@ -237,20 +244,20 @@ class FastAMG2:
         def upsample(rows):
             return F.interpolate(rows[:, None], crop_size, mode="bilinear", align_corners=False)[:, 0]
 
-        stab = _stability(low, tuple(crop_size), tuple(crop_size), thr, off)
-        close = ((stab - t).abs() < self.CLOSE).nonzero().flatten() if t > 0 else stab[:0].long()
-        for j in range(0, len(close), step):
-            at = close[j : j + step]
-            stab[at] = calculate_stability_score(upsample(low[at]), thr, off)
-        keep = stab >= t if t > 0 else torch.ones_like(stab, dtype=torch.bool)
-        low, iou, stab = low[keep], iou[keep], stab[keep]
+        def stability(at):  # per cell; scores within CLOSE of the threshold from the upsampled map
+            s = _stability(low[at], tuple(crop_size), tuple(crop_size), thr, off)
+            close = ((s - t).abs() < self.CLOSE).nonzero().flatten() if t > 0 else s[:0].long()
+            for j in range(0, len(close), step):
+                s[close[j : j + step]] = calculate_stability_score(upsample(low[at[close[j : j + step]]]), thr, off)
+            return s
+
         boxes = bilinear_boxes(low, tuple(crop_size), thr)
         edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-        low, iou, stab, boxes = low[edge], iou[edge], stab[edge], boxes[edge]
+        low, iou, boxes = low[edge], iou[edge], boxes[edge]
         if len(low) == 0:
             return empty
-        keep = batched_nms(boxes.float(), iou, torch.zeros(len(boxes)), iou_threshold=self.box_nms_thresh)
-        low, iou, stab, boxes = low[keep], iou[keep], stab[keep], boxes[keep]
+        keep, stab = _lazy_nms(boxes, iou, self.box_nms_thresh, stability, t)
+        low, iou, stab, boxes = low[keep], iou[keep], stab, boxes[keep]
         masks = torch.cat([upsample(low[j : j + step]) > thr for j in range(0, len(low), step)])
         return MaskData(
             masks=uncrop_masks(masks, crop_box, orig_h, orig_w).cpu(),
@@ -258,3 +265,45 @@ class FastAMG2:
             iou_preds=iou.cpu(),
             stability_score=stab.cpu(),
         )
+
+
+# candidates whose stability is decided together when NMS reaches an undecided one: it and the next
+# undecided ones NMS may reach (per-cell counting runs on batches, not one map at a time)
+STABILITY_BATCH = 16
+
+
+def _lazy_nms(boxes, scores, thr_iou: float, stability, thresh: float):
+    """``batched_nms`` (one category) over the candidates that pass the stability filter, deciding
+    stability only where NMS reaches: the reference filters first, but a candidate is kept only if it
+    is stable and no *kept* box suppresses it, and an unstable one suppresses nothing, so one that
+    a kept box suppresses never needs its score (most candidates repeat a kept mask).
+    ``stability(idx)`` scores candidates; ``thresh`` <= 0 keeps all. Returns the kept indices in
+    NMS order and their stability scores. IoUs in float32 with torchvision's formula, so ties and
+    borderline overlaps go as the reference's."""
+    import torch
+
+    b = boxes.float().cpu().numpy()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    order = torch.argsort(scores.float().cpu(), descending=True, stable=True).numpy()
+    score = np.full(len(b), np.nan, np.float32)
+    decided = np.zeros(len(b), bool)
+    alive = np.ones(len(b), bool)
+    kept = []
+    for k, i in enumerate(order):
+        if not alive[i]:
+            continue
+        if not decided[i]:
+            ahead = [j for j in order[k + 1 :] if alive[j] and not decided[j]][: STABILITY_BATCH - 1]
+            at = torch.as_tensor([i, *ahead], dtype=torch.long)
+            score[at.numpy()] = stability(at).float().cpu().numpy()
+            decided[at.numpy()] = True
+        if thresh > 0 and not score[i] >= thresh:
+            alive[i] = False
+            continue
+        kept.append(i)
+        w = np.clip(np.minimum(b[i, 2], b[:, 2]) - np.maximum(b[i, 0], b[:, 0]), 0, None)
+        h = np.clip(np.minimum(b[i, 3], b[:, 3]) - np.maximum(b[i, 1], b[:, 1]), 0, None)
+        inter = w * h
+        alive &= ~(inter / (area[i] + area - inter) > np.float32(thr_iou))
+    idx = torch.as_tensor(kept, dtype=torch.long)
+    return idx, torch.as_tensor(score[kept] if kept else np.zeros(0, np.float32))

@@ -60,7 +60,10 @@ def test_a_reduced_precision_library_remembers_it_and_finds_what_fp32_finds(tmp_
     for query in ("red circle", "blue square", "yellow star"):
         want, got = top("fp32", query), top("int8", query)
         assert same(got[0], want[0]), (query, want, got)  # the same best segment
-        assert sum(any(same(g, w) for w in want) for g in got) >= 4, (query, want, got)  # near ties may swap
+        # a hit that beats fp32's 5th by more than the score drift allowed below stays in the top 5
+        # (near ties, often filler hits that match nothing, may swap)
+        clear = [w for w in want if w[2] > want[-1][2] + 0.04]
+        assert all(any(same(g, w) for g in got) for w in clear), (query, want, got)
         # the same segments score the same (bf16 may find a segment fp32 did not, or lose one)
         assert all(abs(g[2] - w[2]) <= 0.02 for g in got for w in want if same(g, w)), (want, got)
     for flag in flags:
