@@ -287,8 +287,9 @@ def doctor(
 
 def _say_default_sam(settings) -> None:
     """A new library on a machine without a GPU gets SAM ViT-B (pinned weights, SAM 1's masks) unless
-    told otherwise; say so once, with the faster choice (figures in `segsearch models list` and the
-    manual's "Models and machines")."""
+    told otherwise; say so once, with the faster choices: a CPU-class SAM, and bf16 where the CPU
+    multiplies it in hardware (figures in `segsearch models list` and the manual's "Models and
+    machines")."""
     from segsearch.runtime import check_data_dir
 
     new = settings.vector_backend == "embedded" and not (settings.data / "segsearch.db").exists()
@@ -308,7 +309,7 @@ def _say_default_sam(settings) -> None:
     if native_bf16() and not {"sam_precision", "clip_precision"} & settings.model_fields_set:
         lines.append(
             "This CPU multiplies bfloat16 in hardware: `--sam-precision bf16 --clip-precision bf16` index a "
-            'photo ~1.4x faster (opt-in; the manual\'s "Models and machines" has how close to fp32 it stays).'
+            'photo 1.2-1.5x faster (opt-in; the manual\'s "Models and machines" has how close to fp32 it stays).'
         )
     for line in lines:
         typer.secho(line, err=True, dim=True)
