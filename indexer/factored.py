@@ -69,16 +69,17 @@ class Image:
         k = self.rows
         return self.bufs[0][:, k : k + n], self.bufs[1][:, k : k + n]
 
-    def project(self, shared, pr, cols, w, b):
+    def project(self, shared, pr, cols, w, b, low=None):
         """(X W + b) for prompts ``pr`` at positions ``cols``: (P * rows) x D, the upscaler's first
-        product, as a shared product plus a K-wide one."""
+        product, as a shared product plus a K-wide one (that one in ``low`` precision if given)."""
         sw = shared.get(("up", self.stage, id(w)), lambda: shared.S(self.stage) @ w)
         uw = self._uw.get(id(w))
         if uw is None:
-            uw = self._uw[id(w)] = self.U @ w  # B x K x D, once per batch
+            uw = self._uw[id(w)] = (self.U @ w).to(low or w.dtype)  # B x K x D, once per batch
         if len(pr) == 1:  # views, no copies of a prompt's K x N weights
             pr = slice(int(pr[0]), int(pr[0]) + 1)
-        y = self.R[pr][:, :, cols].transpose(1, 2) @ uw[pr]  # P x rows x D
+        r = self.R[pr][:, :, cols].transpose(1, 2)
+        y = (r @ uw[pr]) if low is None else (r.to(low) @ uw[pr]).float()  # P x rows x D
         if self.s is None:
             y += sw[cols]
         else:

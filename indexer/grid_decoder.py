@@ -374,7 +374,9 @@ class Upscaler:
             hr0 = s4.reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h, w, 16, c2)
             self.hr1 = hr1[:hv, :wv].reshape(-1, c1)
             self.hr0 = hr0[:hv, :wv].reshape(-1, c2)
-        if low is not None:  # the second product, its GELU and the hypernetwork's product in ``low``
+        self.low = low
+        if low is not None:  # the products, the second GELU and the hypernetwork's product in ``low``
+            self.w1_low, self.b1_low = self.w1.to(low), self.b1.to(low)
             self.w2, self.b2 = self.w2.to(low), self.b2.to(low)
             self.hr0 = None if self.hr0 is None else self.hr0.to(low)
         ii, jj = torch.meshgrid(torch.arange(hv), torch.arange(wv), indexing="ij")
@@ -414,10 +416,13 @@ class Upscaler:
                 r1 = min(n, r0 + rows)
                 cols = slice(r0, r1) if self.positions is None else self.positions[r0:r1]
                 if fz:
-                    y = x.project(x.shared, pr, cols, self.w1, self.b1).view(-1, c1)
+                    y = x.project(x.shared, pr, cols, self.w1, self.b1, self.low).view(-1, c1)
                 else:
                     xb = x[pr, cols] if self.positions is None else x[pr[:, None], cols[None]]
-                    y = torch.addmm(self.b1, xb.reshape(-1, c), self.w1).view(-1, c1)
+                    if self.low is None:
+                        y = torch.addmm(self.b1, xb.reshape(-1, c), self.w1).view(-1, c1)
+                    else:
+                        y = torch.addmm(self.b1_low, xb.reshape(-1, c).to(self.low), self.w1_low).float().view(-1, c1)
                 if self.hr1 is not None:
                     y.view(p1 - p0, -1, c1).add_(self.hr1[r0 * 4 : r1 * 4])
                 rstd = y.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
