@@ -257,7 +257,7 @@ class FastAMG2:
         if len(low) == 0:
             return empty
         keep, stab = _lazy_nms(boxes, iou, self.box_nms_thresh, stability, t)
-        low, iou, stab, boxes = low[keep], iou[keep], stab, boxes[keep]
+        low, iou, boxes = low[keep], iou[keep], boxes[keep]
         masks = torch.cat([upsample(low[j : j + step]) > thr for j in range(0, len(low), step)])
         return MaskData(
             masks=uncrop_masks(masks, crop_box, orig_h, orig_w).cpu(),

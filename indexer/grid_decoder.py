@@ -73,7 +73,7 @@ class GridDecoder:
         part = None if needed is None else tuple(-(-v // 4) for v in needed)
         from segsearch.models.sam import precision_of
 
-        # sam_precision bf16: the mask head's last product in bfloat16 too (Upscaler)
+        # sam_precision bf16: the mask head's two products in bfloat16 too (Upscaler)
         low = torch.bfloat16 if precision_of(sam) == "bf16" else None
         self.upscaler = Upscaler(md.output_upscaling, self.hw, self.high_res, part, low=low)
         # the image side per prompt kept as shared + low rank where that is cheaper (indexer/factored.py)

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     )
     sam_precision: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="SAM's image encoder in fp32 or bf16 (bfloat16; the mask head's last product too): on a "
+        description="SAM's image encoder in fp32 or bf16 (bfloat16; the mask head's products too): on a "
         "CPU with AVX512-BF16 or AMX the encoder is 1.4-1.5x faster; held-out masks match fp32's with mean "
         "IoU 0.98-0.999 (bench/RESULTS.md). Part of the pipeline fingerprint.",
     )

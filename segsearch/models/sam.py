@@ -161,7 +161,7 @@ def set_precision(sam, precision: str) -> None:
     convolutions and LayerNorms, ~1% of the work) stays fp32, which halved the features' error
     (bundled SAM: 0.59% -> 0.31% relative). The prompt encoder and the mask decoder stay fp32 (the
     decoder's LayerNorm statistics and IoU/stability scores are thresholds' inputs), except the
-    mask head's last product (``grid_decoder.Upscaler``), which follows the encoder. The features
+    mask head's two products (``grid_decoder.Upscaler``), which follow the encoder. The features
     leave the encoder as float32, so every caller (the official predictors too) sees what it expects.
     On a CPU with AVX512-BF16 or AMX, bf16 matrix products run ~3x faster than fp32; without them
     they are emulated (slower, same results). Idempotent."""
