@@ -293,19 +293,17 @@ def _say_default_sam(settings) -> None:
     from segsearch.runtime import check_data_dir
 
     new = settings.vector_backend == "embedded" and not (settings.data / "segsearch.db").exists()
-    if not new:
+    if not new or "sam" in settings.model_fields_set:  # (a user who chose models gets no advice)
         return
     check_data_dir(settings.data)
     if settings.resolved_device() != "cpu":
         return
     from segsearch.models.sam import native_bf16
 
-    lines = []
-    if "sam" not in settings.model_fields_set:
-        lines.append(
-            f"A new library: SAM {settings.sam} (the default). On this CPU, `--sam efficientvit-sam-l0` "
-            "encodes photos ~10x faster (pip install 'segsearch[efficientvit]'; `segsearch models list` compares)."
-        )
+    lines = [
+        f"A new library: SAM {settings.sam} (the default). On this CPU, `--sam efficientvit-sam-l0` "
+        "encodes photos ~10x faster (pip install 'segsearch[efficientvit]'; `segsearch models list` compares)."
+    ]
     if native_bf16() and not {"sam_precision", "clip_precision"} & settings.model_fields_set:
         lines.append(
             "This CPU multiplies bfloat16 in hardware: `--sam-precision bf16 --clip-precision bf16` index a "
