@@ -115,3 +115,23 @@ def test_bf16_reaches_the_encoder_and_the_mask_head_and_masks_stay_close(tmp_pat
     assert len(masks["fp32"]) >= 3
     best = iou_matrix(masks["fp32"], masks["bf16"]).max(axis=1)
     assert (best >= 0.9).all() and best.mean() >= 0.98, best
+
+
+def test_a_new_default_library_on_a_cpu_names_the_faster_choices(tmp_path):
+    """Without --sam, a new library on a CPU says which SAM it got and what is faster here: the
+    CPU-class SAM, and bf16 where the CPU multiplies it in hardware. Nothing when models were picked."""
+    import numpy as np
+    from PIL import Image
+
+    from segsearch.models.sam import native_bf16
+
+    (tmp_path / "p").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "p" / "a.png")
+    env = {"SEGSEARCH_OFFLINE": "1", "SEGSEARCH_DEVICE": "cpu"}
+    r = runner.invoke(app, ["index", str(tmp_path / "p"), "--data", str(tmp_path / "d")], env=env)
+    assert "A new library: SAM sam-vit-b (the default)" in r.output and "efficientvit-sam-l0" in r.output
+    assert ("--sam-precision bf16 --clip-precision bf16" in r.output) == native_bf16(), r.output
+    r = runner.invoke(
+        app, ["index", str(tmp_path / "p"), "--data", str(tmp_path / "e"), "--sam", "sam-shapes-tiny"], env=env
+    )
+    assert "A new library" not in r.output and "bfloat16" not in r.output, r.output
