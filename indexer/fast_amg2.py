@@ -280,6 +280,8 @@ def _lazy_nms(boxes, scores, thr_iou: float, stability, thresh: float):
     ``stability(idx)`` scores candidates; ``thresh`` <= 0 keeps all. Returns the kept indices in
     NMS order and their stability scores. IoUs in float32 with torchvision's formula, so ties and
     borderline overlaps go as the reference's."""
+    import itertools
+
     import torch
 
     b = boxes.float().cpu().numpy()
@@ -293,7 +295,7 @@ def _lazy_nms(boxes, scores, thr_iou: float, stability, thresh: float):
         if not alive[i]:
             continue
         if not decided[i]:
-            ahead = [j for j in order[k + 1 :] if alive[j] and not decided[j]][: STABILITY_BATCH - 1]
+            ahead = itertools.islice((j for j in order[k + 1 :] if alive[j] and not decided[j]), STABILITY_BATCH - 1)
             at = torch.as_tensor([i, *ahead], dtype=torch.long)
             score[at.numpy()] = stability(at).float().cpu().numpy()
             decided[at.numpy()] = True

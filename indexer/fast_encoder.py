@@ -37,7 +37,7 @@ def encode(encoder, x, mask_budget: int = _MASK_BUDGET):
             x = window_unpartition(x, blk.window_size, pad_hw, (h, w))
         x = shortcut + x
         x = x + blk.mlp(blk.norm2(x))
-    return encoder.neck(x.permute(0, 3, 1, 2)).float()
+    return encoder.neck(x.permute(0, 3, 1, 2))  # (the neck stays fp32 and casts its input: set_precision)
 
 
 def attention(mod, x, mask_budget: int = _MASK_BUDGET):
